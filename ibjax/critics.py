@@ -1,0 +1,146 @@
+"""Critics f(a, b) for variational MI bounds, as pure functions over a params pytree.
+
+Two families:
+
+- ``concat``: the reference's concatenation critic f(a, b) = MLP([a, b]) with ReLU hidden layers
+  (128, 128) and a scalar output. Its first layer is linear in the concatenation, so
+  W [a; b] + c = W_a a + (W_b b + c): ibjax projects every a and every b of a batch once and forms a
+  pair's first hidden layer by an add. Negatives drawn from the batch then cost a gather and an add,
+  not a (da + db)-wide matmul. This is the same function, not an approximation
+  (:func:`concat_critic` evaluates it the plain way; the tests check they agree).
+- ``separable``: f(a, b) = g(a) . h(b) with two MLP embeddings; all B x B scores are one matmul.
+
+Scores are read for a batch of B pairs (a_i, b_i) and negative indices ``neg_index int32[B, K]`` into
+the batch: ``scores(params, a, b, neg_index) -> (pos f32[B], neg f32[B, K])`` with
+``pos[i] = f(a_i, b_i)`` and ``neg[i, k] = f(a_i, b_{neg_index[i, k]})``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "init_concat_critic",
+    "concat_critic",
+    "concat_critic_scores",
+    "init_separable_critic",
+    "separable_critic_scores",
+    "init_critic",
+    "critic_scores",
+]
+
+
+def _dense_init(key: jax.Array, d_in: int, d_out: int) -> dict:
+    # PyTorch nn.Linear's default init (uniform +-1/sqrt(fan_in)), so critics start where the reference's do.
+    kw, kb = jax.random.split(key)
+    bound = 1.0 / jnp.sqrt(d_in)
+    return {
+        "w": jax.random.uniform(kw, (d_in, d_out), jnp.float32, -bound, bound),
+        "b": jax.random.uniform(kb, (d_out,), jnp.float32, -bound, bound),
+    }
+
+
+def _mlp(layers: Sequence[dict], h: jax.Array, dtype) -> jax.Array:
+    """ReLU between layers, none after the last. ``h`` is already the first layer's pre-activation."""
+    for layer in layers:
+        h = jax.nn.relu(h)
+        h = h @ layer["w"].astype(dtype) + layer["b"].astype(dtype)
+    return h
+
+
+def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128)) -> dict:
+    """Parameters of MLP([a, b]) with ``hidden`` ReLU layers and a scalar output.
+
+    The first layer's weight is stored split: ``first.wa f32[da, h1]``, ``first.wb f32[db, h1]``.
+    """
+    if not hidden:
+        raise ValueError("the concat critic needs at least one hidden layer")
+    keys = jax.random.split(key, len(hidden) + 1)
+    first = _dense_init(keys[0], da + db, hidden[0])
+    rest = [_dense_init(k, i, o) for k, i, o in zip(keys[1:], hidden, (*hidden[1:], 1))]
+    return {"first": {"wa": first["w"][:da], "wb": first["w"][da:], "b": first["b"]}, "rest": rest}
+
+
+def concat_critic(params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """The plain concatenation critic: f(a, b) = MLP([a, b]) for paired rows ``a[..., da]``, ``b[..., db]``.
+
+    Returns f32[...]. This is the reference's formulation; :func:`concat_critic_scores` computes the same
+    function for all negatives of a batch without forming the concatenations.
+    """
+    w = jnp.concatenate([params["first"]["wa"], params["first"]["wb"]], axis=0).astype(dtype)
+    h = jnp.concatenate([a, b], axis=-1).astype(dtype) @ w + params["first"]["b"].astype(dtype)
+    return _mlp(params["rest"], h, dtype)[..., 0].astype(jnp.float32)
+
+
+def concat_critic_scores(
+    params: dict, a: jax.Array, b: jax.Array, neg_index: jax.Array, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    """Positive and negative scores of the concatenation critic with its first layer split.
+
+    Args:
+      params: from :func:`init_concat_critic`.
+      a: f[B, da]; b: f[B, db]; neg_index: int32[B, K] indices into the batch.
+
+    Returns:
+      ``(pos f32[B], neg f32[B, K])``.
+
+    When K >= B every negative is one of the B x B pairs of the batch, so the critic is evaluated on
+    those B^2 pairs once and the K scores per row are gathered (fewer MLP evaluations than B x K);
+    otherwise the K pairs per row are evaluated directly. Both give the same values.
+    """
+    first = params["first"]
+    pa = a.astype(dtype) @ first["wa"].astype(dtype)  # [B, h]
+    pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)  # [B, h]
+    bsz, k = neg_index.shape
+    if k >= bsz:
+        all_pairs = _mlp(params["rest"], pa[:, None, :] + pb[None, :, :], dtype)[..., 0].astype(jnp.float32)
+        pos = jnp.diagonal(all_pairs)
+        neg = jnp.take_along_axis(all_pairs, neg_index, axis=1)
+        return pos, neg
+    pos = _mlp(params["rest"], pa + pb, dtype)[..., 0].astype(jnp.float32)
+    neg = _mlp(params["rest"], pa[:, None, :] + pb[neg_index], dtype)[..., 0].astype(jnp.float32)
+    return pos, neg
+
+
+def init_separable_critic(
+    key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128), embed_dim: int = 64
+) -> dict:
+    """Parameters of f(a, b) = g(a) . h(b), g and h MLPs with ``hidden`` ReLU layers to ``embed_dim``."""
+    ka, kb = jax.random.split(key)
+
+    def mlp(k, d_in):
+        dims = (d_in, *hidden, embed_dim)
+        return [_dense_init(kk, i, o) for kk, i, o in zip(jax.random.split(k, len(dims) - 1), dims[:-1], dims[1:])]
+
+    return {"g": mlp(ka, da), "h": mlp(kb, db)}
+
+
+def _embed(layers, x, dtype):
+    h = x.astype(dtype) @ layers[0]["w"].astype(dtype) + layers[0]["b"].astype(dtype)
+    return _mlp(layers[1:], h, dtype)
+
+
+def separable_critic_scores(
+    params: dict, a: jax.Array, b: jax.Array, neg_index: jax.Array, dtype=jnp.float32
+) -> tuple[jax.Array, jax.Array]:
+    """Scores of the separable critic: ``(pos f32[B], neg f32[B, K])`` from one B x B matmul."""
+    s = (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
+    return jnp.diagonal(s), jnp.take_along_axis(s, neg_index, axis=1)
+
+
+def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[int], embed_dim: int = 64) -> dict:
+    """Initialise a ``"concat"`` or ``"separable"`` critic."""
+    if kind == "concat":
+        return init_concat_critic(key, da, db, hidden)
+    if kind == "separable":
+        return init_separable_critic(key, da, db, hidden, embed_dim)
+    raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+
+
+def critic_scores(kind: str, params: dict, a, b, neg_index, dtype=jnp.float32):
+    """Dispatch to :func:`concat_critic_scores` or :func:`separable_critic_scores`."""
+    fn = {"concat": concat_critic_scores, "separable": separable_critic_scores}[kind]
+    return fn(params, a, b, neg_index, dtype)

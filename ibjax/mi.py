@@ -1,0 +1,497 @@
+"""Batched InfoNCE mutual-information estimation: every group's critic trained in one jitted call.
+
+The reference (SPEC.md, "MI estimation") trains one critic per sample group, in separate processes.
+Here all G groups' critics and optimiser states are stacked along a leading group axis and trained
+by one ``vmap``-ed step inside ``lax.scan`` (epochs) inside ``lax.scan`` (steps), compiled once.
+
+Two levels of API:
+
+- Offline estimators: :func:`estimate_mi` (one pair of sample matrices), :func:`estimate_mi_groups`
+  (G groups of different sizes at once, padded + masked) and :func:`estimate_mi_sampled` (any way of
+  producing a batch of pairs, e.g. a fresh noise draw of the CNN's representation every step, or a
+  cached bank of R noise draws per sample). They return an :class:`MIResult` in nats: the per-epoch
+  ``trajectory``, the reference's ``train`` read (mean of the last 5 epochs, on the samples the
+  critic trained on) and a ``heldout`` read on a split of each group the critic never saw.
+- The step one level down, for use inside other loops (critics training side by side with a CNN):
+  :func:`init` of the stacked critic state and a jittable ``update(state, a, b, key)`` for all groups,
+  plus :func:`end_epoch` for the halve-on-plateau learning rate.
+
+Every random choice of group g derives from that group's own key (``jax.random.split(key, G)[g]``) and,
+per sample, from ``fold_in(key_g, position)``, so group g of a batched call equals the same group
+estimated alone with that key, and padding a group does not change its result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from ibjax.bounds import bound_cap, get_bound
+from ibjax.critics import critic_scores, init_critic
+
+__all__ = [
+    "MIConfig",
+    "XT_CONFIG",
+    "TY_CONFIG",
+    "MIResult",
+    "CriticState",
+    "init",
+    "update",
+    "end_epoch",
+    "estimate_mi",
+    "estimate_mi_groups",
+    "estimate_mi_sampled",
+    "gather_pairs",
+    "bank_pairs",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class MIConfig:
+    """Estimator settings. Defaults are the reference's I(X;T) settings (:data:`TY_CONFIG` for I(T;Y)).
+
+    Attributes:
+      epochs: estimator epochs.
+      batch_size: B, pairs per step.
+      negatives: K, negatives per pair, drawn uniformly with replacement from the batch.
+      negative_sampling: ``"sampled"`` (the reference: K draws with replacement) or ``"all"``
+        (every other row of the batch, K = B - 1: the all-pairs InfoNCE).
+      lr, weight_decay: AdamW.
+      grad_clip: global gradient-norm clip (per group).
+      plateau_patience, plateau_factor: the learning rate is multiplied by ``plateau_factor`` once
+        the epoch estimate has not improved for more than ``plateau_patience`` epochs.
+      batch_fraction: fraction of each group's batches used per epoch (the reference uses the first half).
+      critic: ``"concat"`` (reference) or ``"separable"``; hidden: hidden widths; embed_dim: separable only.
+      bound: ``"infonce"`` (reference), ``"nwj"`` or ``"dv"``.
+      heldout_fraction: fraction of each group held out from training for the held-out read.
+      heldout_passes: shuffles of the held-out split averaged in the held-out read.
+      read_epochs: the ``train`` read is the mean of this many last epochs (reference: 5).
+      dtype: critic compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
+    """
+
+    epochs: int = 350
+    batch_size: int = 128
+    negatives: int = 512
+    negative_sampling: str = "sampled"
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    plateau_patience: int = 8
+    plateau_factor: float = 0.5
+    batch_fraction: float = 0.5
+    critic: str = "concat"
+    hidden: tuple[int, ...] = (128, 128)
+    embed_dim: int = 64
+    bound: str = "infonce"
+    heldout_fraction: float = 0.2
+    heldout_passes: int = 4
+    read_epochs: int = 5
+    dtype: str = "float32"
+
+    @property
+    def num_negatives(self) -> int:
+        return self.batch_size - 1 if self.negative_sampling == "all" else self.negatives
+
+    @property
+    def cap(self) -> float:
+        """Largest value the bound can read, nats (log(K + 1) for InfoNCE)."""
+        return bound_cap(self.bound, self.num_negatives)
+
+    def validate(self) -> None:
+        get_bound(self.bound)
+        if self.critic not in ("concat", "separable"):
+            raise ValueError(f"critic must be 'concat' or 'separable', got {self.critic!r}")
+        if self.negative_sampling not in ("sampled", "all"):
+            raise ValueError(f"negative_sampling must be 'sampled' or 'all', got {self.negative_sampling!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {self.dtype!r}")
+        for name in ("epochs", "batch_size", "negatives", "read_epochs", "heldout_passes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.negative_sampling == "all" and self.batch_size < 2:
+            raise ValueError("all-pairs negatives need batch_size >= 2")
+        if not 0.0 <= self.heldout_fraction < 1.0:
+            raise ValueError(f"heldout_fraction must lie in [0, 1), got {self.heldout_fraction}")
+        if not 0.0 < self.batch_fraction <= 1.0:
+            raise ValueError(f"batch_fraction must lie in (0, 1], got {self.batch_fraction}")
+        if self.read_epochs > self.epochs:
+            raise ValueError(f"read_epochs ({self.read_epochs}) exceeds epochs ({self.epochs})")
+
+
+XT_CONFIG = MIConfig()
+"""The reference's I(X;T) estimator: B 128, K 512, AdamW 3e-4, 350 epochs."""
+TY_CONFIG = MIConfig(epochs=250, batch_size=512, negatives=256, lr=5e-4)
+"""The reference's I(T;Y_pred) estimator: B 512, K 256, AdamW 5e-4, 250 epochs."""
+
+
+def _config(config: Optional[MIConfig], overrides: dict) -> MIConfig:
+    config = config or MIConfig()
+    fields = {f.name for f in dataclasses.fields(MIConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown MI option(s) {unknown}; options are {sorted(fields)}")
+    if "hidden" in overrides:
+        overrides = {**overrides, "hidden": tuple(overrides["hidden"])}
+    config = dataclasses.replace(config, **overrides)
+    config.validate()
+    return config
+
+
+@struct.dataclass
+class MIResult:
+    """Estimates in nats, with a leading group axis G (absent from :func:`estimate_mi`'s result).
+
+    Attributes:
+      trajectory: f32[G, epochs], mean training-batch estimate of every epoch.
+      train: f32[G], the reference's read: mean of the last ``read_epochs`` epochs.
+      heldout: f32[G], the bound on the held-out split with the final critic (nan if no held-out split).
+      cap: the largest value the bound can read (log(K + 1) for InfoNCE).
+    """
+
+    trajectory: jax.Array
+    train: jax.Array
+    heldout: jax.Array
+    cap: float = struct.field(pytree_node=False)
+
+    def to_dict(self) -> dict:
+        get = lambda x: np.asarray(x).tolist()  # noqa: E731
+        return {"trajectory": get(self.trajectory), "train": get(self.train), "heldout": get(self.heldout), "cap": self.cap}
+
+
+@struct.dataclass
+class CriticState:
+    """Critics and optimiser states of G groups, every leaf with a leading group axis.
+
+    Attributes:
+      params: critic parameters.
+      opt_state: optax state (clip, Adam, decoupled weight decay).
+      lr: f32[G], current learning rates.
+      best: f32[G], best epoch estimate so far (nats); bad_epochs: int32[G] since it improved.
+    """
+
+    params: Any
+    opt_state: Any
+    lr: jax.Array
+    best: jax.Array
+    bad_epochs: jax.Array
+
+
+def _optimizer(config: MIConfig) -> optax.GradientTransformation:
+    # AdamW as PyTorch applies it (decoupled decay scaled by lr); the lr is applied in the step from
+    # the state so the plateau schedule can halve it per group.
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.scale_by_adam(),
+        optax.add_decayed_weights(config.weight_decay),
+    )
+
+
+def _init_one(key: jax.Array, da: int, db: int, config: MIConfig) -> CriticState:
+    params = init_critic(key, config.critic, da, db, config.hidden, config.embed_dim)
+    return CriticState(
+        params=params,
+        opt_state=_optimizer(config).init(params),
+        lr=jnp.asarray(config.lr, jnp.float32),
+        best=jnp.asarray(-jnp.inf, jnp.float32),
+        bad_epochs=jnp.asarray(0, jnp.int32),
+    )
+
+
+def init(key: jax.Array, num_groups: int, da: int, db: int, config: Optional[MIConfig] = None, **overrides) -> CriticState:
+    """Stacked critic state for ``num_groups`` groups (group g initialised from ``split(key, G)[g]``)."""
+    config = _config(config, overrides)
+    return jax.vmap(lambda k: _init_one(k, da, db, config))(jax.random.split(key, num_groups))
+
+
+def _negative_index(key: jax.Array, batch: int, n_valid: jax.Array, config: MIConfig) -> jax.Array:
+    """int32[B, K] negatives per row among the first ``n_valid`` rows of the batch."""
+    if config.negative_sampling == "all":
+        k = jnp.arange(batch - 1)[None, :]
+        return ((jnp.arange(batch)[:, None] + 1 + k) % jnp.maximum(n_valid, 1)).astype(jnp.int32)
+    u = jax.random.uniform(key, (batch, config.negatives))
+    return jnp.minimum(jnp.floor(u * n_valid), n_valid - 1).astype(jnp.int32)
+
+
+def _estimate_batch(params, a, b, key, n_valid, config: MIConfig):
+    batch = a.shape[0]
+    neg_index = _negative_index(key, batch, n_valid, config)
+    pos, neg = critic_scores(config.critic, params, a, b, neg_index, jnp.dtype(config.dtype))
+    weight = (jnp.arange(batch) < n_valid).astype(jnp.float32)
+    return get_bound(config.bound)(pos, neg, weight)
+
+
+def _step_one(state: CriticState, a, b, key, active, config: MIConfig):
+    """One AdamW step of one group's critic on a full batch; a no-op where ``active`` is False."""
+    est, grads = jax.value_and_grad(lambda p: _estimate_batch(p, a, b, key, a.shape[0], config))(state.params)
+    grads = jax.tree.map(lambda g: -g, grads)  # maximise the bound
+    updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, jax.tree.map(lambda u: -state.lr * u, updates))
+    new = state.replace(params=params, opt_state=opt_state)
+    new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+    return new, est
+
+
+@functools.partial(jax.jit, static_argnames=("config",))
+def _update(state, a, b, key, config):
+    keys = jax.random.split(key, a.shape[0])
+    active = jnp.ones((a.shape[0],), bool)
+    return jax.vmap(lambda s, x, y, k, act: _step_one(s, x, y, k, act, config))(state, a, b, keys, active)
+
+
+def update(state: CriticState, a: jax.Array, b: jax.Array, key: jax.Array, config: Optional[MIConfig] = None, **overrides):
+    """One optimiser step of every group's critic on one batch of pairs per group.
+
+    Args:
+      state: from :func:`init`.
+      a: f[G, B, da]; b: f[G, B, db] paired samples of each group.
+      key: PRNG key (negative sampling).
+
+    Returns:
+      ``(new state, estimates f32[G])``, the estimates (nats) read on this batch before the step.
+    """
+    return _update(state, a, b, key, _config(config, overrides))
+
+
+def _plateau(state: CriticState, epoch_estimate: jax.Array, config: MIConfig) -> CriticState:
+    improved = epoch_estimate > state.best
+    bad = jnp.where(improved, 0, state.bad_epochs + 1)
+    reduce = bad > config.plateau_patience
+    return state.replace(
+        best=jnp.maximum(state.best, epoch_estimate),
+        bad_epochs=jnp.where(reduce, 0, bad),
+        lr=jnp.where(reduce, state.lr * config.plateau_factor, state.lr),
+    )
+
+
+def end_epoch(state: CriticState, epoch_estimates: jax.Array, config: Optional[MIConfig] = None, **overrides) -> CriticState:
+    """Apply the halve-on-plateau rule to every group given its epoch estimates f32[G] (nats)."""
+    config = _config(config, overrides)
+    return jax.vmap(lambda s, e: _plateau(s, e, config))(state, epoch_estimates)
+
+
+def _ranks(key: jax.Array, include: jax.Array) -> jax.Array:
+    """A random order of the positions where ``include`` holds, as int32[M] positions (rest last).
+
+    Each position's sort key is drawn from ``fold_in(key, position)``, so the order of the included
+    positions does not depend on how much padding follows them.
+    """
+    m = include.shape[0]
+    u = jax.vmap(lambda j: jax.random.uniform(jax.random.fold_in(key, j)))(jnp.arange(m))
+    return jnp.argsort(jnp.where(include, u, jnp.inf)).astype(jnp.int32)
+
+
+def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig, steps: int, heldout_batches: int, da: int, db: int):
+    """Train one group's critic and read it (vmapped over groups by the caller)."""
+    bsz = config.batch_size
+    k_init, k_split, k_epochs, k_ho = jax.random.split(key, 4)
+    n = jnp.sum(valid).astype(jnp.int32)
+    n_ho = jnp.floor(config.heldout_fraction * n).astype(jnp.int32)
+    split_order = _ranks(k_split, valid)
+    rank = jnp.zeros_like(split_order).at[split_order].set(jnp.arange(split_order.shape[0], dtype=jnp.int32))
+    heldout = valid & (rank < n_ho)
+    train = valid & ~heldout
+    n_tr = n - n_ho
+    my_steps = jnp.maximum(1, jnp.floor((n_tr // bsz) * config.batch_fraction).astype(jnp.int32))
+
+    def epoch(state, e):
+        k_e = jax.random.fold_in(k_epochs, e)
+        order = _ranks(jax.random.fold_in(k_e, 0), train)
+
+        def step(state, s):
+            k_s = jax.random.fold_in(jax.random.fold_in(k_e, 1), s)
+            k_pairs, k_neg = jax.random.split(k_s)
+            pos = jax.lax.dynamic_slice(order, (s * bsz,), (bsz,))
+            a, b = sample_fn(shared, group_data, pos, k_pairs)
+            active = s < my_steps
+            state, est = _step_one(state, a, b, k_neg, active, config)
+            return state, jnp.where(active, est, 0.0)
+
+        state, ests = jax.lax.scan(step, state, jnp.arange(steps))
+        est = jnp.sum(ests) / my_steps
+        return _plateau(state, est, config), est
+
+    state = _init_one(k_init, da, db, config)
+    state, trajectory = jax.lax.scan(epoch, state, jnp.arange(config.epochs))
+    train_read = jnp.mean(trajectory[-config.read_epochs :])
+
+    my_ho_batches = jnp.maximum(1, n_ho // bsz)
+
+    def heldout_pass(_, p):
+        k_p = jax.random.fold_in(k_ho, p)
+        order = _ranks(jax.random.fold_in(k_p, 0), heldout)
+
+        def batch(_, h):
+            k_h = jax.random.fold_in(jax.random.fold_in(k_p, 1), h)
+            k_pairs, k_neg = jax.random.split(k_h)
+            pos = jax.lax.dynamic_slice(order, (h * bsz,), (bsz,))
+            a, b = sample_fn(shared, group_data, pos, k_pairs)
+            n_valid = jnp.minimum(bsz, n_ho - h * bsz)
+            est = _estimate_batch(state.params, a, b, k_neg, n_valid, config)
+            return None, jnp.where(h < my_ho_batches, est, 0.0)
+
+        _, ests = jax.lax.scan(batch, None, jnp.arange(heldout_batches))
+        return None, jnp.sum(ests) / my_ho_batches
+
+    if config.heldout_fraction > 0:
+        _, per_pass = jax.lax.scan(heldout_pass, None, jnp.arange(config.heldout_passes))
+        heldout_read = jnp.where(n_ho > 0, jnp.mean(per_pass), jnp.nan)
+    else:
+        heldout_read = jnp.asarray(jnp.nan, jnp.float32)
+    return trajectory, train_read, heldout_read
+
+
+@functools.partial(
+    jax.jit, static_argnames=("sample_fn", "config", "steps", "heldout_batches", "da", "db")
+)
+def _estimate_all(keys, valid, group_data, shared, *, sample_fn, config, steps, heldout_batches, da, db):
+    fn = functools.partial(
+        _estimate_one, sample_fn=sample_fn, config=config, steps=steps, heldout_batches=heldout_batches, da=da, db=db
+    )
+    return jax.vmap(fn, in_axes=(0, 0, 0, None))(keys, valid, group_data, shared)
+
+
+def _group_keys(key: jax.Array, num_groups: int) -> jax.Array:
+    key = jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key if key.shape == (num_groups,) else jax.random.split(key, num_groups)
+    if key.shape == (2,):  # one raw uint32 key
+        return jax.random.split(key, num_groups)
+    if key.shape == (num_groups, 2):
+        return key
+    raise ValueError(f"key must be one PRNG key or one per group ({num_groups}), got shape {key.shape}")
+
+
+def _static_sizes(valid: np.ndarray, config: MIConfig, names: Optional[tuple] = None) -> tuple[int, int]:
+    """Scan lengths: the largest group's steps per epoch and held-out batches; errors for small groups."""
+    n = valid.sum(axis=1)
+    n_ho = np.floor(config.heldout_fraction * n).astype(int)
+    n_tr = n - n_ho
+    small = np.flatnonzero(n_tr < config.batch_size)
+    if small.size:
+        g = int(small[0])
+        label = names[g] if names else f"group {g}"
+        raise ValueError(
+            f"{label} has {int(n_tr[g])} training samples (of {int(n[g])}, held-out fraction "
+            f"{config.heldout_fraction}), fewer than batch_size={config.batch_size}: lower batch_size or "
+            f"heldout_fraction, or leave that group out"
+        )
+    steps = int(np.max(np.maximum(1, np.floor((n_tr // config.batch_size) * config.batch_fraction))))
+    ho_batches = int(np.max(np.maximum(1, n_ho // config.batch_size)))
+    return steps, ho_batches
+
+
+def gather_pairs(shared, group_data, positions, key):
+    """``sample_fn`` for per-group arrays: group_data = (a f[M, da], b f[M, db])."""
+    del shared, key
+    a, b = group_data
+    return a[positions], b[positions]
+
+
+def bank_pairs(shared, group_data, positions, key):
+    """``sample_fn`` for a cached bank of R noise draws of ``a`` per sample.
+
+    shared = (a_bank f[N, R, da], b f[N, db]); group_data = index int32[M] into the N samples. Each
+    pair takes one of its sample's R draws of ``a`` at random, as a fresh noise draw would.
+    """
+    a_bank, b_all = shared
+    idx = group_data[positions]
+    r = jax.random.randint(key, idx.shape, 0, a_bank.shape[1])
+    return a_bank[idx, r], b_all[idx]
+
+
+def estimate_mi_sampled(
+    key: jax.Array,
+    sample_fn: Callable,
+    shared: Any,
+    group_data: Any,
+    valid: np.ndarray,
+    da: int,
+    db: int,
+    *,
+    config: Optional[MIConfig] = None,
+    group_names: Optional[tuple[str, ...]] = None,
+    **overrides,
+) -> MIResult:
+    """Estimate MI for G groups whose pairs come from ``sample_fn``; the general form.
+
+    Args:
+      key: one PRNG key (split into G) or G keys.
+      sample_fn: ``(shared, group_data_g, positions int32[B], key) -> (a f[B, da], b f[B, db])``: the
+        pairs at positions of group g; hashable (a module-level function or a fixed closure). It can
+        run a network for a fresh noise draw per step (the reference's behaviour) or gather from
+        cached features (:func:`gather_pairs`, :func:`bank_pairs`).
+      shared: a pytree every group reads (network variables, a feature bank); not vmapped.
+      group_data: a pytree with leading axis G (per-group arrays or index tables).
+      valid: bool[G, M], real positions of every group (concrete: it sets the scan lengths).
+      da, db: feature sizes of a and b.
+      config / overrides: :class:`MIConfig` and keyword options.
+
+    Returns:
+      :class:`MIResult` with a leading group axis.
+    """
+    config = _config(config, overrides)
+    valid = np.asarray(valid, bool)
+    if valid.ndim != 2:
+        raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
+    steps, ho_batches = _static_sizes(valid, config, group_names)
+    keys = _group_keys(key, valid.shape[0])
+    traj, train, heldout = _estimate_all(
+        keys, jnp.asarray(valid), group_data, shared,
+        sample_fn=sample_fn, config=config, steps=steps, heldout_batches=ho_batches, da=da, db=db,
+    )
+    return MIResult(trajectory=traj, train=train, heldout=heldout, cap=config.cap)
+
+
+def estimate_mi_groups(
+    key: jax.Array, a: jax.Array, b: jax.Array, mask: Optional[np.ndarray] = None, *, config: Optional[MIConfig] = None, **overrides
+) -> MIResult:
+    """Estimate I(A;B) for G groups of paired samples in one call.
+
+    Args:
+      key: one PRNG key (split into G; group g uses ``split(key, G)[g]``) or G keys.
+      a: f[G, N, da]; b: f[G, N, db]: row n of group g is a pair (a, b) drawn from that group's joint.
+      mask: bool[G, N] marks real samples, so groups of different sizes share one call (padding rows
+        are never read). Default: all real.
+      config / overrides: :class:`MIConfig` and keyword options (``epochs``, ``batch_size``,
+        ``negatives``, ``lr``, ``critic``, ``hidden``, ``bound``, ``heldout_fraction``, ``dtype``, ...).
+
+    Returns:
+      :class:`MIResult`: ``trajectory f32[G, epochs]``, ``train f32[G]``, ``heldout f32[G]`` (nats).
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"a and b must be (G, N, da) and (G, N, db) with equal G, N; got {a.shape} and {b.shape}")
+    mask = np.ones(a.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != a.shape[:2]:
+        raise ValueError(f"mask must have shape {a.shape[:2]}, got {mask.shape}")
+    # Padding rows are never read, but move real rows to the front so positions count real samples.
+    if not all(np.all(np.diff(row.astype(int)) <= 0) for row in mask):
+        order = np.argsort(~mask, axis=1, kind="stable")
+        a = jnp.take_along_axis(a, jnp.asarray(order)[..., None], axis=1)
+        b = jnp.take_along_axis(b, jnp.asarray(order)[..., None], axis=1)
+        mask = np.take_along_axis(mask, order, axis=1)
+    return estimate_mi_sampled(key, gather_pairs, None, (a, b), mask, a.shape[-1], b.shape[-1], config=config, **overrides)
+
+
+def estimate_mi(key: jax.Array, a: jax.Array, b: jax.Array, *, config: Optional[MIConfig] = None, **overrides) -> MIResult:
+    """Estimate I(A;B) from paired samples a f[N, da], b f[N, db]; the result has no group axis.
+
+    Equals group g of :func:`estimate_mi_groups` called with G keys whose g-th is ``key``.
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must be (N, da) and (N, db) with equal N; got {a.shape} and {b.shape}")
+    res = estimate_mi_groups(key[None] if _is_single_key(key) else key, a[None], b[None], config=config, **overrides)
+    return jax.tree.map(lambda x: x[0], res)
+
+
+def _is_single_key(key) -> bool:
+    key = jnp.asarray(key)
+    return key.shape == () or key.shape == (2,)

@@ -1,0 +1,236 @@
+"""Flax CNNs with Gaussian noise injection, as the information-bottleneck study uses them.
+
+Every model maps images ``f32[B, H, W, C]`` in [0, 1] to ``(logits f32[B, num_classes], T f32[B, D])``
+where ``T`` is the last hidden representation (the global-average-pooled output of the last block;
+D = 512 for ResNet-18 / PreAct-ResNet-18 / VGG-16).
+
+Noise injection makes T a stochastic function of X so that I(X;T) is finite: Gaussian noise of std
+``gamma_xt`` is added inside every block (ResNets: after the first ReLU and after the residual-add
+ReLU; VGG and the small CNN: after every conv ReLU) and noise of std ``gamma_ty`` is added to the
+pooled representation before the classifier. The noise is drawn from the ``'noise'`` RNG stream and is
+on whenever gamma > 0, in training, evaluation and MI estimation alike (the reference protocol).
+T is the representation *after* the ``gamma_ty`` noise, i.e. exactly what the classifier reads.
+
+Batch norm runs on batch statistics when ``train=True`` (collection ``batch_stats`` mutable) and on the
+running averages otherwise. ``dtype`` is the compute dtype (float32 for exactness, bfloat16 for speed);
+parameters stay float32 and the returned logits and T are float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+__all__ = [
+    "ModelConfig",
+    "SmallCNN",
+    "ResNet18",
+    "PreActResNet18",
+    "VGG16",
+    "MODELS",
+    "make_model",
+]
+
+
+def _noise(x: jax.Array, std: float, module: nn.Module) -> jax.Array:
+    """Add N(0, std^2) noise from the module's 'noise' RNG stream (no-op for std == 0)."""
+    if std <= 0.0:
+        return x
+    eps = jax.random.normal(module.make_rng("noise"), x.shape, jnp.float32)
+    return x + (std * eps).astype(x.dtype)
+
+
+class _BasicBlock(nn.Module):
+    features: int
+    strides: int
+    gamma: float
+    dtype: Dtype
+    norm: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
+            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False, dtype=self.dtype, name=name
+        )
+        y = conv(self.features, 3, self.strides, "conv1")(x)
+        y = nn.relu(self.norm(name="bn1")(y))
+        y = _noise(y, self.gamma, self)
+        y = conv(self.features, 3, 1, "conv2")(y)
+        y = self.norm(name="bn2")(y)
+        if self.strides != 1 or x.shape[-1] != self.features:
+            x = conv(self.features, 1, self.strides, "shortcut_conv")(x)
+            x = self.norm(name="shortcut_bn")(x)
+        y = nn.relu(y + x)
+        return _noise(y, self.gamma, self)
+
+
+class _PreActBlock(nn.Module):
+    features: int
+    strides: int
+    gamma: float
+    dtype: Dtype
+    norm: Callable[..., nn.Module]
+
+    @nn.compact
+    def __call__(self, x):
+        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
+            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False, dtype=self.dtype, name=name
+        )
+        out = nn.relu(self.norm(name="bn1")(x))
+        out = _noise(out, self.gamma, self)
+        shortcut = x
+        if self.strides != 1 or x.shape[-1] != self.features:
+            shortcut = conv(self.features, 1, self.strides, "shortcut_conv")(out)
+        y = conv(self.features, 3, self.strides, "conv1")(out)
+        y = nn.relu(self.norm(name="bn2")(y))
+        y = conv(self.features, 3, 1, "conv2")(y)
+        y = y + shortcut
+        return _noise(y, self.gamma, self)
+
+
+def _norm(train: bool, dtype: Dtype):
+    return lambda name: nn.BatchNorm(
+        use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name
+    )
+
+
+class _ResNet(nn.Module):
+    """CIFAR-style ResNet: 3x3 stride-1 stem, no max-pool, four stages of basic blocks."""
+
+    num_classes: int = 10
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
+    widths: Sequence[int] = (64, 128, 256, 512)
+    gamma_xt: float = 0.4
+    gamma_ty: float = 0.4
+    dtype: Dtype = jnp.float32
+    preact: bool = False
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = _norm(train, self.dtype)
+        block = _PreActBlock if self.preact else _BasicBlock
+        x = x.astype(self.dtype)
+        x = nn.Conv(self.widths[0], (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name="stem")(x)
+        if not self.preact:
+            x = nn.relu(norm("stem_bn")(x))
+        for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
+            for j in range(n):
+                strides = 2 if (i > 0 and j == 0) else 1
+                x = block(w, strides, self.gamma_xt, self.dtype, norm, name=f"stage{i}_block{j}")(x)
+        if self.preact:
+            x = nn.relu(norm("final_bn")(x))
+        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        t = _noise(t, self.gamma_ty, self)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
+        return logits.astype(jnp.float32), t
+
+
+class ResNet18(_ResNet):
+    """ResNet-18, CIFAR variant (He et al. 2016; 3x3 stride-1 stem, no max-pool). T is 512-d."""
+
+
+class PreActResNet18(_ResNet):
+    """Pre-activation ResNet-18 (He et al. 2016b), the common backdoor-benchmark model. T is 512-d."""
+
+    preact: bool = True
+
+
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+class VGG16(nn.Module):
+    """VGG-16 with batch norm; noise after every conv ReLU; T = global-average-pooled 512-d features."""
+
+    num_classes: int = 10
+    gamma_xt: float = 0.4
+    gamma_ty: float = 0.4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = _norm(train, self.dtype)
+        x = x.astype(self.dtype)
+        k = 0
+        for v in _VGG16_CFG:
+            if v == "M":
+                # Small inputs (e.g. 28x28) reach 1x1 before the last pool; skip pools that cannot halve.
+                if x.shape[1] >= 2 and x.shape[2] >= 2:
+                    x = nn.max_pool(x, (2, 2), (2, 2))
+                continue
+            x = nn.Conv(v, (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name=f"conv{k}")(x)
+            x = nn.relu(norm(f"bn{k}")(x))
+            x = _noise(x, self.gamma_xt, self)
+            k += 1
+        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        t = _noise(t, self.gamma_ty, self)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
+        return logits.astype(jnp.float32), t
+
+
+class SmallCNN(nn.Module):
+    """A small noisy CNN for tests and CPU runs: conv blocks of ``widths`` with 2x2 pooling between.
+
+    T is the global-average-pooled output of the last block (``widths[-1]``-d).
+    """
+
+    num_classes: int = 10
+    widths: Sequence[int] = (32, 64, 128)
+    gamma_xt: float = 0.4
+    gamma_ty: float = 0.4
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        norm = _norm(train, self.dtype)
+        x = x.astype(self.dtype)
+        for i, w in enumerate(self.widths):
+            if i > 0:
+                x = nn.max_pool(x, (2, 2), (2, 2))
+            x = nn.Conv(w, (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+            x = nn.relu(norm(f"bn{i}")(x))
+            x = _noise(x, self.gamma_xt, self)
+        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        t = _noise(t, self.gamma_ty, self)
+        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
+        return logits.astype(jnp.float32), t
+
+
+MODELS = {
+    "small_cnn": SmallCNN,
+    "resnet18": ResNet18,
+    "preact_resnet18": PreActResNet18,
+    "vgg16": VGG16,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build. Defaults: the study's ResNet-18 with noise 0.4 / 0.4, float32."""
+
+    name: str = "resnet18"
+    num_classes: int = 10
+    gamma_xt: float = 0.4
+    gamma_ty: float = 0.4
+    dtype: str = "float32"
+
+
+def make_model(config: ModelConfig = ModelConfig()) -> nn.Module:
+    """Build the Flax module a :class:`ModelConfig` names. Raises ValueError for unknown names."""
+    if config.name not in MODELS:
+        raise ValueError(f"unknown model {config.name!r}; choose one of {sorted(MODELS)}")
+    if config.dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {config.dtype!r}")
+    if config.gamma_xt < 0 or config.gamma_ty < 0:
+        raise ValueError("noise stds gamma_xt and gamma_ty must be >= 0")
+    return MODELS[config.name](
+        num_classes=config.num_classes,
+        gamma_xt=config.gamma_xt,
+        gamma_ty=config.gamma_ty,
+        dtype=jnp.dtype(config.dtype),
+    )

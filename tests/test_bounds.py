@@ -1,0 +1,49 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ibjax import bounds
+
+
+def test_infonce_never_exceeds_log_k_plus_one():
+    for seed in range(5):
+        kp, kn = jax.random.split(jax.random.PRNGKey(seed))
+        pos = 10 * jax.random.normal(kp, (64,)) + 20
+        neg = 10 * jax.random.normal(kn, (64, 31))
+        assert bounds.infonce(pos, neg) <= np.log(32) + 1e-5
+
+
+def test_infonce_reaches_its_cap_for_a_perfect_critic_and_zero_for_a_constant_one():
+    pos, neg = jnp.full((8,), 50.0), jnp.zeros((8, 15))
+    np.testing.assert_allclose(bounds.infonce(pos, neg), np.log(16), atol=1e-5)
+    np.testing.assert_allclose(bounds.infonce(jnp.ones(8), jnp.ones((8, 15))), 0.0, atol=1e-6)
+
+
+def test_nwj_and_dv_are_zero_for_the_optimal_constant_critic_on_independent_pairs():
+    # For independent a, b the optimal NWJ critic is f = 1 and any constant is optimal for DV.
+    np.testing.assert_allclose(bounds.nwj(jnp.ones(10), jnp.ones((10, 4))), 0.0, atol=1e-6)
+    np.testing.assert_allclose(bounds.dv(jnp.full(10, 3.0), jnp.full((10, 4), 3.0)), 0.0, atol=1e-6)
+
+
+def test_dv_is_at_least_nwj_for_the_same_critic():
+    for seed in range(5):
+        kp, kn = jax.random.split(jax.random.PRNGKey(seed))
+        pos, neg = jax.random.normal(kp, (32,)), jax.random.normal(kn, (32, 8))
+        assert bounds.dv(pos, neg) >= bounds.nwj(pos, neg) - 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(bounds.BOUNDS))
+def test_weights_drop_padding_rows(name):
+    kp, kn = jax.random.split(jax.random.PRNGKey(0))
+    pos, neg = jax.random.normal(kp, (12,)), jax.random.normal(kn, (12, 6))
+    w = jnp.arange(12) < 7
+    fn = bounds.get_bound(name)
+    np.testing.assert_allclose(fn(pos, neg, w), fn(pos[:7], neg[:7]), rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_bound_and_caps():
+    with pytest.raises(ValueError, match="infonce"):
+        bounds.get_bound("jsd")
+    assert bounds.bound_cap("infonce", 511) == pytest.approx(np.log(512))
+    assert bounds.bound_cap("nwj", 511) == float("inf")
