@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -69,4 +71,4 @@ def get_bound(name: str) -> Callable:
 
 def bound_cap(name: str, negatives: int) -> float:
     """The largest value the bound can take with ``negatives`` negatives per row (inf if none)."""
-    return float(jnp.log(negatives + 1.0)) if name == "infonce" else float("inf")
+    return math.log(negatives + 1.0) if name == "infonce" else float("inf")

@@ -45,6 +45,7 @@ __all__ = [
     "init",
     "update",
     "end_epoch",
+    "update_masked",
     "estimate_mi",
     "estimate_mi_groups",
     "estimate_mi_sampled",
@@ -227,15 +228,38 @@ def _estimate_batch(params, a, b, key, n_valid, config: MIConfig):
     return get_bound(config.bound)(pos, neg, weight)
 
 
-def _step_one(state: CriticState, a, b, key, active, config: MIConfig):
-    """One AdamW step of one group's critic on a full batch; a no-op where ``active`` is False."""
-    est, grads = jax.value_and_grad(lambda p: _estimate_batch(p, a, b, key, a.shape[0], config))(state.params)
+def _step_one(state: CriticState, a, b, key, active, config: MIConfig, n_valid=None):
+    """One AdamW step of one group's critic; a no-op where ``active`` is False.
+
+    ``n_valid`` (default: the whole batch) counts the real rows, packed at the front of the batch.
+    """
+    n_valid = a.shape[0] if n_valid is None else n_valid
+    est, grads = jax.value_and_grad(lambda p: _estimate_batch(p, a, b, key, n_valid, config))(state.params)
     grads = jax.tree.map(lambda g: -g, grads)  # maximise the bound
     updates, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: -state.lr * u, updates))
     new = state.replace(params=params, opt_state=opt_state)
     new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
     return new, est
+
+
+def update_masked(state: CriticState, a, b, member, key, config: MIConfig):
+    """One step of every group's critic on one shared batch, each group using its own members.
+
+    The online form: a f[B, da] and b f[B, db] are the features of one training batch and
+    member bool[G, B] says which rows belong to which group. Group g trains on its member rows only
+    (negatives drawn among them); a group with fewer than 2 members in the batch skips the step.
+    Jittable; returns ``(state, estimates f32[G], counts int32[G])``.
+    """
+
+    def one(s, m, k):
+        order = jnp.argsort(~m, stable=True)
+        n = jnp.sum(m).astype(jnp.int32)
+        new, est = _step_one(s, a[order], b[order], k, n >= 2, config, n)
+        return new, jnp.where(n >= 2, est, 0.0), n
+
+    keys = jax.random.split(key, member.shape[0])
+    return jax.vmap(one)(state, member, keys)
 
 
 @functools.partial(jax.jit, static_argnames=("config",))
@@ -395,15 +419,17 @@ def gather_pairs(shared, group_data, positions, key):
 
 
 def bank_pairs(shared, group_data, positions, key):
-    """``sample_fn`` for a cached bank of R noise draws of ``a`` per sample.
+    """``sample_fn`` for a cached bank of R noise draws per sample.
 
-    shared = (a_bank f[N, R, da], b f[N, db]); group_data = index int32[M] into the N samples. Each
-    pair takes one of its sample's R draws of ``a`` at random, as a fresh noise draw would.
+    shared = (a_bank f[N, R, da], b f[N, db] or b_bank f[N, R, db]); group_data = index int32[M] into
+    the N samples. Each pair takes one of its sample's R draws at random (the same draw for a and b
+    when both are banks, e.g. Y_pred and T of one noisy forward pass), as a fresh noise draw would.
     """
     a_bank, b_all = shared
     idx = group_data[positions]
     r = jax.random.randint(key, idx.shape, 0, a_bank.shape[1])
-    return a_bank[idx, r], b_all[idx]
+    b = b_all[idx, r] if b_all.ndim == 3 else b_all[idx]
+    return a_bank[idx, r], b
 
 
 def estimate_mi_sampled(

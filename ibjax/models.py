@@ -180,7 +180,7 @@ class SmallCNN(nn.Module):
     """
 
     num_classes: int = 10
-    widths: Sequence[int] = (32, 64, 128)
+    widths: Sequence[int] = (16, 32, 64)
     gamma_xt: float = 0.4
     gamma_ty: float = 0.4
     dtype: Dtype = jnp.float32

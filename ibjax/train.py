@@ -101,7 +101,8 @@ def create_train_state(key: jax.Array, model: nn.Module, image_shape: tuple[int,
     """Initialise parameters (from ``key``) for images of shape (H, W, C)."""
     config.validate()
     k_params, k_noise = jax.random.split(key)
-    variables = model.init({"params": k_params, "noise": k_noise}, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    init = jax.jit(lambda k1, k2: model.init({"params": k1, "noise": k2}, jnp.zeros((1, *image_shape), jnp.float32)))
+    variables = init(k_params, k_noise)
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -144,7 +145,9 @@ def plateau_update(state: PlateauState, lr: float, metric: float, config: TrainC
     return PlateauState(best=state.best, bad_epochs=bad), lr
 
 
-@functools.partial(jax.jit, static_argnames=("model", "trigger", "config", "total_steps"), donate_argnums=(0,))
+@functools.partial(
+    jax.jit, static_argnames=("model", "trigger", "config", "total_steps", "return_features"), donate_argnums=(0,)
+)
 def train_step(
     state: TrainState,
     data: DeviceData,
@@ -155,6 +158,7 @@ def train_step(
     trigger,
     config: TrainConfig,
     total_steps: int = 0,
+    return_features: bool = False,
 ) -> tuple[TrainState, dict]:
     """One SGD step on the batch ``index`` (int32[B]) of ``data``, triggers applied on the device.
 
@@ -165,6 +169,8 @@ def train_step(
       key: PRNG key for the noise injection.
       model, trigger, config: static; ``trigger`` is ``attack.train_trigger``.
       total_steps: for the cosine schedule.
+      return_features: also return the batch's ``features``: ``(X f32[B, H*W*C], T f32[B, D],
+        logits f32[B, K])`` as the network saw them in this step (for critics trained alongside).
 
     Returns:
       The new state and metrics: ``loss_sum f32[K]`` (cross-entropy summed per training label, nats),
@@ -173,7 +179,7 @@ def train_step(
     x, y, _ = gather_batch(data, index, trigger)
 
     def loss_fn(params):
-        (logits, _), updates = model.apply(
+        (logits, t), updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
             x,
             train=True,
@@ -181,9 +187,9 @@ def train_step(
             mutable=["batch_stats"],
         )
         per_sample = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return per_sample.mean(), (per_sample, logits, updates)
+        return per_sample.mean(), (per_sample, logits, t, updates)
 
-    grads, (per_sample, logits, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
+    grads, (per_sample, logits, t, updates) = jax.grad(loss_fn, has_aux=True)(state.params)
     updates_opt, opt_state = _optimizer(config).update(grads, state.opt_state, state.params)
     lr = cosine_lr(state.lr, state.step, total_steps) if config.schedule == "cosine" else state.lr
     params = optax.apply_updates(state.params, jax.tree.map(lambda u: -lr * u, updates_opt))
@@ -193,6 +199,8 @@ def train_step(
         "count": jax.ops.segment_sum(jnp.ones_like(y), y, num_classes),
         "correct": jax.ops.segment_sum((jnp.argmax(logits, -1) == y).astype(jnp.int32), y, num_classes),
     }
+    if return_features:
+        metrics["features"] = (x.reshape(x.shape[0], -1), t, logits)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=updates["batch_stats"], opt_state=opt_state
     )
@@ -290,12 +298,15 @@ def train_epoch(
     config: TrainConfig,
     total_steps: int = 0,
     progress=None,
+    on_step=None,
 ) -> tuple[TrainState, dict]:
     """One epoch over shuffled full batches of ``data``.
 
     Args:
       key: PRNG key for this epoch (shuffle and noise).
       progress: optional callable ``(steps_done, steps_total)`` called after every step.
+      on_step: optional callable ``(step, index int32[B], features)`` called after every step with the
+        batch's features (see :func:`train_step`); used to train MI critics alongside the network.
 
     Returns:
       The new state and host metrics: ``train_accuracy``, ``train_loss`` (mean nats) and
@@ -310,7 +321,10 @@ def train_epoch(
         state, m = train_step(
             state, data, jnp.asarray(idx), jax.random.fold_in(k_noise, s),
             model=model, trigger=attack.train_trigger, config=config, total_steps=total_steps,
+            return_features=on_step is not None,
         )
+        if on_step is not None:
+            on_step(s, idx, m.pop("features"))
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         if progress is not None:
             progress(s + 1, len(batches))
