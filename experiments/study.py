@@ -62,7 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-mode", default=d.feature_mode, choices=["fresh", "bank"])
     p.add_argument("--bank-draws", type=int, default=d.bank_draws)
     p.add_argument("--xt-epochs", type=int, default=XT_CONFIG.epochs)
+    p.add_argument("--xt-batch-size", type=int, default=XT_CONFIG.batch_size)
+    p.add_argument("--xt-negatives", type=int, default=XT_CONFIG.negatives)
     p.add_argument("--ty-epochs", type=int, default=TY_CONFIG.epochs)
+    p.add_argument("--ty-batch-size", type=int, default=TY_CONFIG.batch_size)
+    p.add_argument("--ty-negatives", type=int, default=TY_CONFIG.negatives)
+    p.add_argument("--critic", default=XT_CONFIG.critic, choices=["concat", "separable"])
+    p.add_argument("--critic-hidden", type=_ints, default=XT_CONFIG.hidden)
     p.add_argument("--mi-dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--heldout-fraction", type=float, default=XT_CONFIG.heldout_fraction)
     p.add_argument("--stealth-epochs", type=_ints, default=d.stealth_epochs)
@@ -75,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> StudyConfig:
     d = StudyConfig()
+    common = dict(dtype=a.mi_dtype, heldout_fraction=a.heldout_fraction, critic=a.critic, hidden=a.critic_hidden)
     return StudyConfig(
         dataset=a.dataset,
         data_dir=a.data_dir,
@@ -86,8 +93,10 @@ def config_from_args(a: argparse.Namespace) -> StudyConfig:
         train=dataclasses.replace(d.train, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, schedule=a.schedule,
                                   asr_on_all=a.asr_on_all),
         mi_epochs=a.mi_epochs,
-        xt=dataclasses.replace(XT_CONFIG, epochs=a.xt_epochs, dtype=a.mi_dtype, heldout_fraction=a.heldout_fraction),
-        ty=dataclasses.replace(TY_CONFIG, epochs=a.ty_epochs, dtype=a.mi_dtype, heldout_fraction=a.heldout_fraction),
+        xt=dataclasses.replace(XT_CONFIG, epochs=a.xt_epochs, batch_size=a.xt_batch_size, negatives=a.xt_negatives,
+                               read_epochs=min(XT_CONFIG.read_epochs, a.xt_epochs), **common),
+        ty=dataclasses.replace(TY_CONFIG, epochs=a.ty_epochs, batch_size=a.ty_batch_size, negatives=a.ty_negatives,
+                               read_epochs=min(TY_CONFIG.read_epochs, a.ty_epochs), **common),
         mi_mode=a.mi_mode,
         feature_mode=a.feature_mode,
         bank_draws=a.bank_draws,

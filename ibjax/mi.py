@@ -207,7 +207,11 @@ def _init_one(key: jax.Array, da: int, db: int, config: MIConfig) -> CriticState
 
 def init(key: jax.Array, num_groups: int, da: int, db: int, config: Optional[MIConfig] = None, **overrides) -> CriticState:
     """Stacked critic state for ``num_groups`` groups (group g initialised from ``split(key, G)[g]``)."""
-    config = _config(config, overrides)
+    return _init(key, num_groups, da, db, _config(config, overrides))
+
+
+@functools.partial(jax.jit, static_argnames=("num_groups", "da", "db", "config"))
+def _init(key, num_groups, da, db, config):
     return jax.vmap(lambda k: _init_one(k, da, db, config))(jax.random.split(key, num_groups))
 
 
@@ -262,7 +266,7 @@ def update_masked(state: CriticState, a, b, member, key, config: MIConfig):
     return jax.vmap(one)(state, member, keys)
 
 
-@functools.partial(jax.jit, static_argnames=("config",))
+@functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(0,))
 def _update(state, a, b, key, config):
     keys = jax.random.split(key, a.shape[0])
     active = jnp.ones((a.shape[0],), bool)
@@ -273,7 +277,7 @@ def update(state: CriticState, a: jax.Array, b: jax.Array, key: jax.Array, confi
     """One optimiser step of every group's critic on one batch of pairs per group.
 
     Args:
-      state: from :func:`init`.
+      state: from :func:`init` (donated: use the returned state).
       a: f[G, B, da]; b: f[G, B, db] paired samples of each group.
       key: PRNG key (negative sampling).
 
@@ -311,7 +315,8 @@ def _ranks(key: jax.Array, include: jax.Array) -> jax.Array:
     return jnp.argsort(jnp.where(include, u, jnp.inf)).astype(jnp.int32)
 
 
-def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig, steps: int, heldout_batches: int, da: int, db: int):
+def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig, steps: int, heldout_batches: int, da: int, db: int,
+                  progress=None):
     """Train one group's critic and read it (vmapped over groups by the caller)."""
     bsz = config.batch_size
     k_init, k_split, k_epochs, k_ho = jax.random.split(key, 4)
@@ -339,6 +344,8 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
 
         state, ests = jax.lax.scan(step, state, jnp.arange(steps))
         est = jnp.sum(ests) / my_steps
+        if progress is not None:
+            jax.debug.callback(progress, e)
         return _plateau(state, est, config), est
 
     state = _init_one(k_init, da, db, config)
@@ -372,11 +379,12 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
 
 
 @functools.partial(
-    jax.jit, static_argnames=("sample_fn", "config", "steps", "heldout_batches", "da", "db")
+    jax.jit, static_argnames=("sample_fn", "config", "steps", "heldout_batches", "da", "db", "progress")
 )
-def _estimate_all(keys, valid, group_data, shared, *, sample_fn, config, steps, heldout_batches, da, db):
+def _estimate_all(keys, valid, group_data, shared, *, sample_fn, config, steps, heldout_batches, da, db, progress=None):
     fn = functools.partial(
-        _estimate_one, sample_fn=sample_fn, config=config, steps=steps, heldout_batches=heldout_batches, da=da, db=db
+        _estimate_one, sample_fn=sample_fn, config=config, steps=steps, heldout_batches=heldout_batches, da=da, db=db,
+        progress=progress,
     )
     return jax.vmap(fn, in_axes=(0, 0, 0, None))(keys, valid, group_data, shared)
 
@@ -443,6 +451,7 @@ def estimate_mi_sampled(
     *,
     config: Optional[MIConfig] = None,
     group_names: Optional[tuple[str, ...]] = None,
+    progress: Optional[Callable[[Any], None]] = None,
     **overrides,
 ) -> MIResult:
     """Estimate MI for G groups whose pairs come from ``sample_fn``; the general form.
@@ -458,6 +467,9 @@ def estimate_mi_sampled(
       valid: bool[G, M], real positions of every group (concrete: it sets the scan lengths).
       da, db: feature sizes of a and b.
       config / overrides: :class:`MIConfig` and keyword options.
+      group_names: names for error messages.
+      progress: optional hashable callable, called from the device loop with each finished
+        estimator epoch index (0-based), e.g. to drive a progress bar. Order is not guaranteed.
 
     Returns:
       :class:`MIResult` with a leading group axis.
@@ -470,7 +482,7 @@ def estimate_mi_sampled(
     keys = _group_keys(key, valid.shape[0])
     traj, train, heldout = _estimate_all(
         keys, jnp.asarray(valid), group_data, shared,
-        sample_fn=sample_fn, config=config, steps=steps, heldout_batches=ho_batches, da=da, db=db,
+        sample_fn=sample_fn, config=config, steps=steps, heldout_batches=ho_batches, da=da, db=db, progress=progress,
     )
     return MIResult(trajectory=traj, train=train, heldout=heldout, cap=config.cap)
 

@@ -157,7 +157,7 @@ def validate(config: StudyConfig, run_dir: str) -> Attack:
 
 
 class _Progress:
-    """A plain progress line with rate and ETA on stderr (no dependency, quiet when not a terminal)."""
+    """A plain progress line with rate and ETA on stderr, redrawn at most once a second."""
 
     def __init__(self, desc: str, total: int, enabled: bool = True):
         self.desc, self.total, self.enabled = desc, total, enabled
@@ -204,19 +204,21 @@ def estimate_groups_mi(
     feature_mode: str = "fresh",
     bank_draws: int = 8,
     sample_fns: Optional[dict] = None,
+    progress: bool = False,
 ) -> dict:
     """I(X;T) and I(T;Y_pred) of every group of ``plan`` in one batched call per quantity.
 
     Returns ``{"xt": {group: {"trajectory", "train", "heldout"}}, "ty": {...}}`` (nats).
-    ``sample_fns`` caches the fresh-mode sample functions across calls so they compile once.
+    ``sample_fns`` caches the fresh-mode sample functions (and progress tickers) across calls, so the
+    estimator compiles once per run.
     """
     index, valid = group_index_table(plan.group_masks)
     k_xt, k_ty, k_bank = jax.random.split(key, 3)
     num_pixels = int(np.prod(data.images.shape[1:]))
-    probe = model.apply(variables, jnp.zeros((1, *data.images.shape[1:])), train=False, rngs={"noise": key})
-    num_classes, t_dim = probe[0].shape[-1], probe[1].shape[-1]
+    num_classes, t_dim = _output_dims(model, variables, data.images.shape[1:])
     dims = {"xt": (t_dim, num_pixels), "ty": (num_classes, t_dim)}
     out = {}
+    sample_fns = {} if sample_fns is None else sample_fns
     if feature_mode == "bank":
         used = np.unique(index[valid])
         row_of = np.zeros(data.size, np.int32)
@@ -230,17 +232,54 @@ def estimate_groups_mi(
         shared = {"xt": (t_bank, x), "ty": (y_bank, t_bank)}
         for q, cfg, k in (("xt", xt, k_xt), ("ty", ty, k_ty)):
             res = ibmi.estimate_mi_sampled(k, ibmi.bank_pairs, shared[q], local, valid, *dims[q], config=cfg,
-                                           group_names=plan.group_names)
+                                           group_names=plan.group_names, progress=_ticker(sample_fns, q, cfg, progress))
             out[q] = _per_group(res, plan.group_names)
         return out
-    sample_fns = {} if sample_fns is None else sample_fns
     for q, cfg, k in (("xt", xt, k_xt), ("ty", ty, k_ty)):
         if q not in sample_fns:
             sample_fns[q] = functools.partial(_fresh_sample, model=model, trigger=attack.train_trigger, quantity=q)
         res = ibmi.estimate_mi_sampled(k, sample_fns[q], (variables, data), jnp.asarray(index), valid, *dims[q],
-                                       config=cfg, group_names=plan.group_names)
+                                       config=cfg, group_names=plan.group_names, progress=_ticker(sample_fns, q, cfg, progress))
         out[q] = _per_group(res, plan.group_names)
     return out
+
+
+class _EpochTicker:
+    """A stable (hashable by identity) progress callback for the MI estimator's device loop.
+
+    The estimator takes it as a static argument, so one ticker per quantity is kept for the whole
+    run and only its bar is replaced: a new callable every call would recompile the estimator.
+    """
+
+    def __init__(self, label: str):
+        self.label, self.bar, self.done = label, None, 0
+
+    def start(self, total: int) -> "_EpochTicker":
+        self.bar, self.done = _Progress(self.label, total), 0
+        return self
+
+    def __call__(self, _epoch) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar(self.done)
+
+
+def _ticker(cache: dict, quantity: str, cfg: ibmi.MIConfig, enabled: bool):
+    if not enabled:
+        return None
+    name = f"ticker_{quantity}"
+    if name not in cache:
+        cache[name] = _EpochTicker(f"  {'I(X;T)' if quantity == 'xt' else 'I(T;Y_pred)'} estimator epochs")
+    return cache[name].start(cfg.epochs)
+
+
+def _output_dims(model, variables, image_shape) -> tuple[int, int]:
+    """(number of classes, size of T) of ``model``, from shapes alone."""
+    logits, t = jax.eval_shape(
+        lambda v: model.apply(v, jnp.zeros((1, *image_shape)), train=False, rngs={"noise": jax.random.PRNGKey(0)}),
+        variables,
+    )
+    return logits.shape[-1], t.shape[-1]
 
 
 def _per_group(res: ibmi.MIResult, names) -> dict:
@@ -357,7 +396,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     state = create_train_state(k_init, model, train_set.images.shape[1:], tcfg)
     online = config.mi_mode in ("online", "both")
     x_dim = int(np.prod(train_set.images.shape[1:]))
-    t_dim = model.apply(state.variables, jnp.zeros((1, *train_set.images.shape[1:])), rngs={"noise": key})[1].shape[-1]
+    _, t_dim = _output_dims(model, state.variables, train_set.images.shape[1:])
     G = len(plan.group_names)
     critics = {}
     if online:
@@ -427,7 +466,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             say(f"epoch {epoch}: estimating I(X;T) and I(T;Y_pred) for {G} groups ...")
             res = estimate_groups_mi(jax.random.fold_in(k_mi, epoch), state.variables, data, plan, model=model,
                                      attack=attack, xt=config.xt, ty=config.ty, feature_mode=config.feature_mode,
-                                     bank_draws=config.bank_draws, sample_fns=sample_fns)
+                                     bank_draws=config.bank_draws, sample_fns=sample_fns, progress=progress)
             for q, groups in res.items():
                 for name, r in groups.items():
                     meta["mi"].setdefault(q, {}).setdefault(name, {})[str(epoch)] = r

@@ -145,9 +145,6 @@ def plateau_update(state: PlateauState, lr: float, metric: float, config: TrainC
     return PlateauState(best=state.best, bad_epochs=bad), lr
 
 
-@functools.partial(
-    jax.jit, static_argnames=("model", "trigger", "config", "total_steps", "return_features"), donate_argnums=(0,)
-)
 def train_step(
     state: TrainState,
     data: DeviceData,
@@ -176,6 +173,18 @@ def train_step(
       The new state and metrics: ``loss_sum f32[K]`` (cross-entropy summed per training label, nats),
       ``count i32[K]``, ``correct i32[K]`` per class.
     """
+    # Every argument is passed by name to one jitted function, so the compiled step is shared by all
+    # callers whatever defaults they spell out.
+    return _train_step_jit(
+        state, data, index, key, model=model, trigger=trigger, config=config, total_steps=total_steps,
+        return_features=return_features,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("model", "trigger", "config", "total_steps", "return_features"), donate_argnums=(0,)
+)
+def _train_step_jit(state, data, index, key, *, model, trigger, config, total_steps, return_features):
     x, y, _ = gather_batch(data, index, trigger)
 
     def loss_fn(params):

@@ -880,7 +880,7 @@ def _split_overrides(
 
 
 def get_attack(name: str, **overrides: Any) -> Attack:
-    """Build the :class:`Attack` for ``name`` with SPEC defaults.
+    """Build the :class:`Attack` for ``name`` with SPEC defaults (cached).
 
     Overrides are fields of that attack's params dataclass. A plain field name
     (``alpha=0.2``) sets the field for both the training and the test trigger;
@@ -893,7 +893,23 @@ def get_attack(name: str, **overrides: Any) -> Attack:
     Raises:
       ValueError: unknown attack name (the message lists :data:`ATTACKS`), or
         an override that names no field of the attack's params.
+
+    Equal arguments return the same (cached) object, so jitted steps that take the attack's triggers
+    as static arguments compile once per attack, not once per call.
     """
+    try:
+        return _cached_attack(name, tuple(sorted(overrides.items())))
+    except TypeError:  # an unhashable override value: build without the cache
+        return _build_attack(name, **overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_attack(name: str, overrides: tuple) -> Attack:
+    return _build_attack(name, **dict(overrides))
+
+
+def _build_attack(name: str, **overrides: Any) -> Attack:
+    """Build an :class:`Attack`; see :func:`get_attack`."""
     if name not in _ATTACK_PARAMS:
         raise ValueError(f"unknown attack {name!r}; known attacks: {', '.join(ATTACKS)}")
     cls, train_defaults, test_defaults = _ATTACK_PARAMS[name]

@@ -1,0 +1,114 @@
+"""The benchmark scripts run end to end at their smallest sizes and report sensible rows.
+
+Numbers are not checked against any target (this is a CPU); only that every expected row is there,
+positive and finite, in both the Markdown table and the JSON. Most of the time here is XLA compilation;
+the torch variants reuse the compiled functions of the --no-torch runs (same static arguments).
+"""
+
+import json
+import math
+import pathlib
+import sys
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for plain `pytest` too
+
+from benchmarks import _common, estimator_throughput, train_throughput  # noqa: E402
+
+TRAIN_ARGS = ["--quick", "--model", "small_cnn", "--dtypes", "float32"]
+EST_ARGS = ["--quick", "--groups", "2", "--batch-div", "16", "--size-div", "64", "--steps", "2", "--repeats", "2",
+            "--cnn", "small_cnn"]
+
+
+def _positive(x):
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def _run(module, args, tmp_path, capsys):
+    path = tmp_path / "out.json"
+    doc = module.main([*args, "--json", str(path)])
+    out = capsys.readouterr().out
+    on_disk = json.loads(path.read_text())
+    assert on_disk["rows"] == json.loads(json.dumps(doc["rows"]))
+    assert on_disk["command"].startswith(f"python -m {module.MODULE} ")
+    for key in ("date", "hardware", "config", "notes"):
+        assert on_disk[key]
+    assert on_disk["hardware"]["jax_device"] and on_disk["hardware"]["cpu"]
+    assert "| implementation |" in out or "| quantity |" in out
+    assert on_disk["command"] in out
+    return on_disk, out
+
+
+def _check_train(doc, out, with_torch):
+    rows = doc["rows"]
+    impls = [(r["implementation"], r["dtype"]) for r in rows]
+    expected = [("ibjax train_step", "float32"), ("ibjax train_epoch", "float32")]
+    if with_torch:
+        expected.append(("PyTorch eager", "float32"))
+    assert impls == expected
+    for r in rows:
+        assert _positive(r["img_per_s"]) and _positive(r["ms_per_step"])
+        assert f"| {r['implementation']} | {r['dtype']} |" in out
+        if with_torch:
+            assert _positive(r["ratio_vs_torch_fp32"])
+        else:
+            assert "ratio_vs_torch_fp32" not in r
+    if with_torch:
+        assert rows[-1]["ratio_vs_torch_fp32"] == pytest.approx(1.0)
+        assert "torch_device" in doc["hardware"]
+    assert "60,000" in out  # the H100 target is printed next to the results
+
+
+def test_train_throughput_quick_no_torch(tmp_path, capsys):
+    doc, out = _run(train_throughput, [*TRAIN_ARGS, "--no-torch"], tmp_path, capsys)
+    _check_train(doc, out, with_torch=False)
+    assert doc["config"]["batch"] == 16 and not doc["config"]["torch"]
+
+
+def test_train_throughput_quick_with_torch(tmp_path, capsys):
+    pytest.importorskip("torch")
+    doc, out = _run(train_throughput, TRAIN_ARGS, tmp_path, capsys)
+    _check_train(doc, out, with_torch=True)
+
+
+def _check_estimator(doc, out, with_torch):
+    rows = doc["rows"]
+    got = [(r["quantity"], r["implementation"].split(" (")[0], r["groups"]) for r in rows]
+    expected = []
+    for q in ("I(X;T)", "I(T;Y)"):
+        expected += [(q, "ibjax mi.update", 2), (q, "ibjax estimate_mi_groups", 2)]
+        if with_torch:
+            expected.append((q, "PyTorch reference-style", 1))
+    assert got == expected
+    for r in rows:
+        assert _positive(r["group_steps_per_s"]) and _positive(r["computed_group_steps_per_s"])
+        assert r["computed_group_steps_per_s"] >= r["group_steps_per_s"] * (1 - 1e-9)
+        assert r.get("finite", True)
+        assert ("ratio_vs_reference_style" in r) == with_torch
+    full = doc["full_estimate"]
+    assert full["kind"] == "extrapolated" and _positive(full["seconds"])
+    assert full["computed_group_steps"] == 13 * full["scan_steps"] and full["scan_steps"] >= 7000
+    assert "Whole 13-group I(X;T) estimate" in out and "extrapolated" in out
+    assert "9,200" in out and "reported, not measured here" in out
+
+
+def test_estimator_throughput_quick_no_torch(tmp_path, capsys):
+    doc, out = _run(estimator_throughput, [*EST_ARGS, "--no-torch"], tmp_path, capsys)
+    _check_estimator(doc, out, with_torch=False)
+
+
+def test_estimator_throughput_quick_with_torch(tmp_path, capsys):
+    pytest.importorskip("torch")
+    doc, out = _run(estimator_throughput, EST_ARGS, tmp_path, capsys)
+    _check_estimator(doc, out, with_torch=True)
+    base = [r for r in doc["rows"] if r["implementation"].startswith("PyTorch")]
+    assert all(r["ratio_vs_reference_style"] == pytest.approx(1.0) for r in base)
+
+
+def test_missing_torch_fails_with_a_clear_message(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` raise ImportError
+    with pytest.raises(SystemExit, match="--no-torch"):
+        _common.require_torch()
+    with pytest.raises(SystemExit, match="PyTorch is needed"):
+        train_throughput.main(["--quick", "--model", "small_cnn"])
