@@ -30,15 +30,15 @@ QUICKSTART = StudyConfig(
     attack="badnets",
     poison=PoisonConfig(ratio=0.1, target=0),
     model=ModelConfig(name="small_cnn", gamma_xt=0.4, gamma_ty=0.4),
-    train=TrainConfig(epochs=6, batch_size=64, lr=0.05, schedule="cosine"),
-    mi_epochs=(1, 3, 6),
+    train=TrainConfig(epochs=8, batch_size=64, lr=0.05, schedule="cosine"),
+    mi_epochs=(1, 4, 8),
     xt=LIGHT_MI,
     ty=dataclasses.replace(LIGHT_MI, lr=2e-3),
     mi_mode="offline",
     feature_mode="bank",
     bank_draws=4,
-    stealth_epochs=(1, 3, 6),
-    embed_epochs=(1, 6),
+    stealth_epochs=(1, 4, 8),
+    embed_epochs=(1, 8),
 )
 
 

@@ -7,15 +7,19 @@ from ibjax import models
 
 
 def _init_apply(model, x, noise_key=1):
-    variables = model.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(0)}, x)
-    return variables, model.apply(variables, x, rngs={"noise": jax.random.PRNGKey(noise_key)})
+    @jax.jit
+    def run(x):
+        variables = model.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(0)}, x)
+        return variables, model.apply(variables, x, rngs={"noise": jax.random.PRNGKey(noise_key)})
+
+    return run(x)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "vgg16"])
 def test_study_models_return_logits_and_512d_representation(name):
     model = models.make_model(models.ModelConfig(name=name, num_classes=10))
     x = jax.random.uniform(jax.random.PRNGKey(1), (2, 32, 32, 3))
-    variables, (logits, t) = jax.jit(lambda x: _init_apply(model, x))(x)
+    variables, (logits, t) = _init_apply(model, x)
     assert logits.shape == (2, 10) and t.shape == (2, 512)
     assert logits.dtype == jnp.float32 and t.dtype == jnp.float32
     n_params = sum(p.size for p in jax.tree.leaves(variables["params"]))
@@ -27,8 +31,9 @@ def test_noise_makes_t_a_random_function_of_x_and_is_on_in_eval():
     model = models.SmallCNN(widths=(8, 16), gamma_xt=0.4, gamma_ty=0.4)
     x = jnp.ones((4, 16, 16, 3)) * 0.5
     variables, (l1, t1) = _init_apply(model, x, noise_key=1)
-    l2, t2 = model.apply(variables, x, train=False, rngs={"noise": jax.random.PRNGKey(2)})
-    l3, t3 = model.apply(variables, x, train=False, rngs={"noise": jax.random.PRNGKey(1)})
+    apply = jax.jit(lambda k: model.apply(variables, x, train=False, rngs={"noise": k}))
+    l2, t2 = apply(jax.random.PRNGKey(2))
+    l3, t3 = apply(jax.random.PRNGKey(1))
     assert not np.allclose(t1, t2)
     np.testing.assert_array_equal(t1, t3)  # deterministic given the noise key
 
