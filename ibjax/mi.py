@@ -46,6 +46,7 @@ __all__ = [
     "update",
     "end_epoch",
     "update_masked",
+    "check_groups",
     "estimate_mi",
     "estimate_mi_groups",
     "estimate_mi_sampled",
@@ -329,15 +330,18 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
     n_tr = n - n_ho
     my_steps = jnp.maximum(1, jnp.floor((n_tr // bsz) * config.batch_fraction).astype(jnp.int32))
 
+    def batch_at(order, i, key):
+        """Pairs of the i-th batch of ``order`` and the key for their negatives."""
+        k_pairs, k_neg = jax.random.split(key)
+        a, b = sample_fn(shared, group_data, jax.lax.dynamic_slice(order, (i * bsz,), (bsz,)), k_pairs)
+        return a, b, k_neg
+
     def epoch(state, e):
         k_e = jax.random.fold_in(k_epochs, e)
         order = _ranks(jax.random.fold_in(k_e, 0), train)
 
         def step(state, s):
-            k_s = jax.random.fold_in(jax.random.fold_in(k_e, 1), s)
-            k_pairs, k_neg = jax.random.split(k_s)
-            pos = jax.lax.dynamic_slice(order, (s * bsz,), (bsz,))
-            a, b = sample_fn(shared, group_data, pos, k_pairs)
+            a, b, k_neg = batch_at(order, s, jax.random.fold_in(jax.random.fold_in(k_e, 1), s))
             active = s < my_steps
             state, est = _step_one(state, a, b, k_neg, active, config)
             return state, jnp.where(active, est, 0.0)
@@ -359,10 +363,7 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
         order = _ranks(jax.random.fold_in(k_p, 0), heldout)
 
         def batch(_, h):
-            k_h = jax.random.fold_in(jax.random.fold_in(k_p, 1), h)
-            k_pairs, k_neg = jax.random.split(k_h)
-            pos = jax.lax.dynamic_slice(order, (h * bsz,), (bsz,))
-            a, b = sample_fn(shared, group_data, pos, k_pairs)
+            a, b, k_neg = batch_at(order, h, jax.random.fold_in(jax.random.fold_in(k_p, 1), h))
             n_valid = jnp.minimum(bsz, n_ho - h * bsz)
             est = _estimate_batch(state.params, a, b, k_neg, n_valid, config)
             return None, jnp.where(h < my_ho_batches, est, 0.0)
@@ -398,6 +399,15 @@ def _group_keys(key: jax.Array, num_groups: int) -> jax.Array:
     if key.shape == (num_groups, 2):
         return key
     raise ValueError(f"key must be one PRNG key or one per group ({num_groups}), got shape {key.shape}")
+
+
+def check_groups(mask: np.ndarray, config: Optional[MIConfig] = None, group_names: Optional[tuple] = None, **overrides) -> None:
+    """Raise ValueError now if any group of ``mask`` bool[G, N] is too small for ``config``.
+
+    Callers that estimate MI late in a long run (after training epochs) call this first, so that a
+    bad combination of group sizes and batch size fails before any work starts.
+    """
+    _static_sizes(np.asarray(mask, bool), _config(config, overrides), group_names)
 
 
 def _static_sizes(valid: np.ndarray, config: MIConfig, names: Optional[tuple] = None) -> tuple[int, int]:

@@ -19,6 +19,7 @@ parameters stay float32 and the returned logits and T are float32.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -38,6 +39,13 @@ __all__ = [
 ]
 
 
+def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype) -> nn.Conv:
+    """A bias-free k x k convolution with 'same'-style padding (as torchvision's CIFAR ResNets)."""
+    pad = kernel // 2
+    return nn.Conv(features, (kernel, kernel), (strides, strides), padding=[(pad, pad)] * 2, use_bias=False,
+                   dtype=dtype, name=name)
+
+
 def _noise(x: jax.Array, std: float, module: nn.Module) -> jax.Array:
     """Add N(0, std^2) noise from the module's 'noise' RNG stream (no-op for std == 0)."""
     if std <= 0.0:
@@ -55,9 +63,7 @@ class _BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False, dtype=self.dtype, name=name
-        )
+        conv = functools.partial(_conv, dtype=self.dtype)
         y = conv(self.features, 3, self.strides, "conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = _noise(y, self.gamma, self)
@@ -79,9 +85,7 @@ class _PreActBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        conv = lambda f, k, s, name: nn.Conv(  # noqa: E731
-            f, (k, k), (s, s), padding=[(k // 2, k // 2)] * 2, use_bias=False, dtype=self.dtype, name=name
-        )
+        conv = functools.partial(_conv, dtype=self.dtype)
         out = nn.relu(self.norm(name="bn1")(x))
         out = _noise(out, self.gamma, self)
         shortcut = x

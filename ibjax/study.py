@@ -371,6 +371,9 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     key = jax.random.PRNGKey(config.seed)
     k_plan, k_trig, k_init, k_train, k_mi, k_pgd = jax.random.split(key, 6)
     plan = make_poison_plan(train_set.labels, num_classes, poison_cfg, k_plan)
+    if config.mi_mode != "online":
+        for cfg in (config.xt, config.ty):  # fail now, not after the first training epochs
+            ibmi.check_groups(plan.group_masks, cfg, plan.group_names)
     model_cfg = dataclasses.replace(config.model, num_classes=num_classes)
     model = make_model(model_cfg)
     timings = {"load_s": time.perf_counter() - t0}

@@ -119,8 +119,11 @@ def test_bad_options_fail_before_any_work(tmp_path, change, match):
         validate(dataclasses.replace(TINY, **change), str(tmp_path / "run"))
 
 
-def test_target_out_of_range_and_unknown_dataset_fail_early(tmp_path):
+def test_target_out_of_range_unknown_dataset_and_small_groups_fail_early(tmp_path):
     t = time.time()
+    with pytest.raises(ValueError, match="target_backdoor has .* fewer than batch_size=64"):
+        run_study(dataclasses.replace(TINY, xt=dataclasses.replace(TINY_MI, batch_size=64)), str(tmp_path / "c"),
+                  progress=False)
     with pytest.raises(ValueError, match="target class 12 out of range"):
         run_study(dataclasses.replace(TINY, poison=PoisonConfig(target=12)), str(tmp_path / "a"), progress=False)
     with pytest.raises(ValueError):
@@ -158,3 +161,18 @@ def test_existing_run_needs_resume(tmp_path):
         run_study(cfg, run, progress=False)
     with pytest.raises(ValueError, match="different configuration"):
         run_study(dataclasses.replace(cfg, seed=1), run, resume=True, progress=False)
+
+
+def test_label_consistent_run_precomputes_pgd_perturbations_of_target_samples_only(tmp_path):
+    run = str(tmp_path / "lc")
+    small_mi = dataclasses.replace(TINY_MI, batch_size=8, negatives=16)
+    cfg = dataclasses.replace(TINY, attack="label_consistent", poison=PoisonConfig(ratio=0.25), pgd_steps=3,
+                              xt=small_mi, ty=small_mi,
+                              train=dataclasses.replace(TINY.train, epochs=1), mi_epochs=(1,), stealth_epochs=(1,),
+                              embed_epochs=())
+    summary = run_study(cfg, run, progress=False)
+    pert = np.load(os.path.join(run, "lc_perturbations.npy")).astype(np.float32)
+    assert pert.shape == (15, 28, 28, 1)  # 25% of the 60 target-class samples
+    norms = np.sqrt((pert.reshape(15, -1) ** 2).sum(1))
+    assert (norms > 0).all() and (norms <= 300 / 255 + 1e-2).all()  # inside the L2 ball
+    assert 0.0 <= summary["asr"] <= 1.0
