@@ -49,9 +49,14 @@ def test_config_round_trips_through_json():
     assert config_from_dict(d) == TINY
 
 
-def test_tiny_run_writes_every_file(tmp_path):
-    run = str(tmp_path / "run")
-    summary = run_study(dataclasses.replace(TINY, mi_mode="both"), run, progress=False)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run = str(tmp_path_factory.mktemp("tiny") / "run")
+    return run, run_study(dataclasses.replace(TINY, mi_mode="both"), run, progress=False)
+
+
+def test_tiny_run_writes_every_file(tiny_run):
+    run, summary = tiny_run
     for name in ("config.json", "metrics.jsonl", "mi.json", "stealth.json", "clustering.json", "summary.md",
                  "summary.json", "embedding_3.npz"):
         assert os.path.getsize(os.path.join(run, name)) > 0, name
@@ -70,6 +75,23 @@ def test_tiny_run_writes_every_file(tmp_path):
     assert set(stealth["heldout"]["components"]) == {"xt/target_clean", "xt/target", "ty/target_clean", "ty/target"}
     assert summary["stealth"]["heldout"]["total"] == pytest.approx(sum(stealth["heldout"]["components"].values()))
     assert "target_backdoor" in json.load(open(os.path.join(run, "clustering.json")))["3"]
+    assert "Online critics vs offline reads" in open(os.path.join(run, "summary.md")).read()
+
+
+def test_compare_ranks_runs_and_writes_table_csv_and_chart(tiny_run, tmp_path):
+    from experiments import compare
+
+    run, summary = tiny_run
+    out = str(tmp_path / "cmp")
+    rows = compare.main([run, run, "--out", out])
+    assert [r["rank"] for r in rows] == [1, 2]
+    assert rows[0]["total"] == pytest.approx(summary["stealth"]["heldout"]["total"])
+    csv_lines = open(os.path.join(out, "compare.csv")).read().splitlines()
+    assert csv_lines[0].startswith("run,attack,dataset,test_accuracy,asr") and len(csv_lines) == 3
+    assert "xt/target_clean" in open(os.path.join(out, "compare.md")).read()
+    assert os.path.getsize(os.path.join(out, "stealth.png")) > 5000
+    with pytest.raises(SystemExit, match="no summary.json"):
+        compare.main([str(tmp_path), "--out", out])
 
 
 def _study(args, **kw):
