@@ -8,7 +8,7 @@ InfoNCE estimation), ``metrics`` (stealthiness, silhouette), ``checkpoint``, ``p
 """
 
 from ibjax import bounds, critics, data, metrics, mi, models, pipeline, poison, train, triggers
-from ibjax.bounds import dv, infonce, nwj
+from ibjax.bounds import dv, infonce, infonce_all_pairs, nwj
 from ibjax.critics import concat_critic, concat_critic_scores, init_concat_critic, separable_critic_scores
 from ibjax.data import DataUnavailableError, Dataset, load_dataset
 from ibjax.metrics import group_silhouettes, pca_2d, silhouette_score, stealth_distance, stealthiness

@@ -8,7 +8,8 @@ Every bound takes ``pos f32[B]`` (critic scores of the B positive pairs f(a_i, b
   f_ij1..f_ijK) + log(K + 1). Low variance, biased low, and it can never exceed log(K + 1): that cap
   is structural (the positive is inside the logsumexp), so a true MI above it is under-read.
   With negatives drawn from the batch with replacement this is exactly the reference's estimator;
-  with K = B - 1 negatives "all other rows" it is the all-pairs (batch) InfoNCE, capped at log B.
+  with K = B - 1 negatives "all other rows" it is the all-pairs (batch) InfoNCE, capped at log B
+  (:func:`infonce_all_pairs` computes it from the B x B score matrix).
 - :func:`nwj` (Nguyen, Wainwright & Jordan 2010; f-GAN KL): mean f_ii - mean exp(f_ij - 1). Unbiased
   for a fixed critic, no cap, but its variance grows like exp(MI).
 - :func:`dv` (Donsker-Varadhan; MINE, Belghazi et al. 2018): mean f_ii - log mean exp(f_ij). Tighter
@@ -25,7 +26,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-__all__ = ["infonce", "nwj", "dv", "BOUNDS", "get_bound", "bound_cap"]
+__all__ = ["infonce", "infonce_all_pairs", "nwj", "dv", "BOUNDS", "get_bound", "bound_cap"]
 
 
 def _weights(pos: jax.Array, weight: Optional[jax.Array]) -> jax.Array:
@@ -42,6 +43,17 @@ def infonce(pos: jax.Array, neg: jax.Array, weight: Optional[jax.Array] = None) 
     k = neg.shape[-1]
     lse = jax.nn.logsumexp(jnp.concatenate([pos[:, None], neg], axis=-1), axis=-1)
     return _wmean(pos - lse, w) + jnp.log(k + 1.0)
+
+
+def infonce_all_pairs(scores: jax.Array) -> jax.Array:
+    """All-pairs (batch) InfoNCE from the full score matrix ``scores f32[B, B]``, ``scores[i, j] = f(a_i, b_j)``.
+
+    Row i's positive is ``scores[i, i]`` and its negatives are the other B - 1 entries of the row; at
+    most log B nats. Equal to :func:`infonce` with ``pos = diag(scores)`` and the off-diagonal
+    entries as ``neg`` (the estimator's ``negative_sampling="all"``).
+    """
+    b = scores.shape[-1]
+    return jnp.mean(jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=-1)) + jnp.log(float(b))
 
 
 def nwj(pos: jax.Array, neg: jax.Array, weight: Optional[jax.Array] = None) -> jax.Array:

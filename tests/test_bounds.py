@@ -47,3 +47,10 @@ def test_unknown_bound_and_caps():
         bounds.get_bound("jsd")
     assert bounds.bound_cap("infonce", 511) == pytest.approx(np.log(512))
     assert bounds.bound_cap("nwj", 511) == float("inf")
+
+
+def test_all_pairs_infonce_equals_infonce_with_the_other_rows_as_negatives():
+    scores = jax.random.normal(jax.random.PRNGKey(7), (9, 9)) * 3
+    off = jnp.stack([jnp.delete(scores[i], i) for i in range(9)])
+    np.testing.assert_allclose(bounds.infonce_all_pairs(scores), bounds.infonce(jnp.diagonal(scores), off), rtol=1e-5)
+    assert bounds.infonce_all_pairs(100 * jnp.eye(9)) == pytest.approx(np.log(9), abs=1e-5)
