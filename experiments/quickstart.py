@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         shutil.rmtree(a.out, ignore_errors=True)
     t0 = time.perf_counter()
     summary = run_study(QUICKSTART, a.out, resume=a.resume, progress=not a.quiet)
-    st = summary["stealth"].get("heldout", {})
+    st = summary["stealth"].get("heldout", {})  # {"error": ...} when it could not be computed
     print(json.dumps({"run_dir": a.out, "test_accuracy": summary["test_accuracy"], "asr": summary["asr"],
                       "stealth_total": st.get("total"), "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
     print(f"summary: {a.out}/summary.md")

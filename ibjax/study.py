@@ -512,7 +512,10 @@ def finalize(run_dir: str, config: StudyConfig, meta: dict) -> dict:
         available = sorted(int(e) for e in next(iter(mi_hist["xt"].values())))
         epochs = ibmetrics.select_epochs(available, config.stealth_epochs)
         for read in ("heldout", "train"):
-            stealth[read] = ibmetrics.stealthiness(mi_hist, epochs=epochs, read=read)
+            try:
+                stealth[read] = ibmetrics.stealthiness(mi_hist, epochs=epochs, read=read)
+            except ValueError as err:  # e.g. no held-out split (heldout_fraction=0): keep the other read
+                stealth[read] = {"error": str(err)}
     _write_json(os.path.join(run_dir, "stealth.json"), stealth)
     pdir = os.path.join(run_dir, "plots")
     os.makedirs(pdir, exist_ok=True)
@@ -568,6 +571,9 @@ def _summary_markdown(config: StudyConfig, meta: dict, s: dict) -> str:
         "",
     ]
     for read, st in s["stealth"].items():
+        if "error" in st:
+            lines += [f"## Stealthiness ({read} read): not computed", "", st["error"], ""]
+            continue
         comps = st["components"]
         lines += [f"## Stealthiness ({read} read, epochs {st['epochs']}; lower = more stealthy)", "",
                   "| " + " | ".join(comps) + " | total |", "|" + "---|" * (len(comps) + 1),

@@ -174,11 +174,13 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
         run_study(cfg, run, progress=False)
 
 
-def test_existing_run_needs_resume(tmp_path):
+def test_existing_run_needs_resume_and_a_run_without_heldout_split_keeps_the_train_read(tmp_path):
     run = str(tmp_path / "run")
+    no_split = dataclasses.replace(TINY_MI, heldout_fraction=0.0)
     cfg = dataclasses.replace(TINY, train=dataclasses.replace(TINY.train, epochs=1), mi_epochs=(1,), stealth_epochs=(1,),
-                              embed_epochs=())
-    run_study(cfg, run, progress=False)
+                              embed_epochs=(), xt=no_split, ty=no_split)
+    summary = run_study(cfg, run, progress=False)
+    assert "error" in summary["stealth"]["heldout"] and np.isfinite(summary["stealth"]["train"]["total"])
     with pytest.raises(ValueError, match="--resume"):
         run_study(cfg, run, progress=False)
     with pytest.raises(ValueError, match="different configuration"):
