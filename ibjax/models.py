@@ -54,12 +54,17 @@ def _noise(x: jax.Array, std: float, module: nn.Module) -> jax.Array:
     return x + (std * eps).astype(x.dtype)
 
 
-class _BasicBlock(nn.Module):
+class _Block(nn.Module):
+    """Fields shared by the residual blocks: width, stride, noise std gamma_xt, dtype, norm factory."""
+
     features: int
     strides: int
     gamma: float
     dtype: Dtype
     norm: Callable[..., nn.Module]
+
+
+class _BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x):
@@ -76,12 +81,7 @@ class _BasicBlock(nn.Module):
         return _noise(y, self.gamma, self)
 
 
-class _PreActBlock(nn.Module):
-    features: int
-    strides: int
-    gamma: float
-    dtype: Dtype
-    norm: Callable[..., nn.Module]
+class _PreActBlock(_Block):
 
     @nn.compact
     def __call__(self, x):
