@@ -149,9 +149,9 @@ def bench_ibjax(args, data, dtype: str) -> tuple[list[dict], list[str]]:
     first_leaf = jax.tree.leaves(holder["state"].params)[0]
     jax.block_until_ready(run_steps())
     donated = first_leaf.is_deleted()
-    compiled = C.jit_cache_size(T.train_step)
+    compiled = C.jit_cache_size(T._train_step_jit)
     times = C.time_repeats(run_steps, args.repeats, jax.block_until_ready)
-    recompiled = C.jit_cache_size(T.train_step) != compiled
+    recompiled = C.jit_cache_size(T._train_step_jit) != compiled
     t = C.median(times)
     rows = [{
         "implementation": "ibjax train_step",
@@ -179,14 +179,14 @@ def bench_ibjax(args, data, dtype: str) -> tuple[list[dict], list[str]]:
             holder["state"] = st
             return st
 
-        before = C.jit_cache_size(T.train_step)
+        before = C.jit_cache_size(T._train_step_jit)
         jax.block_until_ready(run_epoch())  # warm-up (compiles the shuffle)
-        compiled = C.jit_cache_size(T.train_step)
+        compiled = C.jit_cache_size(T._train_step_jit)
         if before is not None and compiled != before:
             notes.append(f"ibjax {dtype}: train_epoch compiled train_step again ({compiled - before} more executable(s)) "
                          "instead of reusing the step loop's")
         times = C.time_repeats(run_epoch, args.repeats, jax.block_until_ready)
-        if C.jit_cache_size(T.train_step) != compiled:
+        if C.jit_cache_size(T._train_step_jit) != compiled:
             notes.append(f"ibjax {dtype}: train_step recompiled during the timed train_epoch repeats")
         t = C.median(times)
         steps = args.num_images // args.batch
