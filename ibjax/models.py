@@ -46,6 +46,15 @@ def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype) -> 
                    dtype=dtype, name=name)
 
 
+def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The study's head, called inside ``module``'s compact ``__call__``: T = global average pool of
+    ``x`` plus N(0, gamma_ty^2) noise, and the logits of a linear classifier on T (both float32)."""
+    t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    t = _noise(t, module.gamma_ty, module)
+    logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier")(t)
+    return logits.astype(jnp.float32), t
+
+
 def _noise(x: jax.Array, std: float, module: nn.Module) -> jax.Array:
     """Add N(0, std^2) noise from the module's 'noise' RNG stream (no-op for std == 0)."""
     if std <= 0.0:
@@ -120,7 +129,7 @@ class _ResNet(nn.Module):
         norm = _norm(train, self.dtype)
         block = _PreActBlock if self.preact else _BasicBlock
         x = x.astype(self.dtype)
-        x = nn.Conv(self.widths[0], (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name="stem")(x)
+        x = _conv(self.widths[0], 3, 1, "stem", self.dtype)(x)
         if not self.preact:
             x = nn.relu(norm("stem_bn")(x))
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
@@ -129,10 +138,7 @@ class _ResNet(nn.Module):
                 x = block(w, strides, self.gamma_xt, self.dtype, norm, name=f"stage{i}_block{j}")(x)
         if self.preact:
             x = nn.relu(norm("final_bn")(x))
-        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        t = _noise(t, self.gamma_ty, self)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
-        return logits.astype(jnp.float32), t
+        return _pooled_head(self, x)
 
 
 class ResNet18(_ResNet):
@@ -167,14 +173,11 @@ class VGG16(nn.Module):
                 if x.shape[1] >= 2 and x.shape[2] >= 2:
                     x = nn.max_pool(x, (2, 2), (2, 2))
                 continue
-            x = nn.Conv(v, (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name=f"conv{k}")(x)
+            x = _conv(v, 3, 1, f"conv{k}", self.dtype)(x)
             x = nn.relu(norm(f"bn{k}")(x))
             x = _noise(x, self.gamma_xt, self)
             k += 1
-        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        t = _noise(t, self.gamma_ty, self)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
-        return logits.astype(jnp.float32), t
+        return _pooled_head(self, x)
 
 
 class SmallCNN(nn.Module):
@@ -196,13 +199,10 @@ class SmallCNN(nn.Module):
         for i, w in enumerate(self.widths):
             if i > 0:
                 x = nn.max_pool(x, (2, 2), (2, 2))
-            x = nn.Conv(w, (3, 3), padding=[(1, 1)] * 2, use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
+            x = _conv(w, 3, 1, f"conv{i}", self.dtype)(x)
             x = nn.relu(norm(f"bn{i}")(x))
             x = _noise(x, self.gamma_xt, self)
-        t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-        t = _noise(t, self.gamma_ty, self)
-        logits = nn.Dense(self.num_classes, dtype=self.dtype, name="classifier")(t)
-        return logits.astype(jnp.float32), t
+        return _pooled_head(self, x)
 
 
 MODELS = {
