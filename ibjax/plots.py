@@ -109,11 +109,17 @@ def _ordered_groups(groups: Sequence[str]) -> list[str]:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
+    """Lay out ``fig`` and write it as a PNG at ``path`` (parent folders created); returns str(path)."""
+    fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
     fig.savefig(path, dpi=_DPI, format="png")
     return str(path)
+
+
+def _no_data(ax) -> None:
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
 def _fallback_note(read: str, any_fallback: bool) -> str:
@@ -162,7 +168,7 @@ def plot_mi_curves(mi: Mapping[str, Any], path: str | os.PathLike, read: str = "
         ax.set_ylabel(QUANTITY_LABELS[q])
         ax.grid(alpha=0.3)
         if q not in mi or not mi[q]:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+            _no_data(ax)
             continue
         groups = _ordered_groups(list(mi[q]))
         all_groups += [g for g in groups if g not in all_groups]
@@ -184,7 +190,6 @@ def plot_mi_curves(mi: Mapping[str, Any], path: str | os.PathLike, read: str = "
     if handles:
         axes[1].legend(handles=handles, fontsize=8, loc="best")
     fig.suptitle(f"{title + ': ' if title else ''}MI per group, {read} read{_fallback_note(read, any_fb)}", fontsize=10)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -233,12 +238,11 @@ def plot_information_plane(mi: Mapping[str, Any], path: str | os.PathLike, read:
         fig.colorbar(sc, ax=ax, label="epoch")
         ax.legend(handles=_legend_handles(groups, fb_groups), fontsize=8, loc="best")
     else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        _no_data(ax)
     ax.set_xlabel(QUANTITY_LABELS["xt"])
     ax.set_ylabel(QUANTITY_LABELS["ty"])
     ax.grid(alpha=0.3)
     ax.set_title(f"{title + ': ' if title else ''}information plane, {read} read{_fallback_note(read, any_fb)}", fontsize=9)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -284,7 +288,6 @@ def plot_training_curves(metrics_records: Sequence[Mapping[str, Any]], path: str
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="center right")
     ax.set_title(title or "training curves")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -318,14 +321,13 @@ def plot_class_loss(metrics_records: Sequence[Mapping[str, Any]], path: str | os
     if 0 <= target < k:
         ax.plot(ep, loss[:, target], marker="o", ms=4, lw=3.0, color="black", zorder=5, label=f"class {target} (target)")
     if k == 0:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        _no_data(ax)
     else:
         ax.legend(fontsize=7, ncol=2, loc="best")
     ax.set_xlabel("epoch")
     ax.set_ylabel("train loss [nats]")
     ax.grid(alpha=0.3)
     ax.set_title(title or "per-class training loss")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -365,12 +367,11 @@ def plot_embedding(emb: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, pa
     if len(emb):
         ax.legend(fontsize=7, markerscale=2, loc="best")
     else:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+        _no_data(ax)
     ax.set_xlabel("component 1")
     ax.set_ylabel("component 2")
     ax.grid(alpha=0.3)
     ax.set_title(title or "embedding of T")
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -419,5 +420,4 @@ def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.Pa
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     ax.set_title(title or "dynamics-based stealthiness per attack")
-    fig.tight_layout()
     return _save(fig, path)
