@@ -21,7 +21,6 @@ import numpy as np
 from flax import struct
 
 from ibjax.poison import PoisonPlan
-from ibjax.triggers import Attack
 
 __all__ = ["DeviceData", "put_train_data", "put_test_data", "gather_batch", "epoch_batches", "test_batches"]
 

@@ -19,6 +19,7 @@ regularisation samples are left out so that those groups stay clean).
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
 import jax
 import numpy as np
@@ -48,11 +49,13 @@ class PoisonConfig:
     keep_label_fraction: float = 0.0
     selection: str = "last"
 
-    def validate(self, num_classes: int) -> None:
+    def validate(self, num_classes: Optional[int] = None) -> None:
+        """Raise ValueError for a bad option; the target's upper bound is checked once ``num_classes`` is known."""
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"poison ratio must lie in (0, 1), got {self.ratio}")
-        if not 0 <= self.target < num_classes:
-            raise ValueError(f"target class {self.target} out of range: the data set has classes 0..{num_classes - 1}")
+        if self.target < 0 or (num_classes is not None and self.target >= num_classes):
+            hint = f": the data set has classes 0..{num_classes - 1}" if num_classes is not None else ""
+            raise ValueError(f"target class {self.target} out of range{hint}")
         if not 0.0 <= self.keep_label_fraction < 1.0:
             raise ValueError(f"keep_label_fraction must lie in [0, 1), got {self.keep_label_fraction}")
         if self.selection not in ("last", "random"):

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,7 @@ from ibjax.train import (
     plateau_update,
     train_epoch,
 )
-from ibjax.triggers import Attack, get_attack, pgd_l2
+from ibjax.triggers import Attack, PGDParams, get_attack, pgd_l2
 
 __all__ = ["StudyConfig", "run_study", "validate", "config_to_dict", "config_from_dict", "estimate_groups_mi"]
 
@@ -127,10 +127,7 @@ def validate(config: StudyConfig, run_dir: str) -> Attack:
     config.train.validate()
     config.xt.validate()
     config.ty.validate()
-    if not 0.0 < config.poison.ratio < 1.0:
-        raise ValueError(f"poison ratio must lie in (0, 1), got {config.poison.ratio}")
-    if config.poison.target < 0:
-        raise ValueError(f"target class must be >= 0, got {config.poison.target}")
+    config.poison.validate()  # the target's upper bound is checked once the data set is loaded
     e = list(config.mi_epochs)
     if config.mi_mode != "online":
         if not e:
@@ -305,10 +302,8 @@ def _write_jsonl(path: str, records: list) -> None:
     os.replace(tmp, path)
 
 
-def _label_consistent_perturbations(key, config, attack, train_set, plan, model_cfg, progress) -> np.ndarray:
+def _label_consistent_perturbations(key, config, train_set, plan, model_cfg, progress) -> np.ndarray:
     """PGD perturbations of the poisoned (target-class) samples against a clean model trained here."""
-    from ibjax.triggers import PGDParams
-
     clean_plan = plan.replace(poisoned=np.zeros_like(plan.poisoned), labels=plan.clean_labels)
     ident = get_attack("badnets")  # never applied: nothing is flagged in the clean plan
     model = make_model(model_cfg)
@@ -361,8 +356,6 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir, per_class_limit=config.per_class_limit)
     test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
     num_classes = train_set.num_classes
-    if config.poison.target >= num_classes:
-        raise ValueError(f"target class {config.poison.target} out of range: {config.dataset} has {num_classes} classes")
     poison_cfg = dataclasses.replace(
         config.poison,
         clean_label=config.poison.clean_label or attack.clean_label,
@@ -385,7 +378,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             perturbations = np.load(pert_path)
         else:
             t1 = time.perf_counter()
-            perturbations = _label_consistent_perturbations(k_pgd, config, attack, train_set, plan, model_cfg,
+            perturbations = _label_consistent_perturbations(k_pgd, config, train_set, plan, model_cfg,
                                                             _Progress("PGD clean model", 1, progress))
             np.save(pert_path, perturbations)
             timings["pgd_s"] = time.perf_counter() - t1

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from ibjax.pipeline import DeviceData, gather_batch, test_batches
+from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
 from ibjax.triggers import Attack
 
 __all__ = [
@@ -321,8 +321,6 @@ def train_epoch(
       The new state and host metrics: ``train_accuracy``, ``train_loss`` (mean nats) and
       ``class_loss`` (list of per-class mean cross-entropy, by training label).
     """
-    from ibjax.pipeline import epoch_batches  # local: keeps the module graph flat
-
     k_perm, k_noise = jax.random.split(key)
     batches = epoch_batches(k_perm, data.size, config.batch_size)
     totals = None
