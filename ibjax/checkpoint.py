@@ -1,12 +1,18 @@
 """Orbax checkpoints of a whole run: a pytree of arrays plus JSON metadata, saved atomically.
 
 Orbax writes a step into a temporary directory and renames it when complete, so a process killed
-mid-save leaves the previous checkpoint intact; :meth:`Checkpointer.save` waits for the write to
-finish so that whatever the run reports as done is on disk.
+mid-save leaves the previous checkpoint intact.
+
+Saves are asynchronous by default: :meth:`Checkpointer.save` returns once the arrays are copied off
+the device, and the write to disk overlaps the next epoch's work (a ResNet-18 run state is 89 MB, and
+a blocking save every epoch would cost about as much as a training epoch on a fast GPU). A save waits
+for the previous one, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait for the last, and
+a run that is killed mid-write resumes from the newest complete checkpoint, at most one epoch back.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -16,29 +22,58 @@ __all__ = ["Checkpointer"]
 
 
 class Checkpointer:
-    """Save and restore ``(state pytree, metadata dict)`` pairs by integer step (e.g. epoch)."""
+    """Save and restore ``(state pytree, metadata dict)`` pairs by integer step (e.g. epoch).
 
-    def __init__(self, directory: str, max_to_keep: int = 2):
+    Args:
+      directory: where the steps live (created if absent).
+      max_to_keep: newest complete steps kept on disk.
+      asynchronous: write in the background (the default); ``False`` makes :meth:`save` return only
+        once the step is on disk.
+    """
+
+    def __init__(self, directory: str, max_to_keep: int = 2, asynchronous: bool = True):
         self.directory = os.path.abspath(directory)
+        self.asynchronous = asynchronous
         self._manager = ocp.CheckpointManager(
-            self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep, create=True, enable_async_checkpointing=asynchronous
+            ),
         )
 
     def latest_step(self) -> Optional[int]:
+        """The newest complete step on disk, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Save ``state`` (a pytree of arrays; it may be donated to a jitted step right after this
+        returns) and ``meta`` (JSON-serialisable) as ``step``."""
+        meta = json.loads(json.dumps(meta))  # a snapshot: the caller may change ``meta`` while it is written
         self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True
         )
+        if not self.asynchronous:
+            self._manager.wait_until_finished()
+
+    def wait(self) -> None:
+        """Block until every save so far is on disk."""
         self._manager.wait_until_finished()
 
     def restore(self, step: int, template: Any) -> tuple[Any, dict]:
         """Restore ``step`` into the structure (and dtypes) of ``template``."""
+        self.wait()
         out = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())
         )
         return out["state"], out["meta"]
 
     def close(self) -> None:
+        """Wait for the last save and release the manager."""
+        self.wait()
         self._manager.close()
+
+    def __enter__(self) -> "Checkpointer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

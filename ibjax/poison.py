@@ -37,8 +37,9 @@ class PoisonConfig:
         (clean-label). In (0, 1).
       target: the target class.
       clean_label: poison only target-class samples and keep their labels.
-      keep_label_fraction: fraction of the poisoned samples that keep their true label (Adaptive-Blend
-        uses 0.5). Chosen at random with the plan's key.
+      keep_label_fraction: fraction of the poisoned samples of non-target classes that keep their
+        true label (Adaptive-Blend's regularisation samples: 0.5). Chosen at random with the plan's
+        key. Dirty-label attacks only.
       selection: ``"last"`` takes the last samples of each class in data-set order (the reference);
         ``"random"`` draws them with the plan's key.
     """
@@ -58,6 +59,9 @@ class PoisonConfig:
             raise ValueError(f"target class {self.target} out of range{hint}")
         if not 0.0 <= self.keep_label_fraction < 1.0:
             raise ValueError(f"keep_label_fraction must lie in [0, 1), got {self.keep_label_fraction}")
+        if self.clean_label and self.keep_label_fraction > 0:
+            raise ValueError("keep_label_fraction has no effect on a clean-label attack (its poisons keep their "
+                             "labels already): set it to 0")
         if self.selection not in ("last", "random"):
             raise ValueError(f"selection must be 'last' or 'random', got {self.selection!r}")
 
@@ -134,7 +138,8 @@ def make_poison_plan(
     if not config.clean_label:
         relabel = poisoned.copy()
         if config.keep_label_fraction > 0:
-            p_idx = np.flatnonzero(poisoned)
+            # Drawn among the poisons of other classes: a target-class poison keeps its label anyway.
+            p_idx = np.flatnonzero(poisoned & (labels != config.target))
             n_keep = int(round(config.keep_label_fraction * len(p_idx)))
             keep = np.asarray(jax.random.choice(k_keep, p_idx, (n_keep,), replace=False))
             relabel[keep] = False

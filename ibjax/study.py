@@ -417,71 +417,73 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     embed_epochs = set(config.embed_epochs or ((config.mi_epochs[0], config.mi_epochs[-1]) if config.mi_epochs else ()))
     plateau = type(plateau_init())(*meta["plateau"])
 
-    for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
-        t_epoch = time.perf_counter()
-        ek = jax.random.fold_in(k_train, epoch)
-        state = run_state["train"]
-        # Online sums stay on the device: reading them every step would stall the pipeline.
-        acc = {"xt": jnp.zeros(G), "ty": jnp.zeros(G), "n": jnp.zeros(G)}
-        crit = dict(run_state["critics"])
+    # Closing waits for the last (asynchronous) save, also when an epoch raises, so the newest
+    # complete checkpoint is on disk before the error reaches the caller.
+    with ckpt:
+        for epoch in range(meta["epoch"] + 1, tcfg.epochs + 1):
+            t_epoch = time.perf_counter()
+            ek = jax.random.fold_in(k_train, epoch)
+            state = run_state["train"]
+            # Online sums stay on the device: reading them every step would stall the pipeline.
+            acc = {"xt": jnp.zeros(G), "ty": jnp.zeros(G), "n": jnp.zeros(G)}
+            crit = dict(run_state["critics"])
 
-        def on_step(s, idx, feats, crit=crit, ek=ek, acc=acc):
-            x, t, logits = feats
-            member = group_masks[:, idx]
-            for q, cfg in (("xt", config.xt), ("ty", config.ty)):
-                a, b = _features_pair(q, x, t, logits)
-                crit[q], est, n = online_step(crit[q], a, b, member, jax.random.fold_in(jax.random.fold_in(ek, 7), s), cfg)
-                acc[q] = acc[q] + est
-            acc["n"] = acc["n"] + (n >= 2)
+            def on_step(s, idx, feats, crit=crit, ek=ek, acc=acc):
+                x, t, logits = feats
+                member = group_masks[:, idx]
+                for q, cfg in (("xt", config.xt), ("ty", config.ty)):
+                    a, b = _features_pair(q, x, t, logits)
+                    crit[q], est, n = online_step(crit[q], a, b, member, jax.random.fold_in(jax.random.fold_in(ek, 7), s), cfg)
+                    acc[q] = acc[q] + est
+                acc["n"] = acc["n"] + (n >= 2)
 
-        bar = _Progress(f"epoch {epoch}/{tcfg.epochs} train", steps_per_epoch, progress)
-        try:
-            state, m = train_epoch(state, data, ek, model=model, attack=attack, config=tcfg, total_steps=total_steps,
-                                   progress=bar, on_step=on_step if online else None)
-        except FloatingPointError as err:
-            raise FloatingPointError(f"epoch {epoch}: {err}. The last good checkpoint (epoch {meta['epoch']}) is kept "
-                                     f"in {ckpt_dir}") from err
-        ev = evaluate_attack(state.variables, clean_test, trig_test, jax.random.fold_in(ek, 1), model=model,
-                             attack=attack, target=plan.target, config=tcfg)
-        lr = float(state.lr)
-        if tcfg.schedule == "plateau":
-            plateau, new_lr = plateau_update(plateau, lr, ev["test_loss"], tcfg)
-            state = state.replace(lr=jnp.asarray(new_lr, jnp.float32))
-        train_s = time.perf_counter() - t_epoch
-        record = {"epoch": epoch, **m, **ev, "lr": lr, "train_s": train_s}
-        if online:
-            for q, cfg in (("xt", config.xt), ("ty", config.ty)):
-                epoch_est = np.asarray(acc[q]) / np.maximum(np.asarray(acc["n"]), 1)
-                crit[q] = ibmi.end_epoch(crit[q], jnp.asarray(epoch_est, jnp.float32), cfg)
-                hist = meta["mi"].setdefault(f"{q}_online", {})
-                for g, name in enumerate(plan.group_names):
-                    hist.setdefault(name, {})[str(epoch)] = {"trajectory": [], "train": float(epoch_est[g]),
-                                                             "heldout": None}
-        if epoch in mi_epochs:
-            t_mi = time.perf_counter()
-            say(f"epoch {epoch}: estimating I(X;T) and I(T;Y_pred) for {G} groups ...")
-            res = estimate_groups_mi(jax.random.fold_in(k_mi, epoch), state.variables, data, plan, model=model,
-                                     attack=attack, xt=config.xt, ty=config.ty, feature_mode=config.feature_mode,
-                                     bank_draws=config.bank_draws, sample_fns=sample_fns, progress=progress)
-            for q, groups in res.items():
-                for name, r in groups.items():
-                    meta["mi"].setdefault(q, {}).setdefault(name, {})[str(epoch)] = r
-            record["mi_s"] = time.perf_counter() - t_mi
-        if epoch in embed_epochs:
-            meta["clustering"][str(epoch)] = _clustering(run_dir, epoch, state.variables, data, plan, model, attack,
-                                                         jax.random.fold_in(ek, 2), config.embed_points)
-        record["wall_s"] = time.perf_counter() - t_epoch
-        say(f"epoch {epoch}: train acc {m['train_accuracy']:.3f}  test acc {ev['test_accuracy']:.3f}  "
-            f"ASR {ev['asr']:.3f}  lr {lr:g}  ({record['wall_s']:.1f}s)")
-        meta["metrics"].append(record)
-        meta["epoch"] = epoch
-        meta["plateau"] = list(plateau)
-        run_state = {"train": state, "critics": crit}
-        ckpt.save(epoch, run_state, meta)
-        _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), meta["metrics"])
-        _write_json(os.path.join(run_dir, "mi.json"), meta["mi"])
-        _write_json(os.path.join(run_dir, "clustering.json"), meta["clustering"])
-    ckpt.close()
+            bar = _Progress(f"epoch {epoch}/{tcfg.epochs} train", steps_per_epoch, progress)
+            try:
+                state, m = train_epoch(state, data, ek, model=model, attack=attack, config=tcfg, total_steps=total_steps,
+                                       progress=bar, on_step=on_step if online else None)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"epoch {epoch}: {err}. The last good checkpoint (epoch {meta['epoch']}) is kept "
+                                         f"in {ckpt_dir}") from err
+            ev = evaluate_attack(state.variables, clean_test, trig_test, jax.random.fold_in(ek, 1), model=model,
+                                 attack=attack, target=plan.target, config=tcfg)
+            lr = float(state.lr)
+            if tcfg.schedule == "plateau":
+                plateau, new_lr = plateau_update(plateau, lr, ev["test_loss"], tcfg)
+                state = state.replace(lr=jnp.asarray(new_lr, jnp.float32))
+            train_s = time.perf_counter() - t_epoch
+            record = {"epoch": epoch, **m, **ev, "lr": lr, "train_s": train_s}
+            if online:
+                for q, cfg in (("xt", config.xt), ("ty", config.ty)):
+                    epoch_est = np.asarray(acc[q]) / np.maximum(np.asarray(acc["n"]), 1)
+                    crit[q] = ibmi.end_epoch(crit[q], jnp.asarray(epoch_est, jnp.float32), cfg)
+                    hist = meta["mi"].setdefault(f"{q}_online", {})
+                    for g, name in enumerate(plan.group_names):
+                        hist.setdefault(name, {})[str(epoch)] = {"trajectory": [], "train": float(epoch_est[g]),
+                                                                 "heldout": None}
+            if epoch in mi_epochs:
+                t_mi = time.perf_counter()
+                say(f"epoch {epoch}: estimating I(X;T) and I(T;Y_pred) for {G} groups ...")
+                res = estimate_groups_mi(jax.random.fold_in(k_mi, epoch), state.variables, data, plan, model=model,
+                                         attack=attack, xt=config.xt, ty=config.ty, feature_mode=config.feature_mode,
+                                         bank_draws=config.bank_draws, sample_fns=sample_fns, progress=progress)
+                for q, groups in res.items():
+                    for name, r in groups.items():
+                        meta["mi"].setdefault(q, {}).setdefault(name, {})[str(epoch)] = r
+                record["mi_s"] = time.perf_counter() - t_mi
+            if epoch in embed_epochs:
+                meta["clustering"][str(epoch)] = _clustering(run_dir, epoch, state.variables, data, plan, model, attack,
+                                                             jax.random.fold_in(ek, 2), config.embed_points)
+            record["wall_s"] = time.perf_counter() - t_epoch
+            say(f"epoch {epoch}: train acc {m['train_accuracy']:.3f}  test acc {ev['test_accuracy']:.3f}  "
+                f"ASR {ev['asr']:.3f}  lr {lr:g}  ({record['wall_s']:.1f}s)")
+            meta["metrics"].append(record)
+            meta["epoch"] = epoch
+            meta["plateau"] = list(plateau)
+            run_state = {"train": state, "critics": crit}
+            ckpt.save(epoch, run_state, meta)
+            _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), meta["metrics"])
+            _write_json(os.path.join(run_dir, "mi.json"), meta["mi"])
+            _write_json(os.path.join(run_dir, "clustering.json"), meta["clustering"])
     return finalize(run_dir, config, meta)
 
 

@@ -186,20 +186,15 @@ class BlendParams:
 def blend_pattern(height: int, width: int, seed: int = 0) -> jax.Array:
     """The Blend noise pattern: ``[height, width, 1]`` float32 uniform in [0, 1].
 
-    Generated with ``jax.random.uniform(jax.random.PRNGKey(seed), (H, W, 1))``,
-    so it is fixed given (seed, H, W) and broadcasts over channels.
+    Drawn with NumPy's ``default_rng(seed)`` (PCG64, stable across NumPy and JAX versions), so it is
+    fixed given (seed, H, W) and broadcasts over channels.
     """
     return jnp.asarray(_blend_pattern_np(int(height), int(width), int(seed)))
 
 
 @functools.lru_cache(maxsize=64)
 def _blend_pattern_np(height: int, width: int, seed: int) -> np.ndarray:
-    # Computed eagerly once per (H, W, seed), even when called while tracing.
-    with jax.ensure_compile_time_eval():
-        p = jax.random.uniform(
-            jax.random.PRNGKey(seed), (height, width, 1), dtype=jnp.float32
-        )
-        return np.asarray(p)
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (height, width, 1)).astype(np.float32)
 
 
 @_jit_static_params
@@ -252,25 +247,40 @@ class WaNetParams:
 def wanet_field(height: int, width: int, k: int = 4, seed: int = 0) -> jax.Array:
     """The fixed WaNet displacement field, ``[height, width, 2]`` float32.
 
-    A ``k x k x 2`` grid of uniform [-1, 1] values drawn from
-    ``PRNGKey(seed)``, divided by its mean absolute value, and upsampled
-    bicubically (``jax.image.resize(..., 'cubic')``, half-pixel centres) to
-    ``H x W``. Last axis: (x = width displacement, y = height displacement),
-    unscaled (multiply by ``s / H`` to get grid-coordinate offsets).
+    A ``k x k x 2`` control grid uniform in [-1, 1] (NumPy ``default_rng(seed)``, stable across
+    versions), divided by its mean absolute value and upsampled bicubically to ``H x W`` as WaNet
+    does (PyTorch ``interpolate(mode="bicubic", align_corners=True)``: Keys kernel a = -0.75, corner
+    samples on the control points, edge taps clamped). Last axis: (x = width displacement,
+    y = height displacement), unscaled (multiply by ``s / H`` to get grid-coordinate offsets).
     """
     return jnp.asarray(_wanet_field_np(int(height), int(width), int(k), int(seed)))
 
 
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """Keys cubic-convolution weights of the taps at offsets -1, 0, 1, 2 from a fractional position t."""
+    d = np.abs(t[:, None] - np.arange(-1, 3)[None, :])
+    near = ((a + 2) * d - (a + 3)) * d * d + 1
+    far = ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+    return np.where(d <= 1, near, np.where(d < 2, far, 0.0))
+
+
+def _bicubic_matrix(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) matrix resampling n_in samples to n_out, corners aligned, border taps clamped."""
+    pos = np.arange(n_out) * ((n_in - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    base = np.floor(pos).astype(int)
+    weights = _cubic_weights(pos - base)
+    m = np.zeros((n_out, n_in))
+    for j, off in enumerate(range(-1, 3)):
+        np.add.at(m, (np.arange(n_out), np.clip(base + off, 0, n_in - 1)), weights[:, j])
+    return m
+
+
 @functools.lru_cache(maxsize=64)
 def _wanet_field_np(height: int, width: int, k: int, seed: int) -> np.ndarray:
-    # Computed eagerly once per (H, W, k, seed), even when called while tracing.
-    with jax.ensure_compile_time_eval():
-        ins = jax.random.uniform(
-            jax.random.PRNGKey(seed), (k, k, 2), minval=-1.0, maxval=1.0, dtype=jnp.float32
-        )
-        ins = ins / jnp.mean(jnp.abs(ins))
-        field = jax.image.resize(ins, (height, width, 2), method="cubic")
-        return np.asarray(field, dtype=np.float32)
+    ins = np.random.default_rng(seed).uniform(-1.0, 1.0, (k, k, 2))
+    ins = ins / np.mean(np.abs(ins))
+    field = np.einsum("hi,ijc,wj->hwc", _bicubic_matrix(height, k), ins, _bicubic_matrix(width, k))
+    return field.astype(np.float32)
 
 
 def _identity_grid(height: int, width: int) -> jax.Array:
@@ -670,7 +680,7 @@ class FTrojanParams:
         the block size (a 28-pixel block turns (31, 31) into (27, 27)).
       block: DCT block side (32). If a side is smaller than ``block`` or not
         a multiple of it, the whole side is one block.
-      channels: YUV channel indices that receive the trigger (U, V = 1, 2).
+      channels: YCrCb channel indices that receive the trigger (Cr, Cb = 1, 2).
         For single-channel images the trigger goes to channel 0 instead.
     """
 
@@ -680,16 +690,17 @@ class FTrojanParams:
     channels: tuple[int, ...] = (1, 2)
 
 
-# BT.601 analogue YUV.
-_RGB2YUV = np.array(
+# Full-range YCrCb as JPEG (and OpenCV's COLOR_RGB2YCrCb, which FTrojan uses): rows Y, Cr, Cb. The
+# 0.5 chroma offset is left out: the trigger is additive, so the offset cancels in the inverse.
+_RGB2YCRCB = np.array(
     [
         [0.299, 0.587, 0.114],
-        [-0.14713, -0.28886, 0.436],
-        [0.615, -0.51499, -0.10001],
+        [0.713 * (1 - 0.299), 0.713 * -0.587, 0.713 * -0.114],
+        [0.564 * -0.299, 0.564 * -0.587, 0.564 * (1 - 0.114)],
     ],
     dtype=np.float64,
 )
-_YUV2RGB = np.linalg.inv(_RGB2YUV)
+_YCRCB2RGB = np.linalg.inv(_RGB2YCRCB)
 
 
 def _dct_matrix(n: int) -> np.ndarray:
@@ -709,10 +720,10 @@ def _block_side(size: int, block: int) -> int:
 def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.Array:
     """FTrojan: add fixed DCT coefficients in the chroma channels.
 
-    RGB -> YUV (BT.601), blockwise orthonormal 2-D DCT-II (``D X D^T`` per
+    RGB -> YCrCb (full range, as FTrojan), blockwise orthonormal 2-D DCT-II (``D X D^T`` per
     block, by matrix multiplication), ``+magnitude`` at each of
     ``params.positions`` in every block of the channels ``params.channels``,
-    inverse DCT, YUV -> RGB, clip. For ``C == 1`` the single channel is used
+    inverse DCT, YCrCb -> RGB, clip. For ``C == 1`` the single channel is used
     directly (no colour conversion).
 
     Args:
@@ -727,7 +738,7 @@ def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.A
     h, w, c = x.shape[-3:]
     hp = lax.Precision.HIGHEST
     if c == 3:
-        x = jnp.einsum("...c,dc->...d", x, jnp.asarray(_RGB2YUV, jnp.float32), precision=hp)
+        x = jnp.einsum("...c,dc->...d", x, jnp.asarray(_RGB2YCRCB, jnp.float32), precision=hp)
         channels = params.channels
     elif c == 1:
         channels = (0,)
@@ -753,7 +764,7 @@ def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.A
     blocks = jnp.einsum("ki,...akblc,lj->...aibjc", dh, coeffs, dw, precision=hp)
     x = blocks.reshape(lead + (h, w, c))
     if c == 3:
-        x = jnp.einsum("...c,dc->...d", x, jnp.asarray(_YUV2RGB, jnp.float32), precision=hp)
+        x = jnp.einsum("...c,dc->...d", x, jnp.asarray(_YCRCB2RGB, jnp.float32), precision=hp)
     return _finish(x, dtype)
 
 
@@ -897,10 +908,18 @@ def get_attack(name: str, **overrides: Any) -> Attack:
     Equal arguments return the same (cached) object, so jitted steps that take the attack's triggers
     as static arguments compile once per attack, not once per call.
     """
+    # Lists become tuples: trigger params are static jit arguments and must be hashable.
+    overrides = {k: _as_tuple(v) for k, v in overrides.items()}
     try:
         return _cached_attack(name, tuple(sorted(overrides.items())))
     except TypeError:  # an unhashable override value: build without the cache
         return _build_attack(name, **overrides)
+
+
+def _as_tuple(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return tuple(_as_tuple(v) for v in value)
+    return value
 
 
 @functools.lru_cache(maxsize=None)

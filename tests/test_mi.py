@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ibjax import mi
+from ibjax import mi, poison, triggers
 
 # A light configuration for CPU: separable critic, all-pairs InfoNCE over batches of 512 (cap log 512).
 FAST = dict(critic="separable", negative_sampling="all", batch_size=512, lr=1e-3, batch_fraction=1.0)
@@ -31,6 +31,23 @@ def test_spec_gaussian_anchor():
     truth = 1.5 * np.log(7)
     assert abs(float(res.heldout) - truth) < 0.15
     assert abs(float(res.train) - truth) < 0.15
+
+
+def test_spec_backdoor_flag_anchors():
+    # SPEC: with the backdoor flag B of a 10% poison plan, I(X;B) -> H(B) = 0.3251 nats (the trigger
+    # makes B a function of X) and I(B;Y) = 0.1936 nats, Y = "labelled as the target" (B = 1 implies
+    # Y = 1; a clean sample is in the target class with probability 0.1).
+    labels = np.tile(np.arange(10), 1000).astype(np.int32)
+    plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(), jax.random.PRNGKey(0))
+    images = jax.random.uniform(jax.random.PRNGKey(1), (10000, 8, 8, 3))
+    flag = jnp.asarray(plan.poisoned)
+    x = jnp.where(flag[:, None, None, None], triggers.badnets(images, triggers.BadNetsParams(size=3)), images)
+    b = jax.nn.one_hot(plan.poisoned.astype(int), 2)
+    y = jax.nn.one_hot((plan.labels == plan.target).astype(int), 2)
+    xb = mi.estimate_mi(jax.random.PRNGKey(2), b, x.reshape(10000, -1), epochs=20, **FAST)
+    by = mi.estimate_mi(jax.random.PRNGKey(2), b, y, epochs=20, **FAST)
+    assert float(xb.heldout) == pytest.approx(0.3251, abs=0.03)
+    assert float(by.heldout) == pytest.approx(0.1936, abs=0.03)
 
 
 def test_correlated_gaussians_within_ten_percent_heldout_in_one_batched_call():

@@ -51,16 +51,24 @@ def test_clean_label_poisons_only_the_target_class_and_keeps_labels():
     assert np.array_equal(plan.labels, labels)
 
 
-def test_keep_label_fraction_keeps_true_labels_on_half_the_poisons():
+def test_keep_label_fraction_keeps_true_labels_on_half_the_other_class_poisons():
     labels = cifar_like_labels(1000)
     cfg = poison.PoisonConfig(keep_label_fraction=0.5)
     plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(3))
     p = np.flatnonzero(plan.poisoned)
-    relabelled = plan.labels[p] != labels[p]
-    # Target-class poisons are "relabelled" to themselves, so count kept labels over non-target ones.
-    kept = (plan.labels[p] == labels[p]) & (labels[p] != 0)
-    assert kept.sum() + relabelled.sum() + ((labels[p] == 0) & (plan.labels[p] == 0)).sum() == len(p)
-    assert abs((plan.labels[p] == labels[p]).mean() - 0.5) < 0.06
+    other = p[labels[p] != 0]  # a target-class poison carries the target label either way
+    kept = plan.labels[other] == labels[other]
+    assert len(other) == 900 and kept.sum() == 450
+    assert (plan.labels[other[~kept]] == 0).all()
+    # The kept-label poisons belong to no MI group of the target; their own class groups leave them out.
+    in_target = plan.group_masks[plan.group_names.index("target")]
+    assert not in_target[other[kept]].any() and in_target[other[~kept]].all()
+    assert not plan.group_masks[4:][:, other[kept]].any()
+
+
+def test_keep_label_fraction_is_refused_for_clean_label_attacks():
+    with pytest.raises(ValueError, match="clean-label"):
+        poison.PoisonConfig(clean_label=True, keep_label_fraction=0.5).validate()
 
 
 def test_plan_is_deterministic_given_its_key_and_random_selection_differs_by_key():

@@ -200,3 +200,52 @@ def test_label_consistent_run_precomputes_pgd_perturbations_of_target_samples_on
     norms = np.sqrt((pert.reshape(15, -1) ** 2).sum(1))
     assert (norms > 0).all() and (norms <= 300 / 255 + 1e-2).all()  # inside the L2 ball
     assert 0.0 <= summary["asr"] <= 1.0
+
+
+# The GPU machines have jax, flax, optax, orbax, matplotlib and PIL but neither TFDS nor mlxtend, and
+# no internet: the study on an image archive and both benchmarks must run there without them.
+_BLOCKER = '''
+import importlib.abc, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow_datasets", "mlxtend"):
+            raise ModuleNotFoundError(f"{name} is not installed on this machine (blocked by the test)")
+sys.meta_path.insert(0, _Block())
+'''
+
+
+def test_study_and_benchmarks_run_without_tfds_or_mlxtend(tmp_path):
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "toy"
+    for split, n in (("train", 80), ("test", 10)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for k in range(n):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(root / split / cls / f"{k}.png")
+    archive = tmp_path / "toy.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="toy")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(_BLOCKER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), ROOT]), "JAX_PLATFORMS": "cpu",
+           "IBJAX_CACHE": str(tmp_path / "cache")}
+    code = (
+        "import sys, benchmarks.train_throughput, benchmarks.estimator_throughput\n"
+        "from experiments.study import main\n"
+        "assert 'tensorflow_datasets' not in sys.modules and 'mlxtend' not in sys.modules\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = [
+        "--dataset", str(archive), "--model", "small_cnn", "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
+        "--mi-epochs", "1,2", "--xt-epochs", "2", "--ty-epochs", "2", "--xt-batch-size", "8", "--xt-negatives", "16",
+        "--ty-batch-size", "8", "--ty-negatives", "16", "--critic-hidden", "8,8", "--feature-mode", "bank",
+        "--bank-draws", "2", "--stealth-epochs", "1,2", "--embed-epochs", "2", "--quiet", "--out", str(tmp_path / "run"),
+    ]
+    out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.load(open(tmp_path / "run" / "summary.json"))
+    assert summary["epochs"] == 2 and summary["test_accuracy"] is not None

@@ -221,6 +221,34 @@ def test_wanet_noise_mode_keys():
     assert not np.allclose(r[0], r[1])
 
 
+def test_wanet_field_is_aligned_bicubic_through_the_control_grid():
+    # WaNet upsamples with align_corners=True: the corner samples are the corner control values, and
+    # a field upsampled to k x k is the control grid itself.
+    k, seed = 4, 3
+    ins = np.random.default_rng(seed).uniform(-1.0, 1.0, (k, k, 2))
+    ins = ins / np.mean(np.abs(ins))
+    field = np.asarray(T.wanet_field(32, 32, k, seed))
+    for r, c in [(0, 0), (0, -1), (-1, 0), (-1, -1)]:
+        np.testing.assert_allclose(field[r, c], ins[r, c], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(T.wanet_field(k, k, k, seed)), ins, rtol=1e-6)
+    # Keys' kernel: weights sum to 1 for any a, and with a = -0.5 they reproduce a linear function.
+    t = np.linspace(0.0, 1.0, 11)
+    np.testing.assert_allclose(T._cubic_weights(t).sum(1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(T._cubic_weights(t, a=-0.5) @ np.arange(-1.0, 3.0), t, atol=1e-12)
+    np.testing.assert_allclose(T._bicubic_matrix(31, 7).sum(1), 1.0, atol=1e-12)
+
+
+def test_wanet_field_matches_torch_bicubic_align_corners():
+    torch = pytest.importorskip("torch")
+    k = 4
+    ins = np.random.default_rng(0).uniform(-1.0, 1.0, (k, k, 2))
+    ins = ins / np.mean(np.abs(ins))
+    up = torch.nn.functional.interpolate(
+        torch.tensor(ins.transpose(2, 0, 1)[None]), size=(32, 32), mode="bicubic", align_corners=True
+    )[0].numpy().transpose(1, 2, 0)
+    np.testing.assert_allclose(np.asarray(T.wanet_field(32, 32, k, 0)), up, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape,rescale", [((2, 32, 32, 3), 1.0), ((20, 24, 1), 1.0), ((2, 16, 16, 3), 0.9)])
 def test_wanet_matches_grid_formulation(shape, rescale):
     # WaNet's definition: clamp((identity + s * field / H) * rescale) then grid-sample.
@@ -411,13 +439,23 @@ def test_ftrojan_adds_coefficients():
     # Mid-grey image: no clipping, so the DCT of the UV change is exactly the trigger.
     x = jnp.full((32, 32, 3), 0.5)
     y = T.ftrojan(x)
-    m = jnp.asarray(T._RGB2YUV, jnp.float32)
+    m = jnp.asarray(T._RGB2YCRCB, jnp.float32)
     d = T._dct_matrix(32)
     yuv_diff = np.einsum("hwc,dc->hwd", np.asarray(y - x), np.asarray(m))
     coeffs = np.einsum("ki,ijc,lj->klc", d, yuv_diff, d)
     expected = np.zeros((32, 32, 3))
     expected[15, 15, 1:] = expected[31, 31, 1:] = 30 / 255
     np.testing.assert_allclose(coeffs, expected, atol=1e-5)
+
+
+def test_ftrojan_uses_full_range_ycrcb_like_opencv():
+    # OpenCV's RGB2YCrCb for floats: Cr = (R - Y) 0.713 + 0.5, Cb = (B - Y) 0.564 + 0.5. Adding m to
+    # Cr and Cb moves R, G, B by about (1.403, -1.058, 1.773) m.
+    rgb = np.random.default_rng(0).uniform(size=(50, 3))
+    y = rgb @ np.array([0.299, 0.587, 0.114])
+    ycrcb = np.stack([y, (rgb[:, 0] - y) * 0.713, (rgb[:, 2] - y) * 0.564], -1)
+    np.testing.assert_allclose(rgb @ T._RGB2YCRCB.T, ycrcb, atol=1e-12)
+    np.testing.assert_allclose(T._YCRCB2RGB @ np.array([0.0, 1.0, 1.0]), [1.403, -1.058, 1.773], atol=2e-3)
 
 
 def test_bpp_levels():
@@ -459,6 +497,17 @@ def test_get_attack_errors():
         T.get_attack("badnets", alpha=0.1)
     with pytest.raises(ValueError):
         T.get_attack("blend", test_nothing=0.1)
+
+
+def test_list_overrides_become_static_tuples():
+    x = _images((2, 32, 32, 3))
+    a = T.get_attack("ftrojan", positions=[[15, 15]], channels=[1])
+    assert a.test_params.positions == ((15, 15),) and a.test_params.channels == (1,)
+    assert a is T.get_attack("ftrojan", positions=((15, 15),), channels=(1,))
+    np.testing.assert_allclose(
+        np.asarray(a.test_trigger(x, None)),
+        np.asarray(T.ftrojan(x, T.FTrojanParams(positions=((15, 15),), channels=(1,)))),
+    )
 
 
 def test_get_attack_overrides():
