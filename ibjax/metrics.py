@@ -116,19 +116,22 @@ def select_epochs(available: Iterable[int | str], wanted: Sequence[int]) -> list
 
     For callers running shorter experiments than the reference's 120 epochs, who choose explicitly to
     evaluate the metric at substitute epochs: ``stealthiness(mi, select_epochs(available_epochs(mi),
-    (5, 40, 100)))``. The result has one entry per wanted epoch, in order, and may repeat an epoch.
+    (5, 40, 100)))``. Two wanted epochs that map to the same available one give it once: the metric
+    averages over distinct epochs, never weighting one epoch twice.
 
     Args:
       available: epochs present in the history (ints or their string keys).
       wanted: epochs asked for.
 
     Returns:
-      list[int], same length as ``wanted``.
+      list[int], the distinct nearest epochs in the order of ``wanted`` (shorter than ``wanted`` when
+      two collapse).
     """
     avail = sorted({int(a) for a in available})
     if not avail:
         raise ValueError("no available epochs to select from")
-    return [min(avail, key=lambda a: (abs(a - int(w)), a)) for w in wanted]
+    nearest = [min(avail, key=lambda a: (abs(a - int(w)), a)) for w in wanted]
+    return list(dict.fromkeys(nearest))
 
 
 def clean_groups(mi: Mapping[str, Any], quantity: str = "xt") -> list[str]:

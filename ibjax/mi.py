@@ -46,6 +46,9 @@ __all__ = [
     "update",
     "end_epoch",
     "update_masked",
+    "PairBuffer",
+    "buffer_init",
+    "update_buffered",
     "check_groups",
     "estimate_mi",
     "estimate_mi_groups",
@@ -72,7 +75,9 @@ class MIConfig:
       batch_fraction: fraction of each group's batches used per epoch (the reference uses the first half).
       critic: ``"concat"`` (reference) or ``"separable"``; hidden: hidden widths; embed_dim: separable only.
       bound: ``"infonce"`` (reference), ``"nwj"`` or ``"dv"``.
-      heldout_fraction: fraction of each group held out from training for the held-out read.
+      heldout_fraction: fraction of each group held out from training for the held-out read. The
+        critic then trains on the rest only (fewer steps per epoch than the reference, which trains
+        on the whole group): ``heldout_fraction=0`` is exactly the reference's protocol.
       heldout_passes: shuffles of the held-out split averaged in the held-out read.
       read_epochs: the ``train`` read is the mean of this many last epochs (reference: 5).
       dtype: critic compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32).
@@ -103,7 +108,13 @@ class MIConfig:
 
     @property
     def cap(self) -> float:
-        """Largest value the bound can read, nats (log(K + 1) for InfoNCE)."""
+        """Largest value the bound can read, nats (log(K + 1) for InfoNCE).
+
+        With K > B negatives drawn with replacement from the batch, a row's own partner is among its
+        negatives about K / B times, so in practice InfoNCE saturates near log(B) (4.85 nats for the
+        reference's I(X;T), B = 128) well before this cap; a batch of n < B real rows (a small group)
+        saturates near log(n).
+        """
         return bound_cap(self.bound, self.num_negatives)
 
     def validate(self) -> None:
@@ -152,7 +163,8 @@ class MIResult:
 
     Attributes:
       trajectory: f32[G, epochs], mean training-batch estimate of every epoch.
-      train: f32[G], the reference's read: mean of the last ``read_epochs`` epochs.
+      train: f32[G], the reference's read: mean of the last ``read_epochs`` epochs' training-batch
+        estimates (on the samples the critic trained on, the whole group when heldout_fraction=0).
       heldout: f32[G], the bound on the held-out split with the final critic (nan if no held-out split).
       cap: the largest value the bound can read (log(K + 1) for InfoNCE).
     """
@@ -219,7 +231,9 @@ def _init(key, num_groups, da, db, config):
 def _negative_index(key: jax.Array, batch: int, n_valid: jax.Array, config: MIConfig) -> jax.Array:
     """int32[B, K] negatives per row among the first ``n_valid`` rows of the batch."""
     if config.negative_sampling == "all":
-        k = jnp.arange(batch - 1)[None, :]
+        # Every other real row; in a partial batch they are cycled to fill the B - 1 slots (never the
+        # row itself), as sampling with replacement would repeat them.
+        k = jnp.arange(batch - 1)[None, :] % jnp.maximum(n_valid - 1, 1)
         return ((jnp.arange(batch)[:, None] + 1 + k) % jnp.maximum(n_valid, 1)).astype(jnp.int32)
     u = jax.random.uniform(key, (batch, config.negatives))
     return jnp.minimum(jnp.floor(u * n_valid), n_valid - 1).astype(jnp.int32)
@@ -227,10 +241,14 @@ def _negative_index(key: jax.Array, batch: int, n_valid: jax.Array, config: MICo
 
 def _estimate_batch(params, a, b, key, n_valid, config: MIConfig):
     batch = a.shape[0]
+    real = jnp.arange(batch) < n_valid
+    # Rows past n_valid (padding of a partial batch) are zeroed, not just weighted out: a NaN there
+    # would otherwise reach the gradient as 0 * NaN.
+    a = jnp.where(real[:, None], a, 0)
+    b = jnp.where(real[:, None], b, 0)
     neg_index = _negative_index(key, batch, n_valid, config)
     pos, neg = critic_scores(config.critic, params, a, b, neg_index, jnp.dtype(config.dtype))
-    weight = (jnp.arange(batch) < n_valid).astype(jnp.float32)
-    return get_bound(config.bound)(pos, neg, weight)
+    return get_bound(config.bound)(pos, neg, real.astype(jnp.float32))
 
 
 def _step_one(state: CriticState, a, b, key, active, config: MIConfig, n_valid=None):
@@ -251,9 +269,11 @@ def _step_one(state: CriticState, a, b, key, active, config: MIConfig, n_valid=N
 def update_masked(state: CriticState, a, b, member, key, config: MIConfig):
     """One step of every group's critic on one shared batch, each group using its own members.
 
-    The online form: a f[B, da] and b f[B, db] are the features of one training batch and
-    member bool[G, B] says which rows belong to which group. Group g trains on its member rows only
-    (negatives drawn among them); a group with fewer than 2 members in the batch skips the step.
+    The simplest online form (see :func:`update_buffered` for full batches per group): a f[B, da]
+    and b f[B, db] are the features of one training batch and member bool[G, B] says which rows
+    belong to which group. Group g trains on its member rows only (negatives drawn among them), so
+    a group with m members per batch saturates near log m; a group with fewer than 2 members in the
+    batch skips the step.
     Jittable; returns ``(state, estimates f32[G], counts int32[G])``.
     """
 
@@ -265,6 +285,74 @@ def update_masked(state: CriticState, a, b, member, key, config: MIConfig):
 
     keys = jax.random.split(key, member.shape[0])
     return jax.vmap(one)(state, member, keys)
+
+
+@struct.dataclass
+class PairBuffer:
+    """Per-group ring buffers of the most recent pairs, for critics trained alongside a network.
+
+    Attributes:
+      a: f32[G, B, da]; b: f32[G, B, db]: up to B pairs per group (B = the critic's batch size).
+      count: int32[G], rows filled so far (at most B; filled rows are packed at the front).
+      head: int32[G], where the next pair of each group is written (the oldest is overwritten).
+    """
+
+    a: jax.Array
+    b: jax.Array
+    count: jax.Array
+    head: jax.Array
+
+
+def buffer_init(num_groups: int, da: int, db: int, config: Optional[MIConfig] = None, **overrides) -> PairBuffer:
+    """Empty buffers of ``config.batch_size`` pairs for ``num_groups`` groups."""
+    bsz = _config(config, overrides).batch_size
+    return PairBuffer(
+        a=jnp.zeros((num_groups, bsz, da), jnp.float32),
+        b=jnp.zeros((num_groups, bsz, db), jnp.float32),
+        count=jnp.zeros((num_groups,), jnp.int32),
+        head=jnp.zeros((num_groups,), jnp.int32),
+    )
+
+
+def _push(buf_a, buf_b, count, head, a, b, member):
+    """Write one group's member rows of a batch into its ring buffer (the last B of them if more)."""
+    bsz = buf_a.shape[0]
+    n = jnp.sum(member).astype(jnp.int32)
+    rank = jnp.cumsum(member) - 1  # position of each member among this batch's members
+    keep = member & (rank >= n - bsz)
+    slot = jnp.where(keep, (head + rank - jnp.maximum(n - bsz, 0)) % bsz, bsz)  # bsz = dropped
+    buf_a = buf_a.at[slot].set(a.astype(buf_a.dtype), mode="drop")
+    buf_b = buf_b.at[slot].set(b.astype(buf_b.dtype), mode="drop")
+    return buf_a, buf_b, jnp.minimum(count + n, bsz), (head + jnp.minimum(n, bsz)) % bsz
+
+
+def update_buffered(state: CriticState, buffer: PairBuffer, a, b, member, key, config: MIConfig):
+    """One step of every group's critic on its buffer of the B most recent member pairs.
+
+    The online form with full batches: a f[N, da] and b f[N, db] are the features of one training
+    batch and member bool[G, N] says which rows belong to which group. Each group's member rows go
+    into its ring buffer (:class:`PairBuffer`), and every group whose buffer holds at least 2 pairs
+    takes one critic step on it, with negatives drawn among those pairs. Once full, every group trains
+    on B pairs per step whatever its share of the training batch, so all groups read against the same
+    ceiling (with :func:`update_masked` a group of m rows per batch saturates near log m, so a large
+    group would read higher for its size alone). The price: a pair stays in the buffer for about
+    B / m training steps, so it can be a few steps older than the network.
+
+    Jittable; returns ``(state, buffer, estimates f32[G], ready bool[G])``; ``estimates`` are 0
+    where not ``ready``.
+    """
+
+    def one(s, buf_a, buf_b, count, head, m, k):
+        buf_a, buf_b, count, head = _push(buf_a, buf_b, count, head, a, b, m)
+        ready = count >= 2
+        new, est = _step_one(s, buf_a, buf_b, k, ready, config, count)
+        return new, (buf_a, buf_b, count, head), jnp.where(ready, est, 0.0), ready
+
+    keys = jax.random.split(key, member.shape[0])
+    state, (ba, bb, count, head), est, ready = jax.vmap(one)(
+        state, buffer.a, buffer.b, buffer.count, buffer.head, member, keys
+    )
+    return state, PairBuffer(a=ba, b=bb, count=count, head=head), est, ready
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(0,))
@@ -316,23 +404,30 @@ def _ranks(key: jax.Array, include: jax.Array) -> jax.Array:
     return jnp.argsort(jnp.where(include, u, jnp.inf)).astype(jnp.int32)
 
 
-def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig, steps: int, heldout_batches: int, da: int, db: int,
-                  progress=None):
-    """Train one group's critic and read it (vmapped over groups by the caller)."""
+def _estimate_one(key, valid, sizes, group_data, shared, *, sample_fn, config: MIConfig, steps: int, heldout_batches: int,
+                  da: int, db: int, progress=None):
+    """Train one group's critic and read it (vmapped over groups by the caller).
+
+    ``sizes`` = (held-out samples, steps per epoch, held-out batches) of this group, int32 scalars
+    computed once on the host (:func:`_group_sizes`); ``steps`` and ``heldout_batches`` are the
+    largest over the groups (the scan lengths).
+    """
     bsz = config.batch_size
+    n_ho, my_steps, my_ho_batches = sizes
     k_init, k_split, k_epochs, k_ho = jax.random.split(key, 4)
     n = jnp.sum(valid).astype(jnp.int32)
-    n_ho = jnp.floor(config.heldout_fraction * n).astype(jnp.int32)
     split_order = _ranks(k_split, valid)
     rank = jnp.zeros_like(split_order).at[split_order].set(jnp.arange(split_order.shape[0], dtype=jnp.int32))
     heldout = valid & (rank < n_ho)
     train = valid & ~heldout
-    n_tr = n - n_ho
-    my_steps = jnp.maximum(1, jnp.floor((n_tr // bsz) * config.batch_fraction).astype(jnp.int32))
+    # A group smaller than one batch trains on one partial batch per epoch (its real rows first).
+    n_batch = jnp.minimum(bsz, n - n_ho)
 
     def batch_at(order, i, key):
         """Pairs of the i-th batch of ``order`` and the key for their negatives."""
         k_pairs, k_neg = jax.random.split(key)
+        if order.shape[0] < bsz:  # every group smaller than one batch: pad (the rows are masked out)
+            order = jnp.pad(order, (0, bsz - order.shape[0]))
         a, b = sample_fn(shared, group_data, jax.lax.dynamic_slice(order, (i * bsz,), (bsz,)), k_pairs)
         return a, b, k_neg
 
@@ -343,7 +438,7 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
         def step(state, s):
             a, b, k_neg = batch_at(order, s, jax.random.fold_in(jax.random.fold_in(k_e, 1), s))
             active = s < my_steps
-            state, est = _step_one(state, a, b, k_neg, active, config)
+            state, est = _step_one(state, a, b, k_neg, active, config, n_batch)
             return state, jnp.where(active, est, 0.0)
 
         state, ests = jax.lax.scan(step, state, jnp.arange(steps))
@@ -355,8 +450,6 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
     state = _init_one(k_init, da, db, config)
     state, trajectory = jax.lax.scan(epoch, state, jnp.arange(config.epochs))
     train_read = jnp.mean(trajectory[-config.read_epochs :])
-
-    my_ho_batches = jnp.maximum(1, n_ho // bsz)
 
     def heldout_pass(_, p):
         k_p = jax.random.fold_in(k_ho, p)
@@ -382,12 +475,13 @@ def _estimate_one(key, valid, group_data, shared, *, sample_fn, config: MIConfig
 @functools.partial(
     jax.jit, static_argnames=("sample_fn", "config", "steps", "heldout_batches", "da", "db", "progress")
 )
-def _estimate_all(keys, valid, group_data, shared, *, sample_fn, config, steps, heldout_batches, da, db, progress=None):
+def _estimate_all(keys, valid, sizes, group_data, shared, *, sample_fn, config, steps, heldout_batches, da, db,
+                  progress=None):
     fn = functools.partial(
         _estimate_one, sample_fn=sample_fn, config=config, steps=steps, heldout_batches=heldout_batches, da=da, db=db,
         progress=progress,
     )
-    return jax.vmap(fn, in_axes=(0, 0, 0, None))(keys, valid, group_data, shared)
+    return jax.vmap(fn, in_axes=(0, 0, 0, 0, None))(keys, valid, sizes, group_data, shared)
 
 
 def _group_keys(key: jax.Array, num_groups: int) -> jax.Array:
@@ -405,28 +499,33 @@ def check_groups(mask: np.ndarray, config: Optional[MIConfig] = None, group_name
     """Raise ValueError now if any group of ``mask`` bool[G, N] is too small for ``config``.
 
     Callers that estimate MI late in a long run (after training epochs) call this first, so that a
-    bad combination of group sizes and batch size fails before any work starts.
+    bad combination of group sizes and held-out fraction fails before any work starts.
     """
-    _static_sizes(np.asarray(mask, bool), _config(config, overrides), group_names)
+    _group_sizes(np.asarray(mask, bool), _config(config, overrides), group_names)
 
 
-def _static_sizes(valid: np.ndarray, config: MIConfig, names: Optional[tuple] = None) -> tuple[int, int]:
-    """Scan lengths: the largest group's steps per epoch and held-out batches; errors for small groups."""
+def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[tuple] = None) -> tuple[np.ndarray, ...]:
+    """Per-group sizes, computed once on the host so the device loop and the scan lengths agree.
+
+    Returns int32[G] arrays: held-out samples, steps per epoch (``batch_fraction`` of the full
+    training batches, at least 1: a group smaller than one batch takes one partial batch), and
+    held-out batches (full ones, or one partial batch).
+    """
     n = valid.sum(axis=1)
-    n_ho = np.floor(config.heldout_fraction * n).astype(int)
+    n_ho = np.floor(config.heldout_fraction * n).astype(np.int64)
     n_tr = n - n_ho
-    small = np.flatnonzero(n_tr < config.batch_size)
+    small = np.flatnonzero(n_tr < 2)
     if small.size:
         g = int(small[0])
         label = names[g] if names else f"group {g}"
         raise ValueError(
             f"{label} has {int(n_tr[g])} training samples (of {int(n[g])}, held-out fraction "
-            f"{config.heldout_fraction}), fewer than batch_size={config.batch_size}: lower batch_size or "
-            f"heldout_fraction, or leave that group out"
+            f"{config.heldout_fraction}); InfoNCE needs at least 2: lower heldout_fraction or leave that group out"
         )
-    steps = int(np.max(np.maximum(1, np.floor((n_tr // config.batch_size) * config.batch_fraction))))
-    ho_batches = int(np.max(np.maximum(1, n_ho // config.batch_size)))
-    return steps, ho_batches
+    bsz = config.batch_size
+    steps = np.maximum(1, np.floor((n_tr // bsz) * config.batch_fraction)).astype(np.int32)
+    ho_batches = np.maximum(1, n_ho // bsz).astype(np.int32)
+    return n_ho.astype(np.int32), steps, ho_batches
 
 
 def gather_pairs(shared, group_data, positions, key):
@@ -488,11 +587,12 @@ def estimate_mi_sampled(
     valid = np.asarray(valid, bool)
     if valid.ndim != 2:
         raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
-    steps, ho_batches = _static_sizes(valid, config, group_names)
+    sizes = _group_sizes(valid, config, group_names)
     keys = _group_keys(key, valid.shape[0])
     traj, train, heldout = _estimate_all(
-        keys, jnp.asarray(valid), group_data, shared,
-        sample_fn=sample_fn, config=config, steps=steps, heldout_batches=ho_batches, da=da, db=db, progress=progress,
+        keys, jnp.asarray(valid), tuple(jnp.asarray(x) for x in sizes), group_data, shared,
+        sample_fn=sample_fn, config=config, steps=int(sizes[1].max()), heldout_batches=int(sizes[2].max()), da=da,
+        db=db, progress=progress,
     )
     return MIResult(trajectory=traj, train=train, heldout=heldout, cap=config.cap)
 

@@ -7,11 +7,17 @@ metrics, checkpoint, plots) into the reference protocol (SPEC.md) and writes a r
     metrics.jsonl      per epoch: train/test accuracy, ASR, per-class train loss, lr, wall time
     mi.json            mi[quantity][group][epoch] = {"trajectory", "train", "heldout"} in nats;
                        quantities "xt" = I(X;T), "ty" = I(T;Y_pred) (offline), "xt_online" /
-                       "ty_online" (critics trained alongside the network, when enabled)
+                       "ty_online" (critics trained alongside the network, when enabled: every
+                       step, each group's critic takes one step on a buffer of its B most recent
+                       pairs, :func:`ibjax.mi.update_buffered`)
     stealth.json       the dynamics-based stealthiness metric and its four components
     clustering.json    per-group silhouette scores of T at the embedding epochs
     embedding_<e>.npz  2-D embedding of T (with labels and backdoor flags) at the embedding epochs
-    checkpoints/       Orbax checkpoints of the whole run state, every epoch
+    checkpoints/       Orbax checkpoints of the whole run state, every epoch (online critics and
+                       their pair buffers included)
+    lc_perturbations.npy / trigger_pattern.npy
+                       what the label-consistent (PGD) and TrojanNN (optimised patch) attacks
+                       compute against a clean model first, kept for resume
     plots/*.png, summary.md
 
 A run killed at any point resumes with ``resume=True`` from its last checkpoint and finishes with
@@ -51,7 +57,7 @@ from ibjax.train import (
     plateau_update,
     train_epoch,
 )
-from ibjax.triggers import Attack, PGDParams, get_attack, pgd_l2
+from ibjax.triggers import Attack, PGDParams, get_attack, pgd_l2, trojannn_pattern
 
 __all__ = ["StudyConfig", "run_study", "validate", "config_to_dict", "config_from_dict", "estimate_groups_mi"]
 
@@ -302,8 +308,9 @@ def _write_jsonl(path: str, records: list) -> None:
     os.replace(tmp, path)
 
 
-def _label_consistent_perturbations(key, config, train_set, plan, model_cfg, progress) -> np.ndarray:
-    """PGD perturbations of the poisoned (target-class) samples against a clean model trained here."""
+def _clean_model(key, config, train_set, plan, model_cfg, progress):
+    """A model trained here on the clean labels (up to 20 epochs): the victim that label-consistent
+    perturbations and TrojanNN patterns are computed against. Returns ``(model, variables)``."""
     clean_plan = plan.replace(poisoned=np.zeros_like(plan.poisoned), labels=plan.clean_labels)
     ident = get_attack("badnets")  # never applied: nothing is flagged in the clean plan
     model = make_model(model_cfg)
@@ -314,7 +321,11 @@ def _label_consistent_perturbations(key, config, train_set, plan, model_cfg, pro
     for e in range(epochs):
         state, _ = train_epoch(state, data, jax.random.fold_in(key, 100 + e), model=model, attack=ident, config=cfg)
         progress(e + 1, epochs)
-    variables = state.variables
+    return model, state.variables
+
+
+def _label_consistent_perturbations(key, config, train_set, plan, model, variables) -> np.ndarray:
+    """PGD perturbations of the poisoned (target-class) samples against the clean model."""
     p_idx = np.flatnonzero(plan.poisoned)
 
     @jax.jit
@@ -328,6 +339,42 @@ def _label_consistent_perturbations(key, config, train_set, plan, model_cfg, pro
         x = jnp.asarray(train_set.images[idx], jnp.float32) / 255.0
         out.append(np.asarray(attack_batch(x, jnp.asarray(plan.clean_labels[idx]), jax.random.fold_in(key, s))))
     return np.concatenate(out).astype(np.float16)
+
+
+def _trojannn_pattern(key, attack, train_set, model, variables, images: int = 256) -> np.ndarray:
+    """TrojanNN's patch optimised against the clean model on a random batch of training images."""
+    k_pick, k_noise = jax.random.split(key)
+    idx = np.sort(np.asarray(jax.random.choice(k_pick, len(train_set.labels), (min(images, len(train_set.labels)),),
+                                               replace=False)))
+    x = jnp.asarray(train_set.images[idx], jnp.float32) / 255.0
+    features = lambda z: model.apply(variables, z, train=False, rngs={"noise": k_noise})[1]  # noqa: E731
+    pattern, _ = jax.jit(lambda z: trojannn_pattern(features, z, attack.train_params))(x)
+    return np.asarray(pattern)
+
+
+def _prepare_attack(key, config, attack, train_set, plan, model_cfg, run_dir, timings, progress):
+    """Compute what the attack needs from a clean model, once per run (saved for resume).
+
+    Returns ``(attack, perturbations)``: the attack with its optimised pattern (TrojanNN) and the
+    label-consistent PGD perturbations (or None).
+    """
+    if not (attack.needs_perturbation or attack.optimised_pattern):
+        return attack, None
+    path = os.path.join(run_dir, "lc_perturbations.npy" if attack.needs_perturbation else "trigger_pattern.npy")
+    if os.path.exists(path):
+        result = np.load(path)
+    else:
+        t0 = time.perf_counter()
+        model, variables = _clean_model(key, config, train_set, plan, model_cfg, _Progress("clean model", 1, progress))
+        if attack.needs_perturbation:
+            result = _label_consistent_perturbations(jax.random.fold_in(key, 2), config, train_set, plan, model, variables)
+        else:
+            result = _trojannn_pattern(jax.random.fold_in(key, 3), attack, train_set, model, variables)
+        np.save(path, result)
+        timings["clean_model_s"] = time.perf_counter() - t0
+    if attack.needs_perturbation:
+        return attack, result
+    return get_attack(config.attack, **dict(config.attack_options), pattern=result), None
 
 
 def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progress: bool = True) -> dict:
@@ -371,17 +418,8 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     model = make_model(model_cfg)
     timings = {"load_s": time.perf_counter() - t0}
 
-    perturbations = None
-    if attack.needs_perturbation:
-        pert_path = os.path.join(run_dir, "lc_perturbations.npy")
-        if os.path.exists(pert_path):
-            perturbations = np.load(pert_path)
-        else:
-            t1 = time.perf_counter()
-            perturbations = _label_consistent_perturbations(k_pgd, config, train_set, plan, model_cfg,
-                                                            _Progress("PGD clean model", 1, progress))
-            np.save(pert_path, perturbations)
-            timings["pgd_s"] = time.perf_counter() - t1
+    attack, perturbations = _prepare_attack(k_pgd, config, attack, train_set, plan, model_cfg, run_dir, timings,
+                                            progress)
     data = put_train_data(train_set.images, plan, k_trig, perturbations)
     clean_test = put_test_data(test_set.images, test_set.labels, k_trig)
     trig_test = put_test_data(test_set.images, test_set.labels, k_trig, triggered=True)
@@ -394,13 +432,14 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     x_dim = int(np.prod(train_set.images.shape[1:]))
     _, t_dim = _output_dims(model, state.variables, train_set.images.shape[1:])
     G = len(plan.group_names)
-    critics = {}
+    critics, buffers = {}, {}
     if online:
         critics = {
             "xt": ibmi.init(jax.random.fold_in(k_mi, 1), G, t_dim, x_dim, config.xt),
             "ty": ibmi.init(jax.random.fold_in(k_mi, 2), G, num_classes, t_dim, config.ty),
         }
-    run_state = {"train": state, "critics": critics}
+        buffers = {"xt": ibmi.buffer_init(G, t_dim, x_dim, config.xt), "ty": ibmi.buffer_init(G, num_classes, t_dim, config.ty)}
+    run_state = {"train": state, "critics": critics, "buffers": buffers}
     meta = {"epoch": 0, "plateau": list(plateau_init()), "metrics": [], "mi": {}, "clustering": {}, "timings": {}}
     ckpt = Checkpointer(ckpt_dir)
     if resume and ckpt.latest_step() is not None:
@@ -409,9 +448,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
     meta["timings"] = {**timings, **meta.get("timings", {})}
 
     group_masks = jnp.asarray(plan.group_masks)
-    online_step = jax.jit(
-        lambda c, a, b, m, k, cfg: ibmi.update_masked(c, a, b, m, k, cfg), static_argnames=("cfg",)
-    )
+    online_step = jax.jit(ibmi.update_buffered, static_argnames=("config",))
     sample_fns: dict = {}
     mi_epochs = set(config.mi_epochs) if config.mi_mode != "online" else set()
     embed_epochs = set(config.embed_epochs or ((config.mi_epochs[0], config.mi_epochs[-1]) if config.mi_epochs else ()))
@@ -425,17 +462,17 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             ek = jax.random.fold_in(k_train, epoch)
             state = run_state["train"]
             # Online sums stay on the device: reading them every step would stall the pipeline.
-            acc = {"xt": jnp.zeros(G), "ty": jnp.zeros(G), "n": jnp.zeros(G)}
-            crit = dict(run_state["critics"])
+            acc = {q: (jnp.zeros(G), jnp.zeros(G)) for q in ("xt", "ty")}  # (sum of estimates, steps taken)
+            crit, bufs = dict(run_state["critics"]), dict(run_state["buffers"])
 
-            def on_step(s, idx, feats, crit=crit, ek=ek, acc=acc):
+            def on_step(s, idx, feats, crit=crit, bufs=bufs, ek=ek, acc=acc):
                 x, t, logits = feats
                 member = group_masks[:, idx]
                 for q, cfg in (("xt", config.xt), ("ty", config.ty)):
                     a, b = _features_pair(q, x, t, logits)
-                    crit[q], est, n = online_step(crit[q], a, b, member, jax.random.fold_in(jax.random.fold_in(ek, 7), s), cfg)
-                    acc[q] = acc[q] + est
-                acc["n"] = acc["n"] + (n >= 2)
+                    key = jax.random.fold_in(jax.random.fold_in(ek, 7 if q == "xt" else 8), s)
+                    crit[q], bufs[q], est, ready = online_step(crit[q], bufs[q], a, b, member, key, config=cfg)
+                    acc[q] = (acc[q][0] + est, acc[q][1] + ready)
 
             bar = _Progress(f"epoch {epoch}/{tcfg.epochs} train", steps_per_epoch, progress)
             try:
@@ -454,7 +491,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             record = {"epoch": epoch, **m, **ev, "lr": lr, "train_s": train_s}
             if online:
                 for q, cfg in (("xt", config.xt), ("ty", config.ty)):
-                    epoch_est = np.asarray(acc[q]) / np.maximum(np.asarray(acc["n"]), 1)
+                    epoch_est = np.asarray(acc[q][0]) / np.maximum(np.asarray(acc[q][1]), 1)
                     crit[q] = ibmi.end_epoch(crit[q], jnp.asarray(epoch_est, jnp.float32), cfg)
                     hist = meta["mi"].setdefault(f"{q}_online", {})
                     for g, name in enumerate(plan.group_names):
@@ -479,7 +516,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             meta["metrics"].append(record)
             meta["epoch"] = epoch
             meta["plateau"] = list(plateau)
-            run_state = {"train": state, "critics": crit}
+            run_state = {"train": state, "critics": crit, "buffers": bufs}
             ckpt.save(epoch, run_state, meta)
             _write_jsonl(os.path.join(run_dir, "metrics.jsonl"), meta["metrics"])
             _write_json(os.path.join(run_dir, "mi.json"), meta["mi"])

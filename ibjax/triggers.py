@@ -28,7 +28,8 @@ Conventions
 
 Triggers: :func:`badnets`, :func:`blend`, :func:`wanet`, :func:`pgd_l2`,
 :func:`label_consistent`, :func:`adaptive_blend`, :func:`sig`,
-:func:`ftrojan`, :func:`bpp`.
+:func:`ftrojan`, :func:`bpp`, :func:`trojannn` (pattern from :func:`trojannn_pattern`),
+:func:`low_frequency` (optionally the UAP of :func:`low_frequency_uap`).
 
 Registry: :class:`Attack`, :data:`ATTACKS`, :func:`get_attack`. Every
 ``Attack`` has ``train_trigger(images, key)`` and ``test_trigger(images, key)``
@@ -57,6 +58,9 @@ __all__ = [
     "SIGParams",
     "FTrojanParams",
     "BPPParams",
+    "TrojanNNParams",
+    "LowFrequencyParams",
+    "StaticArray",
     "badnets",
     "blend",
     "blend_pattern",
@@ -70,6 +74,11 @@ __all__ = [
     "sig",
     "ftrojan",
     "bpp",
+    "trojannn",
+    "trojannn_pattern",
+    "low_frequency",
+    "low_frequency_pattern",
+    "low_frequency_uap",
     "Attack",
     "ATTACKS",
     "get_attack",
@@ -156,13 +165,16 @@ def badnets(images: jax.Array, params: BadNetsParams = BadNetsParams()) -> jax.A
         raise ValueError(
             f"BadNets colour has {len(params.colour)} channels; images have {c}"
         )
-    rows = jnp.arange(h)
-    cols = jnp.arange(w)
-    in_rows = (rows >= params.row) & (rows < params.row + params.size)
-    in_cols = (cols >= params.col) & (cols < params.col + params.size)
-    mask = (in_rows[:, None] & in_cols[None, :])[:, :, None]  # [H, W, 1]
-    out = jnp.where(mask, colour, x)
+    out = jnp.where(_square_mask(h, w, params.row, params.col, params.size), colour, x)
     return _finish(out, dtype)
+
+
+def _square_mask(height: int, width: int, row: int, col: int, size: int) -> np.ndarray:
+    """bool[H, W, 1]: rows [row, row+size) x columns [col, col+size), cut at the border."""
+    rows, cols = np.arange(height), np.arange(width)
+    in_rows = (rows >= row) & (rows < row + size)
+    in_cols = (cols >= col) & (cols < col + size)
+    return (in_rows[:, None] & in_cols[None, :])[:, :, None]
 
 
 # --------------------------------------------------------------------------
@@ -799,6 +811,259 @@ def bpp(images: jax.Array, params: BPPParams = BPPParams()) -> jax.Array:
 
 
 # --------------------------------------------------------------------------
+# Constant arrays as static parameters
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticArray:
+    """A small constant float32 array as a field of static (hashable) trigger params.
+
+    Equal contents hash equal, so jitted steps that take the trigger as a static argument compile
+    once per pattern. Build with :meth:`of`; read with :attr:`value`.
+    """
+
+    data: bytes
+    shape: tuple[int, ...]
+
+    @classmethod
+    def of(cls, array: Any) -> "StaticArray":
+        a = np.ascontiguousarray(np.asarray(array, np.float32))
+        return cls(a.tobytes(), tuple(int(d) for d in a.shape))
+
+    @property
+    def value(self) -> np.ndarray:
+        return np.frombuffer(self.data, np.float32).reshape(self.shape)
+
+
+def _pattern_value(pattern: Optional[StaticArray], shape: tuple[int, ...], name: str) -> Optional[np.ndarray]:
+    if pattern is None:
+        return None
+    if tuple(pattern.shape) != tuple(shape):
+        raise ValueError(f"{name} pattern has shape {pattern.shape}, images are {tuple(shape)} (H, W, C): "
+                         f"compute the pattern for this image size")
+    return pattern.value
+
+
+# --------------------------------------------------------------------------
+# TrojanNN (Liu et al. 2018)
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TrojanNNParams:
+    """TrojanNN: a square patch whose content is optimised to excite chosen neurons of a clean model.
+
+    Attributes:
+      size, row, col: the patch (default BadNets' 5x5 top-left footprint, so that the two attacks
+        differ only in what the patch holds: a solid colour vs an optimised pattern).
+      pattern: :class:`StaticArray` [H, W, C] in [0, 1] from :func:`trojannn_pattern` (only the patch
+        region is read). ``None``: the optimisation's starting point, a uniform random pattern from
+        ``seed`` (an un-optimised patch). The study optimises it against a clean model first.
+      seed: seed of the starting pattern.
+    """
+
+    size: int = 5
+    row: int = 0
+    col: int = 0
+    pattern: Optional[StaticArray] = None
+    seed: int = 0
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform_pattern_np(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (height, width, channels)).astype(np.float32)
+
+
+@_jit_static_params
+def trojannn(images: jax.Array, params: TrojanNNParams = TrojanNNParams()) -> jax.Array:
+    """Stamp the TrojanNN patch: pixels inside the square take the pattern's values, the rest are unchanged.
+
+    Args:
+      images: ``[..., H, W, C]`` in [0, 1].
+      params: :class:`TrojanNNParams`.
+
+    Returns:
+      ``[..., H, W, C]``, same dtype.
+    """
+    x, dtype = _prepare(images)
+    h, w, c = x.shape[-3:]
+    pattern = _pattern_value(params.pattern, (h, w, c), "TrojanNN")
+    if pattern is None:
+        pattern = _uniform_pattern_np(h, w, c, params.seed)
+    out = jnp.where(_square_mask(h, w, params.row, params.col, params.size), pattern, x)
+    return _finish(out, dtype)
+
+
+def trojannn_pattern(
+    features_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    params: TrojanNNParams = TrojanNNParams(),
+    *,
+    neurons: int = 2,
+    steps: int = 200,
+    step_size: float = 0.02,
+) -> tuple[jax.Array, jax.Array]:
+    """Optimise the TrojanNN patch against a clean model.
+
+    As TrojanNN: pick the representation neurons the patch region drives most strongly (largest
+    summed absolute sensitivity of the batch-mean activation to the patch pixels, from a forward-mode
+    Jacobian over the patch pixels, which are few), then raise those neurons' mean activation by
+    projected signed gradient ascent on the patch pixels, kept in [0, 1].
+
+    Args:
+      features_fn: ``x f32[B, H, W, C] -> T f32[B, D]``, a clean model's representation (close over
+        its variables and a fixed noise key, so it is deterministic).
+      images: ``f32[B, H, W, C]`` clean images in [0, 1] to optimise over.
+      params: the patch geometry and the starting pattern (``params.pattern`` or ``seed``).
+      neurons: how many neurons to excite.
+      steps, step_size: ascent steps and the per-step change of each patch pixel.
+
+    Returns:
+      ``(pattern f32[H, W, C], selected int32[neurons])``; wrap the pattern with
+      :meth:`StaticArray.of` and pass it as ``TrojanNNParams(pattern=...)`` or
+      ``get_attack("trojannn", pattern=...)``.
+    """
+    x, _ = _prepare(images)
+    h, w, c = x.shape[-3:]
+    start = _pattern_value(params.pattern, (h, w, c), "TrojanNN")
+    start = _uniform_pattern_np(h, w, c, params.seed) if start is None else start
+    mask = np.broadcast_to(_square_mask(h, w, params.row, params.col, params.size), (h, w, c))
+    where = np.flatnonzero(mask)
+    if where.size == 0:
+        raise ValueError("the TrojanNN patch lies outside the image: check size, row and col")
+    base = jnp.asarray(start).reshape(-1)
+
+    def stamp(v):
+        p = base.at[where].set(v).reshape(h, w, c)
+        return jnp.where(mask, p, x)
+
+    mean_t = lambda v: jnp.mean(features_fn(stamp(v)).astype(jnp.float32), axis=0)  # noqa: E731
+    v0 = base[where]
+    jvp_col = lambda e: jax.jvp(mean_t, (v0,), (e,))[1]  # noqa: E731
+    jac = jax.lax.map(jvp_col, jnp.eye(where.size, dtype=jnp.float32), batch_size=16)  # [P, D]
+    selected = jnp.argsort(-jnp.sum(jnp.abs(jac), axis=0))[:neurons].astype(jnp.int32)
+
+    objective = lambda v: jnp.sum(mean_t(v)[selected])  # noqa: E731
+    grad = jax.grad(objective)
+
+    def body(_, v):
+        return jnp.clip(v + step_size * jnp.sign(grad(v)), 0.0, 1.0)
+
+    v = jax.lax.fori_loop(0, steps, body, v0)
+    return base.at[where].set(v).reshape(h, w, c), selected
+
+
+# --------------------------------------------------------------------------
+# Low-frequency trigger (Zeng et al. 2021)
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class LowFrequencyParams:
+    """An additive trigger with only low spatial frequencies (smooth, hard to see, survives low-pass filters).
+
+    Attributes:
+      eps: largest absolute change of a pixel, [0, 1] units (10/255; a choice of ours, SPEC.md gives
+        no value).
+      cutoff: the trigger lives in the lowest ``cutoff x cutoff`` 2-D DCT frequencies of the whole
+        image, per channel (4 of 32).
+      seed: seed of the default pattern (random coefficients in that window).
+      pattern: :class:`StaticArray` [H, W, C], e.g. the universal adversarial perturbation of
+        :func:`low_frequency_uap` (the original attack's trigger); ``None`` = the seeded pattern.
+    """
+
+    eps: float = 10.0 / 255.0
+    cutoff: int = 4
+    seed: int = 0
+    pattern: Optional[StaticArray] = None
+
+
+def _low_pass_basis(height: int, width: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``cutoff`` rows of the orthonormal DCT-II matrices: delta = Dh.T @ coeffs @ Dw."""
+    return _dct_matrix(height)[: min(cutoff, height)], _dct_matrix(width)[: min(cutoff, width)]
+
+
+def _from_low_frequencies(coeffs: jax.Array, dh: np.ndarray, dw: np.ndarray, eps: float) -> jax.Array:
+    """[h, w, C] coefficients -> [H, W, C] image, scaled down (never up) to max |.| <= eps."""
+    delta = jnp.einsum("kh,klc,lw->hwc", jnp.asarray(dh, jnp.float32), coeffs, jnp.asarray(dw, jnp.float32),
+                       precision=lax.Precision.HIGHEST)
+    return delta * jnp.minimum(1.0, eps / jnp.maximum(jnp.max(jnp.abs(delta)), 1e-12))
+
+
+@functools.lru_cache(maxsize=64)
+def _low_frequency_pattern_np(height: int, width: int, channels: int, cutoff: int, eps: float, seed: int) -> np.ndarray:
+    dh, dw = _low_pass_basis(height, width, cutoff)
+    coeffs = np.random.default_rng(seed).normal(size=(dh.shape[0], dw.shape[0], channels))
+    delta = np.einsum("kh,klc,lw->hwc", dh, coeffs, dw)
+    return (delta * (eps / np.max(np.abs(delta)))).astype(np.float32)
+
+
+def low_frequency_pattern(height: int, width: int, channels: int, params: LowFrequencyParams = LowFrequencyParams()) -> jax.Array:
+    """The default low-frequency trigger, f32[H, W, C], max |value| = eps, only low frequencies."""
+    return jnp.asarray(_low_frequency_pattern_np(int(height), int(width), int(channels), int(params.cutoff),
+                                                 float(params.eps), int(params.seed)))
+
+
+@_jit_static_params
+def low_frequency(images: jax.Array, params: LowFrequencyParams = LowFrequencyParams()) -> jax.Array:
+    """Add the low-frequency pattern: ``clip(x + delta)``. Returns ``[..., H, W, C]``, same dtype."""
+    x, dtype = _prepare(images)
+    h, w, c = x.shape[-3:]
+    delta = _pattern_value(params.pattern, (h, w, c), "low-frequency")
+    if delta is None:
+        delta = _low_frequency_pattern_np(h, w, c, params.cutoff, params.eps, params.seed)
+    return _finish(x + delta, dtype)
+
+
+def low_frequency_uap(
+    logits_fn: Callable[[jax.Array], jax.Array],
+    images: jax.Array,
+    target: int,
+    params: LowFrequencyParams = LowFrequencyParams(),
+    *,
+    steps: int = 200,
+    step_size: float = 0.1,
+) -> jax.Array:
+    """A targeted universal adversarial perturbation restricted to low frequencies (the LF trigger).
+
+    Minimises the mean cross-entropy towards ``target`` of ``logits_fn(clip(x + delta))`` over the
+    batch by normalised gradient descent on the DCT coefficients of the ``cutoff x cutoff`` window
+    (so delta never leaves the low-frequency subspace), scaling delta back to ``max |delta| <= eps``
+    after every step. Starts from the seeded default pattern.
+
+    Args:
+      logits_fn: ``x f32[B, H, W, C] -> logits f32[B, K]`` of a clean model (deterministic).
+      images: ``f32[B, H, W, C]`` clean images in [0, 1].
+      target: the target class.
+      params: ``eps``, ``cutoff`` and ``seed`` (the start).
+      steps, step_size: descent steps and the L2 length of each step in coefficient space.
+
+    Returns:
+      ``delta f32[H, W, C]``; use it as ``LowFrequencyParams(pattern=StaticArray.of(delta))``.
+    """
+    x, _ = _prepare(images)
+    h, w, c = x.shape[-3:]
+    dh, dw = _low_pass_basis(h, w, params.cutoff)
+    start = jnp.asarray(_low_frequency_pattern_np(h, w, c, params.cutoff, params.eps, params.seed))
+    coeffs0 = jnp.einsum("kh,hwc,lw->klc", jnp.asarray(dh, jnp.float32), start, jnp.asarray(dw, jnp.float32),
+                         precision=lax.Precision.HIGHEST)
+    labels = jnp.full((x.shape[0],), target, jnp.int32)
+
+    def loss(coeffs):
+        delta = _from_low_frequencies(coeffs, dh, dw, params.eps)
+        logits = logits_fn(jnp.clip(x + delta, 0.0, 1.0)).astype(jnp.float32)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1))
+
+    def body(_, coeffs):
+        g = jax.grad(loss)(coeffs)
+        return coeffs - step_size * g / jnp.maximum(jnp.linalg.norm(g), 1e-12)
+
+    coeffs = jax.lax.fori_loop(0, steps, body, coeffs0)
+    return _from_low_frequencies(coeffs, dh, dw, params.eps)
+
+
+# --------------------------------------------------------------------------
 # Attack registry
 # --------------------------------------------------------------------------
 
@@ -825,6 +1090,10 @@ class Attack:
       needs_perturbation: training poisons need a precomputed adversarial
         perturbation (label-consistent: add ``pgd_l2(...) - x`` before
         ``train_trigger``).
+      optimised_pattern: the trigger pattern is still to be optimised
+        against a clean model (TrojanNN without a ``pattern``: compute it
+        with :func:`trojannn_pattern` and rebuild the attack with
+        ``pattern=StaticArray.of(...)``; the study does this).
       train_params, test_params: the params dataclasses the triggers use
         (for inspection / logging).
     """
@@ -835,6 +1104,7 @@ class Attack:
     clean_label: bool = False
     keep_label_fraction: float = 0.0
     needs_perturbation: bool = False
+    optimised_pattern: bool = False
     train_params: Any = None
     test_params: Any = None
 
@@ -848,6 +1118,8 @@ ATTACKS: tuple[str, ...] = (
     "sig",
     "ftrojan",
     "bpp",
+    "trojannn",
+    "low_frequency",
 )
 
 # name -> (params class, train defaults, test defaults)
@@ -864,6 +1136,8 @@ _ATTACK_PARAMS: dict[str, tuple[type, dict[str, Any], dict[str, Any]]] = {
     "sig": (SIGParams, {}, {}),
     "ftrojan": (FTrojanParams, {}, {}),
     "bpp": (BPPParams, {}, {}),
+    "trojannn": (TrojanNNParams, {}, {}),
+    "low_frequency": (LowFrequencyParams, {}, {}),
 }
 
 
@@ -908,7 +1182,7 @@ def get_attack(name: str, **overrides: Any) -> Attack:
     Equal arguments return the same (cached) object, so jitted steps that take the attack's triggers
     as static arguments compile once per attack, not once per call.
     """
-    # Lists become tuples: trigger params are static jit arguments and must be hashable.
+    # Lists become tuples and arrays StaticArrays: trigger params are static jit arguments (hashable).
     overrides = {k: _as_tuple(v) for k, v in overrides.items()}
     try:
         return _cached_attack(name, tuple(sorted(overrides.items())))
@@ -917,6 +1191,8 @@ def get_attack(name: str, **overrides: Any) -> Attack:
 
 
 def _as_tuple(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, jax.Array)):
+        return StaticArray.of(value)
     if isinstance(value, (list, tuple)):
         return tuple(_as_tuple(v) for v in value)
     return value
@@ -990,5 +1266,13 @@ def _build_attack(name: str, **overrides: Any) -> Attack:
     if name == "bpp":
         train = lambda x, key=None: bpp(x, tp)
         test = lambda x, key=None: bpp(x, sp)
+        return Attack(name, train, test, train_params=tp, test_params=sp)
+    if name == "trojannn":
+        train = lambda x, key=None: trojannn(x, tp)
+        test = lambda x, key=None: trojannn(x, sp)
+        return Attack(name, train, test, optimised_pattern=tp.pattern is None, train_params=tp, test_params=sp)
+    if name == "low_frequency":
+        train = lambda x, key=None: low_frequency(x, tp)
+        test = lambda x, key=None: low_frequency(x, sp)
         return Attack(name, train, test, train_params=tp, test_params=sp)
     raise AssertionError(name)  # pragma: no cover

@@ -112,6 +112,35 @@ def test_a_masked_group_equals_the_same_group_unpadded():
     assert np.isfinite(np.asarray(scattered.heldout)).all()
 
 
+def test_a_group_smaller_than_one_batch_trains_on_one_partial_batch():
+    # The reference's label-consistent 10% group (500 samples) is smaller than the I(T;Y) batch (512).
+    # Such a group takes one partial batch per epoch; as a member of a batched call it reads what it
+    # reads alone, and padding rows are never read (NaN padding would poison the estimate).
+    x, y = correlated_gaussians(jax.random.PRNGKey(20), 1.0, 500, 2)
+    cfg = dict(epochs=40, batch_size=512, negatives=64, lr=3e-3, hidden=(32, 32), batch_fraction=1.0)
+    alone = mi.estimate_mi(jax.random.PRNGKey(21), x, y, **cfg)
+    big_x, big_y = correlated_gaussians(jax.random.PRNGKey(22), 1.0, 2000, 2)
+    a = jnp.stack([big_x, jnp.concatenate([x, jnp.full((1500, 2), jnp.nan)])])
+    b = jnp.stack([big_y, jnp.concatenate([y, jnp.full((1500, 2), jnp.nan)])])
+    mask = np.zeros((2, 2000), bool)
+    mask[0], mask[1, :500] = True, True
+    keys = jnp.stack([jax.random.PRNGKey(23), jax.random.PRNGKey(21)])
+    both = mi.estimate_mi_groups(keys, a, b, mask, **cfg)
+    np.testing.assert_allclose(float(both.heldout[1]), float(alone.heldout), atol=1e-4)
+    np.testing.assert_allclose(np.asarray(both.trajectory[1]), np.asarray(alone.trajectory), atol=1e-4)
+    assert np.all(np.isfinite(np.asarray(both.trajectory)))
+    assert 0.6 < float(alone.heldout) < 1.2  # truth 1 nat
+
+
+def test_all_pairs_negatives_in_a_partial_batch_never_include_the_row_itself():
+    cfg = mi._config(None, dict(negative_sampling="all", batch_size=8))
+    neg = np.asarray(mi._negative_index(None, 8, jnp.asarray(5), cfg))
+    for i in range(5):
+        assert i not in neg[i] and set(neg[i]) == set(range(5)) - {i}
+    full = np.asarray(mi._negative_index(None, 8, jnp.asarray(8), cfg))
+    assert all(set(full[i]) == set(range(8)) - {i} for i in range(8))
+
+
 def test_bfloat16_critic_runs_and_tracks_float32():
     x, y = correlated_gaussians(jax.random.PRNGKey(11), 1.0, 4096, 2)
     r32 = mi.estimate_mi(jax.random.PRNGKey(12), x, y, epochs=8, **FAST)
@@ -139,6 +168,50 @@ def test_init_and_update_train_critics_side_by_side():
     np.testing.assert_allclose(state.lr, [cfg.lr * 0.5, cfg.lr])
 
 
+def test_pair_buffer_keeps_the_last_b_member_rows_of_each_group():
+    buf = mi.buffer_init(2, 1, 1, batch_size=4)
+    rows = jnp.arange(6.0)[:, None]
+    member = jnp.asarray([[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1]], bool)
+    pushed = [mi._push(buf.a[g], buf.b[g], buf.count[g], buf.head[g], rows, -rows, member[g]) for g in range(2)]
+    (a0, b0, c0, h0), (a1, _, c1, h1) = pushed
+    assert int(c0) == 3 and int(h0) == 3 and np.asarray(a0[:3, 0]).tolist() == [0, 1, 2]
+    np.testing.assert_array_equal(np.asarray(b0[:3, 0]), [0, -1, -2])  # pairs stay pairs
+    assert int(c1) == 4 and int(h1) == 0 and sorted(np.asarray(a1[:, 0]).tolist()) == [2, 3, 4, 5]
+    # Two more rows into the group-0 buffer wrap around over the oldest.
+    a0, _, c0, h0 = mi._push(a0, b0, c0, h0, rows[4:], -rows[4:], jnp.ones(2, bool))
+    assert int(c0) == 4 and int(h0) == 1 and sorted(np.asarray(a0[:, 0]).tolist()) == [0, 1, 2, 4, 5][1:]
+
+
+def test_buffered_online_critics_read_against_the_same_ceiling_whatever_the_group_share():
+    # Nearly deterministic pairs (b = a + small noise): each read goes to its ceiling. Per-batch member
+    # rows (update_masked) give a group of 4 rows per batch a lower ceiling than one of 32; with
+    # buffers of B = 32 pairs both train on full batches and read alike.
+    cfg = mi._config(None, dict(batch_size=32, negatives=64, lr=3e-3, hidden=(32, 32)))
+    member = np.zeros((2, 64), bool)
+    member[0, :4] = True
+    member[1, 4:36] = True
+    member = jnp.asarray(member)
+    masked_state = mi.init(jax.random.PRNGKey(30), 2, 4, 4, cfg)
+    buffered_state = mi.init(jax.random.PRNGKey(30), 2, 4, 4, cfg)
+    buf = mi.buffer_init(2, 4, 4, cfg)
+    masked_step = jax.jit(lambda s, a, b, k: mi.update_masked(s, a, b, member, k, cfg))
+    buffered_step = jax.jit(lambda s, bf, a, b, k: mi.update_buffered(s, bf, a, b, member, k, cfg))
+    masked, buffered = [], []
+    for t in range(400):
+        ka, kn, kk = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(31), t), 3)
+        a = jax.random.normal(ka, (64, 4))
+        b = a + 0.01 * jax.random.normal(kn, (64, 4))
+        masked_state, est_m, _ = masked_step(masked_state, a, b, kk)
+        buffered_state, buf, est_b, ready = buffered_step(buffered_state, buf, a, b, kk)
+        if t >= 300:
+            masked.append(np.asarray(est_m))
+            buffered.append(np.asarray(est_b))
+    assert bool(ready.all()) and np.asarray(buf.count).tolist() == [32, 32]
+    m, b = np.mean(masked, 0), np.mean(buffered, 0)
+    assert m[1] - m[0] > 1.0  # log 32 vs log 4 ceilings
+    assert abs(b[1] - b[0]) < 0.3 and b[0] > m[0] + 1.0
+
+
 def test_bank_of_noise_draws_is_sampled_per_pair():
     # a is a noisy function of b; a bank of R draws per sample must read about the same as fresh draws.
     kb, kn, kf = jax.random.split(jax.random.PRNGKey(16), 3)
@@ -163,8 +236,8 @@ def test_clear_errors_for_bad_input():
     x = jnp.zeros((2, 100, 3))
     with pytest.raises(TypeError, match="unknown MI option"):
         mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, epoch=3)
-    with pytest.raises(ValueError, match="fewer than batch_size"):
-        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, batch_size=128)
+    with pytest.raises(ValueError, match="at least 2"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, heldout_fraction=0.99)
     with pytest.raises(ValueError, match=r"\(G, N, da\)"):
         mi.estimate_mi_groups(jax.random.PRNGKey(0), x[0], x[0])
     with pytest.raises(ValueError, match="bound"):

@@ -143,8 +143,8 @@ def test_bad_options_fail_before_any_work(tmp_path, change, match):
 
 def test_target_out_of_range_unknown_dataset_and_small_groups_fail_early(tmp_path):
     t = time.time()
-    with pytest.raises(ValueError, match="target_backdoor has .* fewer than batch_size=64"):
-        run_study(dataclasses.replace(TINY, xt=dataclasses.replace(TINY_MI, batch_size=64)), str(tmp_path / "c"),
+    with pytest.raises(ValueError, match="target_backdoor has 1 training samples .* at least 2"):
+        run_study(dataclasses.replace(TINY, xt=dataclasses.replace(TINY_MI, heldout_fraction=0.99)), str(tmp_path / "c"),
                   progress=False)
     with pytest.raises(ValueError, match="target class 12 out of range"):
         run_study(dataclasses.replace(TINY, poison=PoisonConfig(target=12)), str(tmp_path / "a"), progress=False)
@@ -200,6 +200,24 @@ def test_label_consistent_run_precomputes_pgd_perturbations_of_target_samples_on
     norms = np.sqrt((pert.reshape(15, -1) ** 2).sum(1))
     assert (norms > 0).all() and (norms <= 300 / 255 + 1e-2).all()  # inside the L2 ball
     assert 0.0 <= summary["asr"] <= 1.0
+
+
+def test_trojannn_run_optimises_its_patch_against_a_clean_model(tmp_path):
+    from ibjax.triggers import StaticArray, TrojanNNParams, get_attack, trojannn
+
+    run = str(tmp_path / "trojannn")
+    cfg = dataclasses.replace(TINY, attack="trojannn", train=dataclasses.replace(TINY.train, epochs=1), mi_epochs=(1,),
+                              stealth_epochs=(1,), embed_epochs=())
+    run_study(cfg, run, progress=False)
+    pattern = np.load(os.path.join(run, "trigger_pattern.npy"))
+    start = TrojanNNParams()
+    assert pattern.shape == (28, 28, 1) and pattern.min() >= 0 and pattern.max() <= 1
+    assert not np.allclose(pattern[:5, :5], np.asarray(trojannn(np.zeros((28, 28, 1), np.float32), start))[:5, :5])
+    # The run's poisoned samples carry the optimised patch.
+    attack = get_attack("trojannn", pattern=pattern)
+    x = np.full((1, 28, 28, 1), 0.5, np.float32)
+    np.testing.assert_allclose(np.asarray(attack.train_trigger(x, None))[0, :5, :5], pattern[:5, :5])
+    assert attack.train_params.pattern == StaticArray.of(pattern)
 
 
 # The GPU machines have jax, flax, optax, orbax, matplotlib and PIL but neither TFDS nor mlxtend, and

@@ -36,6 +36,8 @@ DIRECT = {
     "sig": lambda x, k: T.sig(x),
     "ftrojan": lambda x, k: T.ftrojan(x),
     "bpp": lambda x, k: T.bpp(x),
+    "trojannn": lambda x, k: T.trojannn(x),
+    "low_frequency": lambda x, k: T.low_frequency(x),
 }
 
 
@@ -90,7 +92,7 @@ def test_vmap_with_per_image_keys(fn):
 
 
 DETERMINISTIC = ["badnets", "blend", "wanet", "label_consistent", "adaptive_blend",
-                 "sig", "ftrojan", "bpp"]
+                 "sig", "ftrojan", "bpp", "trojannn", "low_frequency"]
 
 
 @pytest.mark.parametrize("name", DETERMINISTIC)
@@ -470,12 +472,102 @@ def test_bpp_levels():
     assert set(np.unique(y)) <= {0.0, 1.0}
 
 
+# ---------------------------------------------------------------- TrojanNN
+
+
+def _toy_features(x):
+    # A fixed random conv + ReLU + pooling "network": T f32[B, 6].
+    w = jnp.asarray(np.random.default_rng(7).normal(size=(3, 3, x.shape[-1], 6)), jnp.float32)
+    h = jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.mean(jax.nn.relu(h), axis=(1, 2))
+
+
+def test_trojannn_changes_only_its_patch_and_uses_the_given_pattern():
+    x = _images((3, 16, 16, 3))
+    pattern = np.random.default_rng(1).random((16, 16, 3), dtype=np.float32)
+    y = np.asarray(T.trojannn(x, T.TrojanNNParams(pattern=T.StaticArray.of(pattern), row=2, col=3, size=4)))
+    np.testing.assert_array_equal(y[:, 2:6, 3:7], np.broadcast_to(pattern[2:6, 3:7], (3, 4, 4, 3)))
+    outside = np.ones((16, 16), bool)
+    outside[2:6, 3:7] = False
+    np.testing.assert_array_equal(y[:, outside], np.asarray(x)[:, outside])
+    with pytest.raises(ValueError, match="shape"):
+        T.trojannn(_images((2, 8, 8, 3)), T.TrojanNNParams(pattern=T.StaticArray.of(pattern)))
+
+
+def test_trojannn_pattern_excites_the_selected_neurons_inside_the_patch_only():
+    x = _images((16, 16, 16, 3), seed=2)
+    params = T.TrojanNNParams(size=5)
+    pattern, selected = T.trojannn_pattern(_toy_features, x, params, neurons=2, steps=60)
+    start = T._uniform_pattern_np(16, 16, 3, 0)
+    assert selected.shape == (2,) and len(set(np.asarray(selected).tolist())) == 2
+    pattern = np.asarray(pattern)
+    assert pattern.min() >= 0 and pattern.max() <= 1
+    np.testing.assert_array_equal(pattern[5:], start[5:])  # only the patch is optimised
+    def excitation(p):
+        return float(_toy_features(T.trojannn(x, T.TrojanNNParams(pattern=T.StaticArray.of(p))))[:, selected].mean())
+
+    # The optimised patch beats its starting point and every one of 20 random patches.
+    rng = np.random.default_rng(9)
+    best_random = max(excitation(rng.random((16, 16, 3), dtype=np.float32)) for _ in range(20))
+    assert excitation(pattern) > max(best_random, excitation(start)) + 0.02
+    # Deterministic, and a jitted call gives the same pattern.
+    again, _ = jax.jit(lambda z: T.trojannn_pattern(_toy_features, z, params, steps=60))(x)
+    np.testing.assert_allclose(np.asarray(again), pattern, atol=1e-6)
+
+
+def test_static_array_hashes_by_content_and_attacks_compile_once_per_pattern():
+    p = np.random.default_rng(3).random((8, 8, 3), dtype=np.float32)
+    assert T.StaticArray.of(p) == T.StaticArray.of(p.copy()) and hash(T.StaticArray.of(p)) == hash(T.StaticArray.of(p))
+    a = T.get_attack("trojannn", pattern=p)  # an array override becomes a StaticArray
+    assert a is T.get_attack("trojannn", pattern=T.StaticArray.of(p))
+    assert not a.optimised_pattern and T.get_attack("trojannn").optimised_pattern
+
+
+# ---------------------------------------------------------------- low frequency
+
+
+def _dct2(delta):
+    d = T._dct_matrix(delta.shape[0])
+    return np.einsum("kh,hwc,lw->klc", d, delta, T._dct_matrix(delta.shape[1]))
+
+
+def test_low_frequency_is_small_smooth_and_additive():
+    params = T.LowFrequencyParams()
+    delta = np.asarray(T.low_frequency_pattern(32, 32, 3, params))
+    assert np.abs(delta).max() == pytest.approx(10 / 255, rel=1e-5)
+    coeffs = _dct2(delta)
+    assert np.abs(coeffs[4:]).max() < 1e-6 and np.abs(coeffs[:, 4:]).max() < 1e-6  # nothing above the cutoff
+    x = jnp.full((2, 32, 32, 3), 0.5)  # mid-grey: no clipping
+    np.testing.assert_allclose(np.asarray(T.low_frequency(x)) - 0.5, np.broadcast_to(delta, (2, 32, 32, 3)), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(T.low_frequency(x, T.LowFrequencyParams(eps=0.0))), 0.5)
+
+
+def test_low_frequency_uap_moves_a_model_towards_the_target_within_budget():
+    w = jnp.asarray(np.random.default_rng(5).normal(size=(16 * 16 * 3, 4)), jnp.float32) / 20
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
+    x = _images((32, 16, 16, 3), seed=4)
+    params = T.LowFrequencyParams(eps=0.1, cutoff=3)
+    delta = np.asarray(T.low_frequency_uap(logits_fn, x, 2, params, steps=50))
+    assert np.abs(delta).max() <= 0.1 + 1e-6
+    coeffs = _dct2(delta)
+    assert np.abs(coeffs[3:]).max() < 1e-5 and np.abs(coeffs[:, 3:]).max() < 1e-5
+
+    def target_prob(d):
+        return float(jnp.mean(jax.nn.softmax(logits_fn(jnp.clip(x + d, 0, 1)))[:, 2]))
+
+    # Better than its start and than any of 20 random low-frequency patterns of the same budget.
+    randoms = [T.low_frequency_pattern(16, 16, 3, T.LowFrequencyParams(eps=0.1, cutoff=3, seed=s)) for s in range(20)]
+    assert target_prob(delta) > 1.2 * max(target_prob(np.asarray(r)) for r in randoms)
+    y = T.low_frequency(x, T.LowFrequencyParams(pattern=T.StaticArray.of(delta)))
+    np.testing.assert_allclose(np.asarray(y), np.clip(np.asarray(x) + delta, 0, 1), atol=1e-6)
+
+
 # ---------------------------------------------------------------- registry
 
 
 def test_registry_contents():
     assert T.ATTACKS == ("badnets", "blend", "wanet", "label_consistent",
-                         "adaptive_blend", "sig", "ftrojan", "bpp")
+                         "adaptive_blend", "sig", "ftrojan", "bpp", "trojannn", "low_frequency")
     for name in T.ATTACKS:
         a = T.get_attack(name)
         assert isinstance(a, T.Attack) and a.name == name
