@@ -18,6 +18,7 @@ from ibjax.mi import (
     CriticState,
     MIConfig,
     MIResult,
+    PairBuffer,
     estimate_mi,
     estimate_mi_groups,
     estimate_mi_sampled,
@@ -29,6 +30,7 @@ from ibjax.train import TrainConfig, TrainState, create_train_state, eval_step, 
 from ibjax.triggers import (
     ATTACKS,
     Attack,
+    StaticArray,
     adaptive_blend,
     badnets,
     blend,
@@ -36,8 +38,12 @@ from ibjax.triggers import (
     ftrojan,
     get_attack,
     label_consistent,
+    low_frequency,
+    low_frequency_uap,
     pgd_l2,
     sig,
+    trojannn,
+    trojannn_pattern,
     wanet,
 )
 

@@ -70,8 +70,10 @@ class MIConfig:
         (every other row of the batch, K = B - 1: the all-pairs InfoNCE).
       lr, weight_decay: AdamW.
       grad_clip: global gradient-norm clip (per group).
-      plateau_patience, plateau_factor: the learning rate is multiplied by ``plateau_factor`` once
-        the epoch estimate has not improved for more than ``plateau_patience`` epochs.
+      plateau_patience, plateau_factor, plateau_threshold: the learning rate is multiplied by
+        ``plateau_factor`` once the epoch estimate has not improved on the best so far by the
+        relative ``plateau_threshold`` for more than ``plateau_patience`` epochs (PyTorch's
+        ``ReduceLROnPlateau(mode="max")`` with its default threshold).
       batch_fraction: fraction of each group's batches used per epoch (the reference uses the first half).
       critic: ``"concat"`` (reference) or ``"separable"``; hidden: hidden widths; embed_dim: separable only.
       bound: ``"infonce"`` (reference), ``"nwj"`` or ``"dv"``.
@@ -92,6 +94,7 @@ class MIConfig:
     grad_clip: float = 5.0
     plateau_patience: int = 8
     plateau_factor: float = 0.5
+    plateau_threshold: float = 1e-4
     batch_fraction: float = 0.5
     critic: str = "concat"
     hidden: tuple[int, ...] = (128, 128)
@@ -326,33 +329,58 @@ def _push(buf_a, buf_b, count, head, a, b, member):
     return buf_a, buf_b, jnp.minimum(count + n, bsz), (head + jnp.minimum(n, bsz)) % bsz
 
 
+def _fresh_read(params, buf_a, buf_b, count, a, b, member, key, config: MIConfig):
+    """The bound on this batch's member pairs, none of which the critic has trained on yet, with K
+    negatives drawn from the group's buffer (independent of each pair: the textbook InfoNCE).
+    Returns ``(estimate, rows read)``."""
+    order = jnp.argsort(~member, stable=True)
+    n_new = jnp.sum(member).astype(jnp.int32)
+    rows = a.shape[0]
+    all_a = jnp.concatenate([a[order].astype(buf_a.dtype), buf_a])
+    all_b = jnp.concatenate([b[order].astype(buf_b.dtype), buf_b])
+    u = jax.random.uniform(key, (all_a.shape[0], config.num_negatives))
+    neg = rows + jnp.minimum(jnp.floor(u * count), count - 1).astype(jnp.int32)
+    pos, neg_scores = critic_scores(config.critic, params, all_a, all_b, neg, jnp.dtype(config.dtype))
+    real = jnp.arange(all_a.shape[0]) < n_new
+    return get_bound(config.bound)(pos, neg_scores, real.astype(jnp.float32)), n_new
+
+
 def update_buffered(state: CriticState, buffer: PairBuffer, a, b, member, key, config: MIConfig):
     """One step of every group's critic on its buffer of the B most recent member pairs.
 
     The online form with full batches: a f[N, da] and b f[N, db] are the features of one training
-    batch and member bool[G, N] says which rows belong to which group. Each group's member rows go
-    into its ring buffer (:class:`PairBuffer`), and every group whose buffer holds at least 2 pairs
-    takes one critic step on it, with negatives drawn among those pairs. Once full, every group trains
-    on B pairs per step whatever its share of the training batch, so all groups read against the same
-    ceiling (with :func:`update_masked` a group of m rows per batch saturates near log m, so a large
-    group would read higher for its size alone). The price: a pair stays in the buffer for about
-    B / m training steps, so it can be a few steps older than the network.
+    batch and member bool[G, N] says which rows belong to which group. For every group:
 
-    Jittable; returns ``(state, buffer, estimates f32[G], ready bool[G])``; ``estimates`` are 0
-    where not ``ready``.
+    1. read: the bound on this batch's member pairs, with negatives drawn from the group's buffer.
+       The critic has not trained on these pairs yet, so this read cannot be inflated by a critic
+       that memorises the pairs it keeps seeing (the online analogue of the held-out read);
+    2. the member pairs go into the group's ring buffer (:class:`PairBuffer`), oldest out;
+    3. one critic step on the whole buffer, negatives drawn among its pairs.
+
+    Once the buffers are full every group trains on B pairs per step whatever its share of the
+    training batch, so all groups read against the same ceiling (with :func:`update_masked` a group
+    of m rows per batch saturates near log m, so a large group would read higher for its size
+    alone). The price: a pair stays in the buffer for about B / m training steps, so it can be a few
+    steps older than the network.
+
+    Jittable; returns ``(state, buffer, estimates f32[G], rows int32[G])``: each group's read and
+    how many pairs it was read on (0 until the buffer holds 2 pairs, then the group's members in this
+    batch); weight an epoch's reads by ``rows``.
     """
 
     def one(s, buf_a, buf_b, count, head, m, k):
+        k_read, k_step = jax.random.split(k)
+        est, n_new = _fresh_read(s.params, buf_a, buf_b, count, a, b, m, k_read, config)
+        readable = (count >= 2) & (n_new >= 1)
         buf_a, buf_b, count, head = _push(buf_a, buf_b, count, head, a, b, m)
-        ready = count >= 2
-        new, est = _step_one(s, buf_a, buf_b, k, ready, config, count)
-        return new, (buf_a, buf_b, count, head), jnp.where(ready, est, 0.0), ready
+        new, _ = _step_one(s, buf_a, buf_b, k_step, count >= 2, config, count)
+        return new, (buf_a, buf_b, count, head), jnp.where(readable, est, 0.0), jnp.where(readable, n_new, 0)
 
     keys = jax.random.split(key, member.shape[0])
-    state, (ba, bb, count, head), est, ready = jax.vmap(one)(
+    state, (ba, bb, count, head), est, rows = jax.vmap(one)(
         state, buffer.a, buffer.b, buffer.count, buffer.head, member, keys
     )
-    return state, PairBuffer(a=ba, b=bb, count=count, head=head), est, ready
+    return state, PairBuffer(a=ba, b=bb, count=count, head=head), est, rows
 
 
 @functools.partial(jax.jit, static_argnames=("config",), donate_argnums=(0,))
@@ -377,11 +405,13 @@ def update(state: CriticState, a: jax.Array, b: jax.Array, key: jax.Array, confi
 
 
 def _plateau(state: CriticState, epoch_estimate: jax.Array, config: MIConfig) -> CriticState:
-    improved = epoch_estimate > state.best
+    # PyTorch's relative threshold in "max" mode: better than best * (1 + threshold), and only such
+    # an improvement moves the best.
+    improved = epoch_estimate > state.best * (1.0 + config.plateau_threshold)
     bad = jnp.where(improved, 0, state.bad_epochs + 1)
     reduce = bad > config.plateau_patience
     return state.replace(
-        best=jnp.maximum(state.best, epoch_estimate),
+        best=jnp.where(improved, epoch_estimate, state.best),
         bad_epochs=jnp.where(reduce, 0, bad),
         lr=jnp.where(reduce, state.lr * config.plateau_factor, state.lr),
     )

@@ -5,7 +5,8 @@ flags and labels; no poisoned copy is stored. A batch is a gather of indices, a 
 [0, 1], and the attack's trigger applied to the flagged samples. Each sample's trigger randomness
 (WaNet's noise warp, Adaptive-Blend's piece mask) comes from ``fold_in(trigger_key, index)``, so a
 poisoned sample is the same image in every epoch and when its features are read for MI estimation,
-exactly as if the poisoned set had been generated once, as the reference does.
+as in a poisoned set generated once and stored (some public WaNet code draws a new noise warp at
+every load instead; that would make the MI groups' inputs change between reads).
 
 The label-consistent attack's PGD perturbations are the one precomputed exception: they are stored
 (float16) for the poisoned samples only and added before the trigger.

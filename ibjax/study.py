@@ -8,8 +8,9 @@ metrics, checkpoint, plots) into the reference protocol (SPEC.md) and writes a r
     mi.json            mi[quantity][group][epoch] = {"trajectory", "train", "heldout"} in nats;
                        quantities "xt" = I(X;T), "ty" = I(T;Y_pred) (offline), "xt_online" /
                        "ty_online" (critics trained alongside the network, when enabled: every
-                       step, each group's critic takes one step on a buffer of its B most recent
-                       pairs, :func:`ibjax.mi.update_buffered`)
+                       step, each group's critic reads the batch's new pairs, then takes one
+                       step on a buffer of its B most recent pairs, :func:`ibjax.mi.update_buffered`;
+                       the epoch value is the mean read over the epoch's new pairs)
     stealth.json       the dynamics-based stealthiness metric and its four components
     clustering.json    per-group silhouette scores of T at the embedding epochs
     embedding_<e>.npz  2-D embedding of T (with labels and backdoor flags) at the embedding epochs
@@ -462,7 +463,7 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
             ek = jax.random.fold_in(k_train, epoch)
             state = run_state["train"]
             # Online sums stay on the device: reading them every step would stall the pipeline.
-            acc = {q: (jnp.zeros(G), jnp.zeros(G)) for q in ("xt", "ty")}  # (sum of estimates, steps taken)
+            acc = {q: (jnp.zeros(G), jnp.zeros(G)) for q in ("xt", "ty")}  # (row-weighted sum of reads, rows)
             crit, bufs = dict(run_state["critics"]), dict(run_state["buffers"])
 
             def on_step(s, idx, feats, crit=crit, bufs=bufs, ek=ek, acc=acc):
@@ -471,8 +472,8 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
                 for q, cfg in (("xt", config.xt), ("ty", config.ty)):
                     a, b = _features_pair(q, x, t, logits)
                     key = jax.random.fold_in(jax.random.fold_in(ek, 7 if q == "xt" else 8), s)
-                    crit[q], bufs[q], est, ready = online_step(crit[q], bufs[q], a, b, member, key, config=cfg)
-                    acc[q] = (acc[q][0] + est, acc[q][1] + ready)
+                    crit[q], bufs[q], est, rows = online_step(crit[q], bufs[q], a, b, member, key, config=cfg)
+                    acc[q] = (acc[q][0] + est * rows, acc[q][1] + rows)
 
             bar = _Progress(f"epoch {epoch}/{tcfg.epochs} train", steps_per_epoch, progress)
             try:

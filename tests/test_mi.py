@@ -168,6 +168,31 @@ def test_init_and_update_train_critics_side_by_side():
     np.testing.assert_allclose(state.lr, [cfg.lr * 0.5, cfg.lr])
 
 
+def test_plateau_rule_matches_torch_reduce_lr_on_plateau_in_max_mode():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    # Rising, then flat with tiny gains below the relative threshold, then falling; two groups.
+    ests = np.concatenate([np.linspace(0.1, 2.0, 10), 2.0 + 1e-5 * np.arange(15), 2.0 - 0.01 * np.arange(20)])
+    ests = np.stack([ests, ests[::-1] + 0.01 * rng.normal(size=ests.size)], 1).astype(np.float32)
+    cfg = mi._config(None, {})
+    state = mi.init(jax.random.PRNGKey(0), 2, 2, 2, cfg)
+    expected = []
+    for g in range(2):
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=cfg.lr)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=8)
+        lrs = []
+        for e in ests[:, g]:
+            sched.step(float(e))
+            lrs.append(opt.param_groups[0]["lr"])
+        expected.append(lrs)
+    got = []
+    for e in ests:
+        state = mi.end_epoch(state, jnp.asarray(e), cfg)
+        got.append(np.asarray(state.lr))
+    np.testing.assert_allclose(np.asarray(got).T, np.asarray(expected), rtol=1e-6)
+    assert min(expected[0]) < cfg.lr  # the sequence does trigger halvings
+
+
 def test_pair_buffer_keeps_the_last_b_member_rows_of_each_group():
     buf = mi.buffer_init(2, 1, 1, batch_size=4)
     rows = jnp.arange(6.0)[:, None]
@@ -185,7 +210,7 @@ def test_pair_buffer_keeps_the_last_b_member_rows_of_each_group():
 def test_buffered_online_critics_read_against_the_same_ceiling_whatever_the_group_share():
     # Nearly deterministic pairs (b = a + small noise): each read goes to its ceiling. Per-batch member
     # rows (update_masked) give a group of 4 rows per batch a lower ceiling than one of 32; with
-    # buffers of B = 32 pairs both train on full batches and read alike.
+    # buffers of B = 32 pairs both train on full batches and read alike (on pairs not trained on yet).
     cfg = mi._config(None, dict(batch_size=32, negatives=64, lr=3e-3, hidden=(32, 32)))
     member = np.zeros((2, 64), bool)
     member[0, :4] = True
@@ -202,14 +227,34 @@ def test_buffered_online_critics_read_against_the_same_ceiling_whatever_the_grou
         a = jax.random.normal(ka, (64, 4))
         b = a + 0.01 * jax.random.normal(kn, (64, 4))
         masked_state, est_m, _ = masked_step(masked_state, a, b, kk)
-        buffered_state, buf, est_b, ready = buffered_step(buffered_state, buf, a, b, kk)
+        buffered_state, buf, est_b, rows = buffered_step(buffered_state, buf, a, b, kk)
         if t >= 300:
             masked.append(np.asarray(est_m))
             buffered.append(np.asarray(est_b))
-    assert bool(ready.all()) and np.asarray(buf.count).tolist() == [32, 32]
+    assert np.asarray(rows).tolist() == [4, 32] and np.asarray(buf.count).tolist() == [32, 32]
     m, b = np.mean(masked, 0), np.mean(buffered, 0)
     assert m[1] - m[0] > 1.0  # log 32 vs log 4 ceilings
     assert abs(b[1] - b[0]) < 0.3 and b[0] > m[0] + 1.0
+
+
+def test_buffered_online_read_is_not_inflated_by_memorised_pairs():
+    # A stream of independent a and b (truth 0), 2 new pairs per step into a buffer of 64: each pair
+    # is trained on for 32 steps, and a read on the buffer the critic trains on climbs above 0 by
+    # memorising them; the read on each step's new pairs does not (a lower bound, it may go below).
+    cfg = mi._config(None, dict(batch_size=64, negatives=64, lr=3e-3, hidden=(64, 64)))
+    member = jnp.ones((1, 2), bool)
+    state, buf = mi.init(jax.random.PRNGKey(42), 1, 16, 16, cfg), mi.buffer_init(1, 16, 16, cfg)
+    step = jax.jit(lambda s, bf, a, b, k: mi.update_buffered(s, bf, a, b, member, k, cfg))
+    fresh, trained_on = [], []
+    for t in range(600):
+        ka, kb, k_new = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(43), t), 3)
+        state, buf, est, _ = step(state, buf, jax.random.normal(ka, (2, 16)), jax.random.normal(kb, (2, 16)), k_new)
+        if t >= 400:
+            fresh.append(float(est[0]))
+            params = jax.tree.map(lambda x: x[0], state.params)
+            trained_on.append(float(mi._estimate_batch(params, buf.a[0], buf.b[0], k_new, 64, cfg)))
+    assert np.mean(trained_on) > 0.5  # memorised: above the truth
+    assert np.mean(fresh) < 0.05
 
 
 def test_bank_of_noise_draws_is_sampled_per_pair():
