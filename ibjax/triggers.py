@@ -861,6 +861,8 @@ class TrojanNNParams:
         region is read). ``None``: the optimisation's starting point, a uniform random pattern from
         ``seed`` (an un-optimised patch). The study optimises it against a clean model first.
       seed: seed of the starting pattern.
+      neurons, steps, step_size: how :func:`trojannn_pattern` optimises the pattern (neurons to
+        excite, ascent steps, per-step change of a patch pixel).
     """
 
     size: int = 5
@@ -868,6 +870,9 @@ class TrojanNNParams:
     col: int = 0
     pattern: Optional[StaticArray] = None
     seed: int = 0
+    neurons: int = 2
+    steps: int = 200
+    step_size: float = 0.02
 
 
 @functools.lru_cache(maxsize=64)
@@ -899,10 +904,6 @@ def trojannn_pattern(
     features_fn: Callable[[jax.Array], jax.Array],
     images: jax.Array,
     params: TrojanNNParams = TrojanNNParams(),
-    *,
-    neurons: int = 2,
-    steps: int = 200,
-    step_size: float = 0.02,
 ) -> tuple[jax.Array, jax.Array]:
     """Optimise the TrojanNN patch against a clean model.
 
@@ -915,9 +916,8 @@ def trojannn_pattern(
       features_fn: ``x f32[B, H, W, C] -> T f32[B, D]``, a clean model's representation (close over
         its variables and a fixed noise key, so it is deterministic).
       images: ``f32[B, H, W, C]`` clean images in [0, 1] to optimise over.
-      params: the patch geometry and the starting pattern (``params.pattern`` or ``seed``).
-      neurons: how many neurons to excite.
-      steps, step_size: ascent steps and the per-step change of each patch pixel.
+      params: the patch geometry, the starting pattern (``params.pattern`` or ``seed``) and the
+        optimisation settings (``neurons``, ``steps``, ``step_size``).
 
     Returns:
       ``(pattern f32[H, W, C], selected int32[neurons])``; wrap the pattern with
@@ -942,15 +942,15 @@ def trojannn_pattern(
     v0 = base[where]
     jvp_col = lambda e: jax.jvp(mean_t, (v0,), (e,))[1]  # noqa: E731
     jac = jax.lax.map(jvp_col, jnp.eye(where.size, dtype=jnp.float32), batch_size=16)  # [P, D]
-    selected = jnp.argsort(-jnp.sum(jnp.abs(jac), axis=0))[:neurons].astype(jnp.int32)
+    selected = jnp.argsort(-jnp.sum(jnp.abs(jac), axis=0))[: params.neurons].astype(jnp.int32)
 
     objective = lambda v: jnp.sum(mean_t(v)[selected])  # noqa: E731
     grad = jax.grad(objective)
 
     def body(_, v):
-        return jnp.clip(v + step_size * jnp.sign(grad(v)), 0.0, 1.0)
+        return jnp.clip(v + params.step_size * jnp.sign(grad(v)), 0.0, 1.0)
 
-    v = jax.lax.fori_loop(0, steps, body, v0)
+    v = jax.lax.fori_loop(0, params.steps, body, v0)
     return base.at[where].set(v).reshape(h, w, c), selected
 
 

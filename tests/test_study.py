@@ -206,15 +206,16 @@ def test_trojannn_run_optimises_its_patch_against_a_clean_model(tmp_path):
     from ibjax.triggers import StaticArray, TrojanNNParams, get_attack, trojannn
 
     run = str(tmp_path / "trojannn")
-    cfg = dataclasses.replace(TINY, attack="trojannn", train=dataclasses.replace(TINY.train, epochs=1), mi_epochs=(1,),
-                              stealth_epochs=(1,), embed_epochs=())
+    cfg = dataclasses.replace(TINY, attack="trojannn", attack_options=(("steps", 20),),
+                              train=dataclasses.replace(TINY.train, epochs=1), mi_epochs=(1,), stealth_epochs=(1,),
+                              embed_epochs=())
     run_study(cfg, run, progress=False)
     pattern = np.load(os.path.join(run, "trigger_pattern.npy"))
     start = TrojanNNParams()
     assert pattern.shape == (28, 28, 1) and pattern.min() >= 0 and pattern.max() <= 1
     assert not np.allclose(pattern[:5, :5], np.asarray(trojannn(np.zeros((28, 28, 1), np.float32), start))[:5, :5])
     # The run's poisoned samples carry the optimised patch.
-    attack = get_attack("trojannn", pattern=pattern)
+    attack = get_attack("trojannn", steps=20, pattern=pattern)
     x = np.full((1, 28, 28, 1), 0.5, np.float32)
     np.testing.assert_allclose(np.asarray(attack.train_trigger(x, None))[0, :5, :5], pattern[:5, :5])
     assert attack.train_params.pattern == StaticArray.of(pattern)
@@ -258,12 +259,12 @@ def test_study_and_benchmarks_run_without_tfds_or_mlxtend(tmp_path):
         "main(sys.argv[1:])\n"
     )
     args = [
-        "--dataset", str(archive), "--model", "small_cnn", "--epochs", "2", "--batch-size", "16", "--lr", "0.05",
-        "--mi-epochs", "1,2", "--xt-epochs", "2", "--ty-epochs", "2", "--xt-batch-size", "8", "--xt-negatives", "16",
+        "--dataset", str(archive), "--model", "small_cnn", "--epochs", "1", "--batch-size", "16", "--lr", "0.05",
+        "--mi-epochs", "1", "--xt-epochs", "2", "--ty-epochs", "2", "--xt-batch-size", "8", "--xt-negatives", "16",
         "--ty-batch-size", "8", "--ty-negatives", "16", "--critic-hidden", "8,8", "--feature-mode", "bank",
-        "--bank-draws", "2", "--stealth-epochs", "1,2", "--embed-epochs", "2", "--quiet", "--out", str(tmp_path / "run"),
+        "--bank-draws", "2", "--stealth-epochs", "1", "--quiet", "--out", str(tmp_path / "run"),
     ]
     out = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.load(open(tmp_path / "run" / "summary.json"))
-    assert summary["epochs"] == 2 and summary["test_accuracy"] is not None
+    assert summary["epochs"] == 1 and summary["test_accuracy"] is not None

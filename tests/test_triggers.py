@@ -496,8 +496,8 @@ def test_trojannn_changes_only_its_patch_and_uses_the_given_pattern():
 
 def test_trojannn_pattern_excites_the_selected_neurons_inside_the_patch_only():
     x = _images((16, 16, 16, 3), seed=2)
-    params = T.TrojanNNParams(size=5)
-    pattern, selected = T.trojannn_pattern(_toy_features, x, params, neurons=2, steps=60)
+    params = T.TrojanNNParams(size=5, steps=60)
+    pattern, selected = T.trojannn_pattern(_toy_features, x, params)
     start = T._uniform_pattern_np(16, 16, 3, 0)
     assert selected.shape == (2,) and len(set(np.asarray(selected).tolist())) == 2
     pattern = np.asarray(pattern)
@@ -511,7 +511,7 @@ def test_trojannn_pattern_excites_the_selected_neurons_inside_the_patch_only():
     best_random = max(excitation(rng.random((16, 16, 3), dtype=np.float32)) for _ in range(20))
     assert excitation(pattern) > max(best_random, excitation(start)) + 0.02
     # Deterministic, and a jitted call gives the same pattern.
-    again, _ = jax.jit(lambda z: T.trojannn_pattern(_toy_features, z, params, steps=60))(x)
+    again, _ = jax.jit(lambda z: T.trojannn_pattern(_toy_features, z, params))(x)
     np.testing.assert_allclose(np.asarray(again), pattern, atol=1e-6)
 
 
