@@ -10,7 +10,7 @@ metrics, checkpoint, plots) into the reference protocol (SPEC.md) and writes a r
                        "ty_online" (critics trained alongside the network, when enabled: every
                        step, each group's critic reads the batch's new pairs, then takes one
                        step on a buffer of its B most recent pairs, :func:`ibjax.mi.update_buffered`;
-                       the epoch value is the mean read over the epoch's new pairs)
+                       the epoch's mean read on those new pairs is stored as "heldout")
     stealth.json       the dynamics-based stealthiness metric and its four components
     clustering.json    per-group silhouette scores of T at the embedding epochs
     embedding_<e>.npz  2-D embedding of T (with labels and backdoor flags) at the embedding epochs
@@ -496,8 +496,9 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: bool = False, progre
                     crit[q] = ibmi.end_epoch(crit[q], jnp.asarray(epoch_est, jnp.float32), cfg)
                     hist = meta["mi"].setdefault(f"{q}_online", {})
                     for g, name in enumerate(plan.group_names):
-                        hist.setdefault(name, {})[str(epoch)] = {"trajectory": [], "train": float(epoch_est[g]),
-                                                                 "heldout": None}
+                        # Read on pairs the critic had not trained on: the online counterpart of "heldout".
+                        hist.setdefault(name, {})[str(epoch)] = {"trajectory": [], "train": None,
+                                                                 "heldout": float(epoch_est[g])}
             if epoch in mi_epochs:
                 t_mi = time.perf_counter()
                 say(f"epoch {epoch}: estimating I(X;T) and I(T;Y_pred) for {G} groups ...")
@@ -561,7 +562,7 @@ def finalize(run_dir: str, config: StudyConfig, meta: dict) -> dict:
         made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png")))
     if "xt_online" in mi_hist:
         online = {"xt": mi_hist["xt_online"], "ty": mi_hist["ty_online"]}
-        made.append(plots.plot_mi_curves(online, os.path.join(pdir, "mi_curves_online.png"), read="train"))
+        made.append(plots.plot_mi_curves(online, os.path.join(pdir, "mi_curves_online.png"), read="heldout"))
     for e in sorted(meta["clustering"], key=int):
         z = np.load(os.path.join(run_dir, f"embedding_{e}.npz"))
         made.append(plots.plot_embedding(z["embedding"], z["labels"], z["poisoned"],
@@ -622,11 +623,11 @@ def _summary_markdown(config: StudyConfig, meta: dict, s: dict) -> str:
                 lines.append(f"| {g} | " + " | ".join(cells) + " |")
             lines.append("")
     if "xt_online" in mi_hist and "xt" in mi_hist:
-        lines += ["## Online critics vs offline reads at the MI epochs (target group, train reads, nats)", "",
+        lines += ["## Online critics vs offline reads at the MI epochs (target group, reads on unseen pairs, nats)", "",
                   "| epoch | I(X;T) online | I(X;T) offline | I(T;Y) online | I(T;Y) offline |", "|---|---|---|---|---|"]
         for e in sorted(int(e) for e in mi_hist["xt"]["target"]):
-            on = [mi_hist[f"{q}_online"]["target"].get(str(e), {}).get("train") for q in ("xt", "ty")]
-            off = [mi_hist[q]["target"][str(e)]["train"] for q in ("xt", "ty")]
+            on = [mi_hist[f"{q}_online"]["target"].get(str(e), {}).get("heldout") for q in ("xt", "ty")]
+            off = [mi_hist[q]["target"][str(e)]["heldout"] for q in ("xt", "ty")]
             lines.append(f"| {e} | {_fmt(on[0])} | {_fmt(off[0])} | {_fmt(on[1])} | {_fmt(off[1])} |")
         lines.append("")
     if meta["clustering"]:

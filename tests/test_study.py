@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -69,6 +70,7 @@ def test_tiny_run_writes_every_file(tiny_run):
     assert set(mi) == {"xt", "ty", "xt_online", "ty_online"}
     assert len(mi["xt"]) == 13 and set(mi["xt"]["target"]) == {"1", "3"}
     assert set(mi["xt_online"]["target"]) == {"1", "2", "3"}  # online: every epoch
+    assert all(math.isfinite(r["heldout"]) and r["train"] is None for r in mi["ty_online"]["target"].values())
     entry = mi["xt"]["class_1"]["3"]
     assert len(entry["trajectory"]) == 6 and entry["train"] <= entry["cap"] + 1e-5
     stealth = json.load(open(os.path.join(run, "stealth.json")))
