@@ -201,12 +201,13 @@ def blend_pattern(height: int, width: int, seed: int = 0) -> jax.Array:
     Drawn with NumPy's ``default_rng(seed)`` (PCG64, stable across NumPy and JAX versions), so it is
     fixed given (seed, H, W) and broadcasts over channels.
     """
-    return jnp.asarray(_blend_pattern_np(int(height), int(width), int(seed)))
+    return jnp.asarray(_uniform_pattern_np(int(height), int(width), 1, int(seed)))
 
 
 @functools.lru_cache(maxsize=64)
-def _blend_pattern_np(height: int, width: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.0, 1.0, (height, width, 1)).astype(np.float32)
+def _uniform_pattern_np(height: int, width: int, channels: int, seed: int) -> np.ndarray:
+    """Uniform [0, 1] pattern (H, W, C) from NumPy's PCG64: the Blend noise and TrojanNN's start."""
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (height, width, channels)).astype(np.float32)
 
 
 @_jit_static_params
@@ -873,11 +874,6 @@ class TrojanNNParams:
     neurons: int = 2
     steps: int = 200
     step_size: float = 0.02
-
-
-@functools.lru_cache(maxsize=64)
-def _uniform_pattern_np(height: int, width: int, channels: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).uniform(0.0, 1.0, (height, width, channels)).astype(np.float32)
 
 
 @_jit_static_params
