@@ -6,9 +6,9 @@ mid-save leaves the previous checkpoint intact.
 Saves are asynchronous by default: :meth:`Checkpointer.save` returns once the arrays are copied off
 the device, and the write to disk overlaps the next epoch's work (a ResNet-18 run state is 89 MB; on
 the 2-core development machine a blocking save of it took 0.25-0.36 s, this one blocks for 0.03-0.07 s).
-A save waits
-for the previous one, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait for the last, and
-a run that is killed mid-write resumes from the newest complete checkpoint, at most one epoch back.
+A save waits for the previous one, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait
+for the last, and a run that is killed mid-write resumes from the newest complete checkpoint, at most
+one epoch back.
 """
 
 from __future__ import annotations
