@@ -1,9 +1,10 @@
 """Training throughput (images/s) of the noisy ResNet-18 step: ibjax float32 / bfloat16 vs PyTorch eager.
 
-ibjax is timed through its real training path: :func:`ibjax.train.train_step` (jitted, state donated)
-on the on-device pipeline (the uint8 training set and its poisoning plan on the device, BadNets
-applied inside the step to the ~10% poisoned samples of each batch), and optionally whole
-:func:`ibjax.train.train_epoch` calls (host-side shuffling and metric accumulation included).
+ibjax is timed through its real training path: :func:`ibjax.train.train_step` (jitted where it is
+called, state donated) on the on-device pipeline (the uint8 training set and its poisoning plan on
+the device, BadNets applied inside the step to the ~10% poisoned samples of each batch), and
+optionally whole epochs of it through :func:`ibjax.train.epoch_loop` (host-side shuffling and metric
+accumulation included, as the study runs them).
 The baseline is a PyTorch eager float32 loop of the same network and recipe (noise 0.4 / 0.4, SGD
 lr 0.1, momentum 0.9, weight decay 5e-4) with its batches already on the device.
 
@@ -28,37 +29,6 @@ NUM_CLASSES = 10
 TARGET_BF16_H100 = 60_000  # img/s, the issue's target for ibjax bfloat16 on an H100
 REPORTED_TORCH_H100 = 16_000  # img/s, PyTorch eager float32 on an H100 (reported, not measured here)
 
-_ATTACK = None  # one Attack per process: its trigger is a static jit argument hashed by identity
-
-
-_CREATE = None
-
-
-def _create_train_state():
-    """``ibjax.train.create_train_state`` jitted whole (one per process).
-
-    It runs Flax init op by op, one small compilation per initialiser (seconds on a CPU); jitted, it
-    gives the same state and keeps the untimed set-up short. Not part of any timing.
-    """
-    global _CREATE
-    if _CREATE is None:
-        import jax
-
-        from ibjax.train import create_train_state
-
-        _CREATE = jax.jit(create_train_state, static_argnums=(1, 2, 3))
-    return _CREATE
-
-
-def _badnets():
-    global _ATTACK
-    if _ATTACK is None:
-        from ibjax.triggers import get_attack
-
-        _ATTACK = get_attack("badnets")
-    return _ATTACK
-
-
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small CPU-sized run: batch 16, few steps and repeats")
@@ -69,7 +39,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=None,
                    help="training-set size on the device (default 50,000 as CIFAR-10; 4 batches with --quick)")
     p.add_argument("--dtypes", default="float32,bfloat16", help="ibjax compute dtypes, comma-separated")
-    p.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch (train_epoch) rows")
+    p.add_argument("--no-epoch", action="store_true", help="skip the whole-epoch (epoch_loop) rows")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
     p.add_argument("--channels-last", action="store_true", help="also time PyTorch with channels_last memory")
     p.add_argument("--cudnn-benchmark", action="store_true", help="torch.backends.cudnn.benchmark = True")
@@ -101,47 +71,33 @@ def _random_data(args):
     return put_train_data(images, plan, jax.random.PRNGKey(args.seed + 1)), plan
 
 
-def _explicit_static_kwargs(fn) -> dict:
-    """The optional keyword arguments of ``fn`` with their defaults, to pass explicitly.
-
-    ``jax.jit`` keys its cache on the keyword arguments as passed: ``train_step(..., config=c)`` and
-    ``train_step(..., config=c, total_steps=0)`` are two compilations. ``train_epoch`` passes its
-    optional static arguments explicitly, so the step loop does too and both share one executable.
-    """
-    import inspect
-
-    sig = inspect.signature(getattr(fn, "__wrapped__", fn))
-    return {
-        name: p.default
-        for name, p in sig.parameters.items()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty
-    }
-
-
 def bench_ibjax(args, data, dtype: str) -> tuple[list[dict], list[str]]:
+    import functools
+
     import jax
     import jax.numpy as jnp
 
     from ibjax import train as T
     from ibjax.models import ModelConfig, make_model
+    from ibjax.triggers import get_attack
 
-    attack = _badnets()
     model = make_model(ModelConfig(name=args.model, num_classes=NUM_CLASSES, gamma_xt=0.4, gamma_ty=0.4, dtype=dtype))
     cfg = T.TrainConfig(batch_size=args.batch)
-    state = _create_train_state()(jax.random.PRNGKey(args.seed), model, IMAGE_SHAPE, cfg)
+    state = jax.jit(T.create_train_state, static_argnums=(1, 2, 3))(jax.random.PRNGKey(args.seed), model, IMAGE_SHAPE, cfg)
+    # Jitted here, where it is called, as the study does: static arguments bound, state donated.
+    step = jax.jit(functools.partial(T.train_step, model=model, trigger=get_attack("badnets").train_trigger, config=cfg),
+                   donate_argnums=(0,))
     rng = np.random.default_rng(args.seed + 2)
     index = [jnp.asarray(rng.choice(args.num_images, args.batch, replace=False).astype(np.int32)) for _ in range(args.steps)]
     base_key = jax.random.PRNGKey(args.seed + 3)
     keys = [jax.random.fold_in(base_key, s) for s in range(args.steps)]
     holder = {"state": state}
     notes = []
-    static_kw = _explicit_static_kwargs(T.train_step)
 
     def run_steps():
         st, m = holder["state"], None
         for s in range(args.steps):
-            st, m = T.train_step(st, data, index[s], keys[s], model=model, trigger=attack.train_trigger, config=cfg,
-                                 **static_kw)
+            st, m = step(st, data, index[s], keys[s])
         holder["state"] = st
         return st, m
 
@@ -149,9 +105,9 @@ def bench_ibjax(args, data, dtype: str) -> tuple[list[dict], list[str]]:
     first_leaf = jax.tree.leaves(holder["state"].params)[0]
     jax.block_until_ready(run_steps())
     donated = first_leaf.is_deleted()
-    compiled = C.jit_cache_size(T._train_step_jit)
+    compiled = C.jit_cache_size(step)
     times = C.time_repeats(run_steps, args.repeats, jax.block_until_ready)
-    recompiled = C.jit_cache_size(T._train_step_jit) != compiled
+    recompiled = C.jit_cache_size(step) != compiled
     t = C.median(times)
     rows = [{
         "implementation": "ibjax train_step",
@@ -174,24 +130,20 @@ def bench_ibjax(args, data, dtype: str) -> tuple[list[dict], list[str]]:
 
         def run_epoch():
             epoch["i"] += 1
-            st, metrics = T.train_epoch(holder["state"], data, jax.random.fold_in(base_key, 10_000 + epoch["i"]),
-                                        model=model, attack=attack, config=cfg)
+            st, _ = T.epoch_loop(step, holder["state"], data, jax.random.fold_in(base_key, 10_000 + epoch["i"]),
+                                 batch_size=args.batch)
             holder["state"] = st
             return st
 
-        before = C.jit_cache_size(T._train_step_jit)
         jax.block_until_ready(run_epoch())  # warm-up (compiles the shuffle)
-        compiled = C.jit_cache_size(T._train_step_jit)
-        if before is not None and compiled != before:
-            notes.append(f"ibjax {dtype}: train_epoch compiled train_step again ({compiled - before} more executable(s)) "
-                         "instead of reusing the step loop's")
+        compiled = C.jit_cache_size(step)
         times = C.time_repeats(run_epoch, args.repeats, jax.block_until_ready)
-        if C.jit_cache_size(T._train_step_jit) != compiled:
-            notes.append(f"ibjax {dtype}: train_step recompiled during the timed train_epoch repeats")
+        if C.jit_cache_size(step) != compiled:
+            notes.append(f"ibjax {dtype}: train_step recompiled during the timed epoch repeats")
         t = C.median(times)
         steps = args.num_images // args.batch
         rows.append({
-            "implementation": "ibjax train_epoch",
+            "implementation": "ibjax epoch_loop",
             "dtype": dtype,
             "img_per_s": steps * args.batch / t,
             "ms_per_step": 1e3 * t / steps,
@@ -293,8 +245,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         + ("" if full_size else f" This run ({args.model}, batch {args.batch}) is not comparable to them.")
     ))
     notes.append(f"poisoned samples on the device: {plan.num_poisoned} of {data.size} (BadNets, target 0)")
-    notes.append("ibjax train_step: jitted step on device-resident indices and keys; train_epoch adds host shuffling "
-                 "and per-step metric accumulation (what the experiment runs)")
+    notes.append("ibjax train_step: jitted step on device-resident indices and keys; epoch_loop adds host shuffling "
+                 "and per-step metric accumulation (what the study runs)")
     notes.append("float32 on NVIDIA GPUs: both JAX (default precision) and cuDNN (allow_tf32) run convolutions in TF32")
     if args.quick:
         notes.append("--quick: sizes for a CPU check only; not a measurement")

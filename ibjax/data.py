@@ -48,6 +48,7 @@ import socket
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
@@ -150,6 +151,8 @@ def load_dataset(
         return _cached(cache, ("embedded", name, split, per_class_limit),
                        lambda: _load_mnist5k(split, per_class_limit))
 
+    if data_dir is not None:
+        _check_data_dir(Path(data_dir).expanduser())
     folder = _image_folder_source(name, data_dir)
     if folder is not None:
         path, label = folder
@@ -161,6 +164,18 @@ def load_dataset(
     dir_key = str(Path(data_dir).expanduser().resolve()) if data_dir is not None else "<tfds default>"
     key = ("tfds", name, dir_key, split, per_class_limit)
     return _cached(cache, key, lambda: _load_tfds(name, split, data_dir, download, per_class_limit))
+
+
+def _check_data_dir(path: Path) -> None:
+    """Fail at once, naming the path, for a data_dir that cannot hold data (before TFDS is imported)."""
+    if not path.exists():
+        raise ValueError(f"data_dir {str(path)!r} does not exist: give an image folder laid out split/class/image, "
+                         "a .tar.gz archive of one, or a TFDS data directory")
+    if path.is_dir() and not any(path.iterdir()):
+        raise ValueError(f"data_dir {str(path)!r} is an empty directory: give an image folder laid out "
+                         "split/class/image, a .tar.gz archive of one, or a TFDS data directory")
+    if path.is_file() and not _is_archive(path):
+        raise ValueError(f"data_dir {str(path)!r} is a file but not a {'/'.join(ARCHIVE_SUFFIXES)} archive")
 
 
 def default_cache_dir() -> Path:
@@ -519,6 +534,9 @@ def _load_image_folder(path: Path, split: str, label: str, per_class_limit: int 
             if seen[f[0]] <= per_class_limit:
                 kept.append(f)
         files = kept
+    if not files:
+        raise ValueError(f"split {split!r} of {path} holds no images (class folders {sorted(classes)} are empty); "
+                         "every split needs at least one image file per class")
     images = [_decode(read(), source) for _, _, source, read in files]
     labels = np.asarray([class_index[f[0]] for f in files], dtype=np.int32)
     return Dataset(images=_stack_images(images, [f[2] for f in files]), labels=labels,
@@ -529,6 +547,14 @@ def _scan_archive(archive: Path, split: str):
     """One streaming pass over the archive. Returns (class names of all splits, split names,
     [(class, file name, member path, read-bytes callable)] for ``split``); image bytes of the
     requested split are kept in memory (compressed), not decoded, not written to disk."""
+    try:
+        return _scan_archive_members(archive, split)
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        raise ValueError(f"cannot read archive {archive}: it is corrupt or not a tar archive ({e}); "
+                         "re-create or re-download it") from e
+
+
+def _scan_archive_members(archive: Path, split: str):
     classes, splits, files, roots = set(), set(), [], set()
     with tarfile.open(archive, mode="r|*") as tar:
         for member in tar:
@@ -563,8 +589,15 @@ def _scan_directory(root: Path, split: str):
         for class_dir in class_dirs:
             for f in class_dir.iterdir():
                 if f.is_file() and _is_image_name(f.name):
-                    files.append((class_dir.name, f.name, str(f), f.read_bytes))
+                    files.append((class_dir.name, f.name, str(f), functools.partial(_read_file, f)))
     return classes, splits, files
+
+
+def _read_file(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e.strerror or e}") from e
 
 
 def _decode(data: bytes, source: str) -> np.ndarray:

@@ -9,7 +9,11 @@ Noise injection makes T a stochastic function of X so that I(X;T) is finite: Gau
 ReLU; VGG and the small CNN: after every conv ReLU) and noise of std ``gamma_ty`` is added to the
 pooled representation before the classifier. The noise is drawn from the ``'noise'`` RNG stream and is
 on whenever gamma > 0, in training, evaluation and MI estimation alike (the reference protocol).
-T is the representation *after* the ``gamma_ty`` noise, i.e. exactly what the classifier reads.
+
+T is the pooled output of the last block *before* the ``gamma_ty`` noise (SPEC.md: "T = global-average-
+pooled output of the last block"; the authors read it with a hook on the last block). The classifier
+reads T + N(0, gamma_ty^2), so Y_pred is a noisy function of T and I(T;Y_pred) is finite; with the
+noisy T returned instead, Y_pred would be a deterministic function of T.
 
 Batch norm runs on batch statistics when ``train=True`` (collection ``batch_stats`` mutable) and on the
 running averages otherwise. ``dtype`` is the compute dtype (float32 for exactness, bfloat16 for speed);
@@ -48,10 +52,9 @@ def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype) -> 
 
 def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The study's head, called inside ``module``'s compact ``__call__``: T = global average pool of
-    ``x`` plus N(0, gamma_ty^2) noise, and the logits of a linear classifier on T (both float32)."""
+    ``x``, and the logits of a linear classifier on T + N(0, gamma_ty^2) (both float32)."""
     t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    t = _noise(t, module.gamma_ty, module)
-    logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier")(t)
+    logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier")(_noise(t, module.gamma_ty, module))
     return logits.astype(jnp.float32), t
 
 

@@ -1,18 +1,22 @@
-"""Training and evaluation of a noisy CNN on a poisoned data set: pure jitted steps over a pytree state.
+"""Training and evaluation of a noisy CNN on a poisoned data set: pure steps over a pytree state.
 
 The reference recipe (SPEC.md): SGD, lr 0.1, momentum 0.9, weight decay 5e-4 (coupled, as PyTorch's
 SGD applies it), batch 256, learning rate halved when the test loss has not improved for 5 epochs.
 A cosine schedule is offered as an option.
 
-``train_step`` and ``eval_step`` are pure functions of (state, data, indices, key); the model and the
-attack are static arguments. Noise injection is on in every step, evaluation included.
+:func:`train_step`, :func:`eval_step` and :func:`features_step` are pure functions of (state or
+variables, data, indices, key), not jitted here: callers jit them where they call them, with the
+model, trigger and config as static arguments (all hash by value). :func:`epoch_loop` drives any such
+step over one shuffled epoch; :func:`train_epoch`, :func:`evaluate`, :func:`evaluate_attack` and
+:func:`extract_features` are the ready-made loops. Noise injection is on in every step, evaluation
+included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, Literal, Optional
 
 import flax.linen as nn
 import jax
@@ -22,7 +26,6 @@ import optax
 from flax import struct
 
 from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
-from ibjax.triggers import Attack
 
 __all__ = [
     "TrainConfig",
@@ -34,38 +37,60 @@ __all__ = [
     "create_train_state",
     "train_step",
     "eval_step",
-    "evaluate",
-    "extract_features",
+    "features_step",
+    "epoch_loop",
+    "summarise_epoch",
     "train_epoch",
+    "evaluate",
     "evaluate_attack",
+    "extract_features",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """The training recipe; defaults are the reference's."""
+    """The training recipe; defaults are the reference's (SPEC.md, "Model").
+
+    Attributes:
+      epochs: training epochs.
+      batch_size: training batch size (images per SGD step); the last partial batch of an epoch is dropped.
+      lr: base learning rate of SGD.
+      momentum: SGD momentum.
+      weight_decay: L2 weight decay, coupled (added to the gradient, as PyTorch's SGD).
+      schedule: learning-rate schedule: 'plateau' (halve when the clean test loss stalls, the
+        reference), 'cosine' (to 0 over all steps) or 'constant'.
+      plateau_patience: epochs without improvement of the test loss before the rate is cut.
+      plateau_factor: factor applied to the rate at a cut.
+      plateau_threshold: relative improvement of the test loss that counts (PyTorch's default 1e-4).
+      eval_batch_size: images per evaluation batch (every test image is counted exactly once).
+      asr_on_all: count the attack success rate over all triggered test images (the reference's
+        count) instead of the non-target ones (the standard definition).
+    """
 
     epochs: int = 120
     batch_size: int = 256
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "plateau"  # "plateau" (reference) | "cosine" | "constant"
+    schedule: Literal["plateau", "cosine", "constant"] = "plateau"
     plateau_patience: int = 5
     plateau_factor: float = 0.5
-    plateau_threshold: float = 1e-4  # relative improvement that counts, as torch's ReduceLROnPlateau
+    plateau_threshold: float = 1e-4
     eval_batch_size: int = 1000
-    asr_on_all: bool = False  # reference counts all triggered test images; standard: non-target only
+    asr_on_all: bool = False
 
     def validate(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+            raise ValueError(f"train.batch_size and train.eval_batch_size must be >= 1, got {self.batch_size} "
+                             f"and {self.eval_batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if self.schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"schedule must be 'plateau', 'cosine' or 'constant', got {self.schedule!r}")
+            raise ValueError(f"train.schedule must be 'plateau', 'cosine' or 'constant', got {self.schedule!r}")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"train.plateau_factor must lie in (0, 1), got {self.plateau_factor}")
 
 
 @struct.dataclass
@@ -77,7 +102,8 @@ class TrainState:
       params: model parameters.
       batch_stats: batch-norm running statistics.
       opt_state: optax state (weight decay + momentum trace).
-      lr: float32 scalar, the current base learning rate (changed by the plateau schedule).
+      lr: float32 scalar, the base learning rate (changed by the plateau schedule; the cosine
+        schedule scales it per step, see :func:`train_step`'s ``lr`` metric).
     """
 
     step: jax.Array
@@ -98,11 +124,10 @@ def _optimizer(config: TrainConfig) -> optax.GradientTransformation:
 
 
 def create_train_state(key: jax.Array, model: nn.Module, image_shape: tuple[int, ...], config: TrainConfig) -> TrainState:
-    """Initialise parameters (from ``key``) for images of shape (H, W, C)."""
-    config.validate()
+    """Initialise parameters (from ``key``) for images of shape (H, W, C). Jittable with
+    ``model``, ``image_shape`` and ``config`` static."""
     k_params, k_noise = jax.random.split(key)
-    init = jax.jit(lambda k1, k2: model.init({"params": k1, "noise": k2}, jnp.zeros((1, *image_shape), jnp.float32)))
-    variables = init(k_params, k_noise)
+    variables = model.init({"params": k_params, "noise": k_noise}, jnp.zeros((1, *image_shape), jnp.float32))
     params = variables["params"]
     return TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -119,30 +144,36 @@ def cosine_lr(base_lr: jax.Array, step: jax.Array, total_steps: int) -> jax.Arra
     return base_lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
 
 
-class PlateauState(NamedTuple):
-    """Reduce-on-plateau schedule state: best metric so far and epochs since it improved."""
+@struct.dataclass
+class PlateauState:
+    """Reduce-on-plateau schedule state (arrays, so it lives in the run state and vmaps over runs).
 
-    best: float
-    bad_epochs: int
+    Attributes:
+      best: f32, the best (lowest) metric so far (inf before the first epoch).
+      bad_epochs: int32, epochs since it last improved by the relative threshold.
+    """
+
+    best: jax.Array
+    bad_epochs: jax.Array
 
 
 def plateau_init() -> PlateauState:
-    return PlateauState(best=float("inf"), bad_epochs=0)
+    return PlateauState(best=jnp.asarray(jnp.inf, jnp.float32), bad_epochs=jnp.asarray(0, jnp.int32))
 
 
-def plateau_update(state: PlateauState, lr: float, metric: float, config: TrainConfig) -> tuple[PlateauState, float]:
-    """One epoch of PyTorch-style ReduceLROnPlateau (mode 'min', relative threshold).
+def plateau_update(state: PlateauState, lr: jax.Array, metric: jax.Array, config: TrainConfig) -> tuple[PlateauState, jax.Array]:
+    """One epoch of PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")`` on ``metric``.
 
-    Returns the new state and learning rate: the rate is multiplied by ``plateau_factor`` once the
-    metric has failed to improve on the best by the relative threshold for more than
-    ``plateau_patience`` epochs, and the count restarts.
+    The rate is multiplied by ``plateau_factor`` once the metric has failed to improve on the best by
+    the relative threshold for more than ``plateau_patience`` epochs, and the count restarts. Pure
+    ``jnp``: jittable and vmappable (over a population of runs). Returns ``(state, lr)``.
     """
-    if metric < state.best * (1.0 - config.plateau_threshold):
-        return PlateauState(best=float(metric), bad_epochs=0), lr
-    bad = state.bad_epochs + 1
-    if bad > config.plateau_patience:
-        return PlateauState(best=state.best, bad_epochs=0), lr * config.plateau_factor
-    return PlateauState(best=state.best, bad_epochs=bad), lr
+    metric = jnp.asarray(metric, jnp.float32)
+    improved = metric < state.best * (1.0 - config.plateau_threshold)
+    bad = jnp.where(improved, 0, state.bad_epochs + 1)
+    cut = bad > config.plateau_patience
+    new = PlateauState(best=jnp.where(improved, metric, state.best), bad_epochs=jnp.where(cut, 0, bad).astype(jnp.int32))
+    return new, jnp.where(cut, lr * config.plateau_factor, lr).astype(jnp.float32)
 
 
 def train_step(
@@ -159,32 +190,23 @@ def train_step(
 ) -> tuple[TrainState, dict]:
     """One SGD step on the batch ``index`` (int32[B]) of ``data``, triggers applied on the device.
 
+    Pure; jit it with ``model``, ``trigger``, ``config``, ``total_steps`` and ``return_features``
+    static (they hash by value) and the state donated.
+
     Args:
-      state: the train state (donated).
+      state: the train state.
       data: the training set on the device.
       index: int32[B] sample indices.
       key: PRNG key for the noise injection.
-      model, trigger, config: static; ``trigger`` is ``attack.train_trigger``.
-      total_steps: for the cosine schedule.
+      model, trigger, config: the network, ``attack.train_trigger`` and the recipe.
+      total_steps: length of the cosine schedule.
       return_features: also return the batch's ``features``: ``(X f32[B, H*W*C], T f32[B, D],
         logits f32[B, K])`` as the network saw them in this step (for critics trained alongside).
 
     Returns:
       The new state and metrics: ``loss_sum f32[K]`` (cross-entropy summed per training label, nats),
-      ``count i32[K]``, ``correct i32[K]`` per class.
+      ``count i32[K]``, ``correct i32[K]`` per class and ``lr`` (f32, the rate this step used).
     """
-    # Every argument is passed by name to one jitted function, so the compiled step is shared by all
-    # callers whatever defaults they spell out.
-    return _train_step_jit(
-        state, data, index, key, model=model, trigger=trigger, config=config, total_steps=total_steps,
-        return_features=return_features,
-    )
-
-
-@functools.partial(
-    jax.jit, static_argnames=("model", "trigger", "config", "total_steps", "return_features"), donate_argnums=(0,)
-)
-def _train_step_jit(state, data, index, key, *, model, trigger, config, total_steps, return_features):
     x, y, _ = gather_batch(data, index, trigger)
 
     def loss_fn(params):
@@ -207,6 +229,7 @@ def _train_step_jit(state, data, index, key, *, model, trigger, config, total_st
         "loss_sum": jax.ops.segment_sum(per_sample, y, num_classes),
         "count": jax.ops.segment_sum(jnp.ones_like(y), y, num_classes),
         "correct": jax.ops.segment_sum((jnp.argmax(logits, -1) == y).astype(jnp.int32), y, num_classes),
+        "lr": jnp.asarray(lr, jnp.float32),
     }
     if return_features:
         metrics["features"] = (x.reshape(x.shape[0], -1), t, logits)
@@ -216,18 +239,17 @@ def _train_step_jit(state, data, index, key, *, model, trigger, config, total_st
     return new_state, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("model", "trigger"))
 def eval_step(
     variables: dict, data: DeviceData, index: jax.Array, valid: jax.Array, key: jax.Array, *, model: nn.Module, trigger
 ) -> dict:
-    """Evaluate one padded batch with noise on and batch-norm running statistics.
+    """Evaluate one padded batch with noise on and batch-norm running statistics (pure).
 
     Args:
       variables: ``{"params", "batch_stats"}``.
       data: a test set on the device (``poisoned`` flags the samples to trigger).
       index: int32[B]; valid: bool[B] marks real (non-padding) samples.
-      key: PRNG key for the noise injection.
-      trigger: static, ``attack.test_trigger``.
+      key: PRNG key for the noise injection (and the per-sample trigger keys).
+      trigger: ``attack.test_trigger``.
 
     Returns:
       Sums over valid samples: ``loss_sum`` (nats), ``correct``, ``count``, and ``pred_hist`` int32[K]
@@ -246,6 +268,97 @@ def eval_step(
     }
 
 
+def features_step(variables: dict, data: DeviceData, index: jax.Array, key: jax.Array, *, model: nn.Module, trigger):
+    """X, T and logits of the samples ``index`` (int32[B]) as the network sees them, noise on (pure).
+
+    Returns ``(X f32[B, H*W*C], T f32[B, D], logits f32[B, K])``.
+    """
+    x, _, _ = gather_batch(data, index, trigger)
+    logits, t = model.apply(variables, x, train=False, rngs={"noise": key})
+    return x.reshape(x.shape[0], -1), t, logits
+
+
+# The loops below call these; the model, trigger and config hash by value, so every run with equal
+# settings shares one compiled program.
+_train_step_jit = jax.jit(
+    train_step, static_argnames=("model", "trigger", "config", "total_steps", "return_features"), donate_argnums=(0,)
+)
+_eval_step_jit = jax.jit(eval_step, static_argnames=("model", "trigger"))
+_features_step_jit = jax.jit(features_step, static_argnames=("model", "trigger"))
+
+
+def epoch_loop(step: Callable, carry: Any, data: DeviceData, key: jax.Array, *, batch_size: int,
+               progress: Optional[Callable[[int, int], None]] = None) -> tuple[Any, dict]:
+    """Run ``step`` over one shuffled epoch of full batches of ``data``.
+
+    Args:
+      step: ``(carry, data, index int32[B], key) -> (carry, metrics)``, typically jitted with the
+        carry donated; ``metrics`` is a pytree of per-step sums (and ``lr``).
+      key: this epoch's key: split into the shuffle key and the step keys (``fold_in(k, step)``).
+      progress: optional ``(steps_done, steps_total)`` callable after each step.
+
+    Returns:
+      ``(carry, totals)``: the metrics summed over the epoch on the host (``lr_first`` / ``lr_last``
+      instead of a summed ``lr``).
+    """
+    k_perm, k_noise = jax.random.split(key)
+    batches = epoch_batches(k_perm, data.size, batch_size)
+    totals, lrs = None, []
+    for s, idx in enumerate(batches):
+        carry, m = step(carry, data, jnp.asarray(idx), jax.random.fold_in(k_noise, s))
+        lrs.append(m.pop("lr", None))
+        # Sums stay on the device: reading them every step would stall the pipeline.
+        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+        if progress is not None:
+            progress(s + 1, len(batches))
+    totals = jax.device_get(totals)
+    if lrs and lrs[0] is not None:
+        totals["lr_first"], totals["lr_last"] = float(lrs[0]), float(lrs[-1])
+    return carry, totals
+
+
+def summarise_epoch(totals: dict) -> dict:
+    """Host metrics of an epoch from :func:`epoch_loop`'s sums of :func:`train_step` metrics.
+
+    Returns ``train_accuracy``, ``train_loss`` (mean nats), ``class_loss`` (per-class mean
+    cross-entropy by training label) and ``lr`` / ``lr_last`` (the rates of the first and last step).
+    Raises FloatingPointError if the loss is not finite.
+    """
+    count = np.maximum(totals["count"], 1)
+    loss_total = float(np.sum(totals["loss_sum"]))
+    if not np.isfinite(loss_total):
+        raise FloatingPointError("the training loss is not finite (NaN/inf): lower train.lr or check the data")
+    out = {
+        "train_accuracy": float(np.sum(totals["correct"]) / np.sum(totals["count"])),
+        "train_loss": loss_total / float(np.sum(totals["count"])),
+        "class_loss": (totals["loss_sum"] / count).tolist(),
+    }
+    if "lr_first" in totals:
+        out["lr"], out["lr_last"] = totals["lr_first"], totals["lr_last"]
+    return out
+
+
+def train_epoch(
+    state: TrainState,
+    data: DeviceData,
+    key: jax.Array,
+    *,
+    model: nn.Module,
+    trigger,
+    config: TrainConfig,
+    total_steps: int = 0,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> tuple[TrainState, dict]:
+    """One epoch of :func:`train_step` over shuffled full batches (jitted, state donated).
+
+    Returns the new state and :func:`summarise_epoch`'s host metrics.
+    """
+    step = functools.partial(_train_step_jit, model=model, trigger=trigger, config=config, total_steps=total_steps,
+                             return_features=False)
+    state, totals = epoch_loop(step, state, data, key, batch_size=config.batch_size, progress=progress)
+    return state, summarise_epoch(totals)
+
+
 def evaluate(
     variables: dict, data: DeviceData, index: np.ndarray, key: jax.Array, *, model: nn.Module, trigger, batch_size: int
 ) -> dict:
@@ -253,7 +366,8 @@ def evaluate(
     batches, valid = test_batches(index, batch_size)
     totals = None
     for s, (idx, v) in enumerate(zip(batches, valid)):
-        out = eval_step(variables, data, jnp.asarray(idx), jnp.asarray(v), jax.random.fold_in(key, s), model=model, trigger=trigger)
+        out = _eval_step_jit(variables, data, jnp.asarray(idx), jnp.asarray(v), jax.random.fold_in(key, s),
+                             model=model, trigger=trigger)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
     n = int(totals["count"])
@@ -263,13 +377,6 @@ def evaluate(
         "count": n,
         "pred_hist": np.asarray(totals["pred_hist"]),
     }
-
-
-@functools.partial(jax.jit, static_argnames=("model", "trigger"))
-def _features_step(variables, data, index, key, *, model, trigger):
-    x, _, _ = gather_batch(data, index, trigger)
-    logits, t = model.apply(variables, x, train=False, rngs={"noise": key})
-    return x.reshape(x.shape[0], -1), t, logits
 
 
 def extract_features(
@@ -288,63 +395,13 @@ def extract_features(
       ``(X f32[n, H*W*C], T f32[n, D], Y_pred f32[n, K] logits)`` for the n samples, as the network
       saw them in training (triggers and perturbations applied to the poisoned ones).
     """
-    batches, valid = test_batches(index, batch_size)
+    batches, _ = test_batches(index, batch_size)
     outs = [
-        _features_step(variables, data, jnp.asarray(idx), jax.random.fold_in(key, s), model=model, trigger=trigger)
+        _features_step_jit(variables, data, jnp.asarray(idx), jax.random.fold_in(key, s), model=model, trigger=trigger)
         for s, idx in enumerate(batches)
     ]
     n = len(index)
     return tuple(jnp.concatenate(parts)[:n] for parts in zip(*outs))
-
-
-def train_epoch(
-    state: TrainState,
-    data: DeviceData,
-    key: jax.Array,
-    *,
-    model: nn.Module,
-    attack: Attack,
-    config: TrainConfig,
-    total_steps: int = 0,
-    progress=None,
-    on_step=None,
-) -> tuple[TrainState, dict]:
-    """One epoch over shuffled full batches of ``data``.
-
-    Args:
-      key: PRNG key for this epoch (shuffle and noise).
-      progress: optional callable ``(steps_done, steps_total)`` called after every step.
-      on_step: optional callable ``(step, index int32[B], features)`` called after every step with the
-        batch's features (see :func:`train_step`); used to train MI critics alongside the network.
-
-    Returns:
-      The new state and host metrics: ``train_accuracy``, ``train_loss`` (mean nats) and
-      ``class_loss`` (list of per-class mean cross-entropy, by training label).
-    """
-    k_perm, k_noise = jax.random.split(key)
-    batches = epoch_batches(k_perm, data.size, config.batch_size)
-    totals = None
-    for s, idx in enumerate(batches):
-        state, m = train_step(
-            state, data, jnp.asarray(idx), jax.random.fold_in(k_noise, s),
-            model=model, trigger=attack.train_trigger, config=config, total_steps=total_steps,
-            return_features=on_step is not None,
-        )
-        if on_step is not None:
-            on_step(s, idx, m.pop("features"))
-        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
-        if progress is not None:
-            progress(s + 1, len(batches))
-    totals = jax.device_get(totals)
-    count = np.maximum(totals["count"], 1)
-    loss_total = float(np.sum(totals["loss_sum"]))
-    if not np.isfinite(loss_total):
-        raise FloatingPointError("training loss is not finite (NaN/inf): lower the learning rate or check the data")
-    return state, {
-        "train_accuracy": float(np.sum(totals["correct"]) / np.sum(totals["count"])),
-        "train_loss": loss_total / float(np.sum(totals["count"])),
-        "class_loss": (totals["loss_sum"] / count).tolist(),
-    }
 
 
 def evaluate_attack(
@@ -354,22 +411,22 @@ def evaluate_attack(
     key: jax.Array,
     *,
     model: nn.Module,
-    attack: Attack,
+    trigger,
     target: int,
     config: TrainConfig,
 ) -> dict:
     """Clean test accuracy and loss, and the attack success rate, counted exactly.
 
-    ASR is the fraction of triggered test images classified as ``target``, over the test images whose
-    true class is not the target (the standard definition) or over all of them with
-    ``config.asr_on_all`` (the reference's count).
+    ``trigger`` is ``attack.test_trigger``. ASR is the fraction of triggered test images classified
+    as ``target``, over the test images whose true class is not the target (the standard
+    definition) or over all of them with ``config.asr_on_all`` (the reference's count).
     """
     k_clean, k_trig = jax.random.split(key)
     labels = np.asarray(clean_test.labels)
-    clean = evaluate(variables, clean_test, np.arange(len(labels)), k_clean, model=model,
-                     trigger=attack.test_trigger, batch_size=config.eval_batch_size)
+    clean = evaluate(variables, clean_test, np.arange(len(labels)), k_clean, model=model, trigger=trigger,
+                     batch_size=config.eval_batch_size)
     asr_index = np.arange(len(labels)) if config.asr_on_all else np.flatnonzero(labels != target)
-    trig = evaluate(variables, triggered_test, asr_index, k_trig, model=model, trigger=attack.test_trigger,
+    trig = evaluate(variables, triggered_test, asr_index, k_trig, model=model, trigger=trigger,
                     batch_size=config.eval_batch_size)
     return {
         "test_accuracy": clean["accuracy"],

@@ -43,7 +43,7 @@ def _run(module, args, tmp_path, capsys):
 def _check_train(doc, out, with_torch):
     rows = doc["rows"]
     impls = [(r["implementation"], r["dtype"]) for r in rows]
-    expected = [("ibjax train_step", "float32"), ("ibjax train_epoch", "float32")]
+    expected = [("ibjax train_step", "float32"), ("ibjax epoch_loop", "float32")]
     if with_torch:
         expected.append(("PyTorch eager", "float32"))
     assert impls == expected

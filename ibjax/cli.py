@@ -1,0 +1,180 @@
+"""The command line of a study, generated from :class:`~ibjax.study.config.StudyConfig` with tyro.
+
+Every field of the config tree is a flag (``--dataset``, ``--train.epochs``, ``--xt.batch-size``,
+...) whose help shows its default, its choices and its unit from the dataclasses' docstrings; there
+is no hand-written list of flags to fall out of step with the config. tyro is used because it builds
+nested, typed flags straight from frozen dataclasses (Literal types become choices, tuples become
+lists of values) and reads their Google-style docstrings for help; ml_collections' config flags
+would need a second, untyped ConfigDict description of the same tree.
+
+Layers, each overriding the one before: the ``--preset`` (default, reference, fast, cpu), then a
+``--config`` JSON file (a whole or partial StudyConfig), then the flags. With ``--resume RUN_DIR`` the
+saved config of that run is the starting point instead, and flags may only extend it (more epochs,
+later MI epochs, the stealthiness settings). ``--help`` shows the defaults of the chosen preset.
+
+Bad input ends with one line ``error: ...`` on stderr naming the culprit and what to do, exit code
+2, before any long work starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import re
+import sys
+from typing import Annotated, Any, Literal, Optional, Sequence
+
+import tyro
+
+from ibjax.study.config import StudyConfig, config_from_dict, config_to_dict
+from ibjax.study.presets import PRESETS
+
+__all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir"]
+
+PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyCommand:
+    """Run one study of the information-bottleneck analysis of backdoor training, or resume one.
+
+    Attributes:
+      study: the run's configuration.
+      preset: the named configuration the flags start from: default (SPEC.md's protocol with ibjax's
+        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, ~1 min).
+      config: a JSON file with a whole or partial StudyConfig, applied on top of the preset.
+      out: run directory of a new run (default runs/<dataset>_<attack>_<ratio>_s<seed>).
+      resume: run directory to continue from its last checkpoint; its saved config is the starting
+        point, and flags may only extend it (more epochs, later MI epochs, stealthiness settings).
+      fresh: start over in --out although it holds an earlier run: ibjax's files of that run are
+        removed first (never any other file).
+      quiet: log warnings and errors only (no progress).
+    """
+
+    study: Annotated[StudyConfig, tyro.conf.arg(name="")] = StudyConfig()
+    preset: PresetName = "default"
+    config: Optional[str] = None
+    out: Optional[str] = None
+    resume: Optional[str] = None
+    fresh: bool = False
+    quiet: bool = False
+
+
+def default_run_dir(config: StudyConfig) -> str:
+    name = os.path.basename(os.path.normpath(config.dataset)) or "data"
+    return os.path.join("runs", f"{name}_{config.attack}_{config.poison.ratio}_s{config.seed}")
+
+
+def fail(message: str, code: int = 2):
+    """End the program with one line ``error: message`` on stderr."""
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _starting_config(pre: argparse.Namespace) -> StudyConfig:
+    if pre.resume:
+        path = os.path.join(pre.resume, "config.json")
+        if not os.path.isdir(pre.resume):
+            fail(f"cannot resume {pre.resume!r}: no such directory (start a new run with --out)")
+        if not os.path.exists(path):
+            fail(f"cannot resume {pre.resume!r}: it holds no ibjax run (no config.json); start a new run with --out")
+        try:
+            with open(path) as f:
+                return config_from_dict(json.load(f))
+        except (ValueError, OSError) as e:
+            fail(f"cannot resume {pre.resume!r}: its config.json is unreadable ({e})")
+    if pre.preset not in PRESETS:
+        fail(f"unknown preset {pre.preset!r}; presets: {', '.join(PRESETS)}")
+    base = PRESETS[pre.preset]
+    if pre.config:
+        try:
+            with open(pre.config) as f:
+                overlay = json.load(f)
+        except OSError as e:
+            fail(f"cannot read config file {pre.config!r}: {e.strerror or e}")
+        except json.JSONDecodeError as e:
+            fail(f"config file {pre.config!r} is not valid JSON: {e}")
+        if not isinstance(overlay, dict):
+            fail(f"config file {pre.config!r} must hold a JSON object (a whole or partial StudyConfig)")
+        try:
+            base = config_from_dict(_merge(config_to_dict(base), overlay))
+        except (ValueError, TypeError) as e:
+            fail(f"config file {pre.config!r}: {e}")
+    return base
+
+
+_BOX = re.compile(r"[│╭╮╰╯─┃━]+")
+
+
+def _tyro_error(text: str) -> str:
+    """The one informative line of tyro's boxed error message."""
+    lines = [_BOX.sub(" ", ln).strip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:
+        if ln.lower().startswith(("error", "unrecognized", "invalid", "missing", "argument")):
+            return ln
+    return lines[1] if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
+
+
+def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:
+    """Parse a study command line (see the module docstring). Exits with one error line on bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre_parser = argparse.ArgumentParser(add_help=False)
+    pre_parser.add_argument("--preset", default="default")
+    pre_parser.add_argument("--config", default=None)
+    pre_parser.add_argument("--resume", default=None)
+    pre, _ = pre_parser.parse_known_args(argv)
+    base = _starting_config(pre)
+    default = StudyCommand(study=base, preset=pre.preset if pre.preset in PRESETS else "default")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cmd = tyro.cli(StudyCommand, default=default, args=argv, prog="python -m experiments.study",
+                           description=StudyCommand.__doc__.split("\n\n")[0])
+    except SystemExit as e:
+        if e.code in (0, None):  # --help: tyro printed it (to stdout)
+            sys.stderr.write(err.getvalue())
+            raise
+        fail(f"{_tyro_error(err.getvalue())} (see --help)")
+    if cmd.resume and cmd.out and os.path.abspath(cmd.out) != os.path.abspath(cmd.resume):
+        fail("--resume continues the run in its own directory: drop --out")
+    if cmd.resume and cmd.fresh:
+        fail("--fresh starts over and --resume continues: choose one")
+    return cmd
+
+
+def setup_logging(quiet: bool = False) -> None:
+    """Log ibjax's messages (logger "ibjax") to stderr: INFO and up, or WARNING and up if quiet."""
+    logger = logging.getLogger("ibjax")
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    if not any(getattr(h, "_ibjax_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        handler._ibjax_cli = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+@contextlib.contextmanager
+def cli_errors():
+    """Turn the library's bad-input errors into one ``error:`` line and exit code 2 (a NaN loss: 1)."""
+    from ibjax.data import DataUnavailableError
+
+    try:
+        yield
+    except (ValueError, DataUnavailableError) as e:
+        fail(str(e))
+    except FloatingPointError as e:
+        fail(str(e), code=1)

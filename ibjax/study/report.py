@@ -1,0 +1,133 @@
+"""A run's plots and its summary.md, from the run's history (pure rendering; no computation of results)."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from ibjax import plots
+from ibjax.study.config import StudyConfig
+from ibjax.study.rundir import RunDirectory
+
+__all__ = ["make_plots", "summary_markdown"]
+
+
+def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names=None) -> list[str]:
+    """Write every figure of the run under ``plots/``; returns their paths relative to the run."""
+    rd.claim("plots")
+    pdir = rd.file("plots")
+    os.makedirs(pdir, exist_ok=True)
+    made = []
+    records = history["metrics"]
+    mi_hist = history["mi"]
+    made.append(plots.plot_training_curves(records, os.path.join(pdir, "accuracy_asr.png")))
+    made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), target=config.poison.target))
+    if "xt" in mi_hist:
+        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png")))
+        made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png")))
+    if "xt_online" in mi_hist:
+        online = {"xt": mi_hist["xt_online"], "ty": mi_hist["ty_online"]}
+        made.append(plots.plot_mi_curves(online, os.path.join(pdir, "mi_curves_online.png"), read="heldout"))
+    for e in sorted(history["clustering"], key=int):
+        path = rd.file(f"embedding_{e}.npz")
+        if not os.path.exists(path):
+            continue
+        z = np.load(path)
+        made.append(plots.plot_embedding(z["embedding"], z["labels"], z["poisoned"],
+                                         os.path.join(pdir, f"embedding_{e}.png"), f"T at epoch {e} (PCA)",
+                                         class_names=class_names))
+    return [os.path.relpath(p, rd.path) for p in made]
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _mi_cell(entry: dict) -> str:
+    """'held-out ± se / train' with a '*' where the critic had not converged."""
+    ho = _fmt(entry.get("heldout"), 2)
+    se = entry.get("heldout_se")
+    if se is not None and not (isinstance(se, float) and math.isnan(se)):
+        ho += f" ± {se:.2f}"
+    flag = "*" if entry.get("converged") is False else ""
+    return f"{ho} / {_fmt(entry.get('train'), 2)}{flag}"
+
+
+def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
+    """summary.md of a run: results, stealthiness (both reads), MI tables, clustering, cost, plots."""
+    lines = [
+        f"# {config.attack} on {config.dataset} ({config.model.name})",
+        "",
+        f"Poison ratio {config.poison.ratio}, target class {config.poison.target}, noise "
+        f"{config.model.gamma_xt}/{config.model.gamma_ty}, {s['epochs']} epochs, seed {config.seed}; "
+        f"MI {config.mi_mode} ({config.feature_mode} features), estimator epochs {config.xt.epochs}/{config.ty.epochs}.",
+        "",
+        "| clean test accuracy | ASR | training (s) | MI estimation (s) | total (s) |",
+        "|---|---|---|---|---|",
+        f"| {_fmt(s['test_accuracy'])} | {_fmt(s['asr'])} | {s['train_s']:.1f} | {s['mi_s']:.1f} | {s['wall_s']:.1f} |",
+        "",
+    ]
+    for read in sorted(s["stealth"], key=lambda r: r != config.stealth_read):
+        st = s["stealth"][read]
+        headline = " (headline)" if read == config.stealth_read else ""
+        if "error" in st:
+            lines += [f"## Stealthiness, {read} read{headline}: not computed", "", st["error"], ""]
+            continue
+        comps = st["components"]
+        ses = st.get("component_se") or {}
+        cells = [_fmt(v) + (f" ± {ses[k]:.3f}" if ses.get(k) is not None else "") for k, v in comps.items()]
+        total = _fmt(st["total"]) + (f" ± {st['total_se']:.3f}" if st.get("total_se") is not None else "")
+        used = st.get("epochs")
+        asked = st.get("requested_epochs")
+        note = "" if asked is None or sorted(used) == sorted(set(asked)) else f" (requested {asked}: not all exist)"
+        lines += [f"## Stealthiness, {read} read{headline}; epochs {used}{note}, "
+                  f"{st.get('normalise', config.stealth_normalise)} normalisation; lower = more stealthy", "",
+                  "| " + " | ".join(comps) + " | total |", "|" + "---|" * (len(comps) + 1),
+                  "| " + " | ".join(cells) + f" | {total} |", ""]
+        if st.get("comparisons"):
+            lines += _comparison_lines(st["comparisons"])
+    mi_hist = history["mi"]
+    if "xt" in mi_hist:
+        epochs = sorted({int(e) for g in mi_hist["xt"].values() for e in g})
+        for q, label in (("xt", "I(X;T)"), ("ty", "I(T;Y_pred)")):
+            lines += [f"## {label}, nats (held-out read ± standard error / reference-style train read; "
+                      "* = critic not converged)", "",
+                      "| group | " + " | ".join(str(e) for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
+            for g, per in mi_hist[q].items():
+                cells = [_mi_cell(per[str(e)]) if str(e) in per else "" for e in epochs]
+                lines.append(f"| {g} | " + " | ".join(cells) + " |")
+            lines.append("")
+    if "xt_online" in mi_hist and "xt" in mi_hist:
+        lines += ["## Online critics vs offline reads at the MI epochs (target group, reads on unseen pairs, nats)", "",
+                  "| epoch | I(X;T) online | I(X;T) offline | I(T;Y) online | I(T;Y) offline |", "|---|---|---|---|---|"]
+        for e in sorted(int(e) for e in mi_hist["xt"]["target"]):
+            on = [mi_hist[f"{q}_online"]["target"].get(str(e), {}).get("heldout") for q in ("xt", "ty")]
+            off = [mi_hist[q]["target"][str(e)].get("heldout") for q in ("xt", "ty")]
+            lines.append(f"| {e} | {_fmt(on[0])} | {_fmt(off[0])} | {_fmt(on[1])} | {_fmt(off[1])} |")
+        lines.append("")
+    if history["clustering"]:
+        lines += ["## Silhouette of T per group", ""]
+        for e, sil in sorted(history["clustering"].items(), key=lambda kv: int(kv[0])):
+            lines.append(f"- epoch {e}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sil.items()))
+        lines.append("")
+    mem = s.get("memory", {})
+    t = s.get("timings", {})
+    lines += ["## Cost", "",
+              f"Set-up {t.get('setup_s', 0.0):.1f} s, whole run {t.get('run_s', s['wall_s']):.1f} s; peak host memory "
+              f"{_fmt(mem.get('peak_host_rss_mib'), 0)} MiB, peak device memory {_fmt(mem.get('peak_device_mib'), 0)} MiB "
+              "(n/a: the backend does not report it).", ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]]
+    return "\n".join(lines) + "\n"
+
+
+def _comparison_lines(comparisons: Any) -> list[str]:
+    """Render the size-matched comparison records (a list of dicts with a 'text' entry, or strings)."""
+    out = ["Target vs clean classes beyond the standard errors (and in the size-matched target_sample):", ""]
+    for c in comparisons:
+        out.append(f"- {c['text'] if isinstance(c, dict) and 'text' in c else c}")
+    return out + [""]

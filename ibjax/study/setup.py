@@ -1,0 +1,207 @@
+"""Building a run's fixed set-up from its config: data, attack, poisoning plan, network, device arrays.
+
+Every check that needs the data (target class range, whether the trigger fits the images, MI group
+sizes) runs here, before any training. What an attack must compute against a clean model first
+(label-consistent PGD perturbations, TrojanNN's optimised patch) is computed once and handed to the
+caller to keep (the runner stores it in the run directory for resume).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ibjax import mi as ibmi
+from ibjax.data import Dataset, load_dataset
+from ibjax.models import make_model
+from ibjax.pipeline import put_test_data, put_train_data
+from ibjax.poison import PoisonPlan, make_poison_plan
+from ibjax.progress import Progress, phase
+from ibjax.study.config import StudyConfig, check_config
+from ibjax.study.state import RunKeys, StudySetup
+from ibjax.train import TrainConfig, create_train_state, train_epoch
+from ibjax.triggers import Attack, PGDParams, get_attack, pgd_l2, trojannn_pattern
+
+__all__ = ["load_data", "parse_attack_options", "build_attack", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
+
+PRECOMPUTED_FILE = "attack_precomputed.npy"
+"""The file a run keeps what its attack computed against a clean model in (label-consistent: the PGD
+perturbations of the poisoned samples; TrojanNN: the optimised pattern)."""
+
+
+def load_data(config: StudyConfig) -> tuple[Dataset, Dataset]:
+    """The training (with ``per_class_limit``) and test splits of the config's data set."""
+    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir, per_class_limit=config.per_class_limit)
+    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    if train_set.images.shape[1:] != test_set.images.shape[1:]:
+        raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
+                         f"{train_set.images.shape[1:]} vs {test_set.images.shape[1:]}")
+    return train_set, test_set
+
+
+def parse_attack_options(options) -> dict:
+    """``(("size", "3"), ("alpha", "0.2"))`` -> ``{"size": 3, "alpha": 0.2}``: values parsed as JSON
+    where they can be (numbers, booleans, lists), else kept as strings (names, paths)."""
+    out = {}
+    for name, value in options:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                pass
+        out[str(name)] = value
+    return out
+
+
+def build_attack(config: StudyConfig, image_shape: Optional[tuple[int, ...]] = None, **extra) -> Attack:
+    """The config's attack: its options, the authors' trigger details where ``trigger_rules`` is
+    'reference', and ``extra`` overrides (a prepared pattern). Checked against ``image_shape``."""
+    from ibjax import triggers
+
+    options = parse_attack_options(config.attack_options)
+    if config.trigger_rules == "reference":
+        options = {**triggers.reference_attack_overrides(config.attack), **options}
+    attack = get_attack(config.attack, **options, **extra)
+    if image_shape is not None:
+        attack.validate(tuple(image_shape))
+    return attack
+
+
+def _clean_model(key, config: StudyConfig, train_set: Dataset, plan: PoisonPlan, progress: bool):
+    """A network trained on the clean labels (up to 20 epochs of the run's recipe): the victim that
+    label-consistent perturbations and TrojanNN patterns are computed against.
+    Returns ``(model, variables)``."""
+    clean_plan = plan.replace(poisoned=np.zeros_like(plan.poisoned), labels=plan.clean_labels)
+    model = make_model(dataclasses.replace(config.model, num_classes=train_set.num_classes))
+    data = put_train_data(train_set.images, clean_plan, key)
+    epochs = max(1, min(config.train.epochs, 20))
+    cfg: TrainConfig = dataclasses.replace(config.train, schedule="cosine" if config.train.schedule == "cosine" else "constant")
+    state = jax.jit(create_train_state, static_argnums=(1, 2, 3))(jax.random.fold_in(key, 1), model,
+                                                                   train_set.images.shape[1:], cfg)
+    trigger = get_attack("badnets").train_trigger  # never applied: nothing is flagged in the clean plan
+    bar = Progress("clean model", epochs, "epoch", enabled=progress)
+    for e in range(epochs):
+        state, _ = train_epoch(state, data, jax.random.fold_in(key, 100 + e), model=model, trigger=trigger, config=cfg,
+                               total_steps=epochs * (len(train_set) // cfg.batch_size))
+        bar.update(e + 1)
+    return model, state.variables
+
+
+def _label_consistent_perturbations(key, config, train_set, plan, model, variables) -> np.ndarray:
+    """PGD perturbations (float16 [P, H, W, C]) of the poisoned (target-class) samples, clean model."""
+    p_idx = np.flatnonzero(plan.poisoned)
+    params = PGDParams(steps=config.pgd_steps)
+
+    @jax.jit
+    def attack_batch(x, y, k):
+        fn = lambda z: model.apply(variables, z, train=False, rngs={"noise": k})[0]  # noqa: E731
+        return pgd_l2(fn, x, y, params) - x
+
+    out = []
+    for s in range(0, len(p_idx), 256):
+        idx = p_idx[s : s + 256]
+        x = jnp.asarray(train_set.images[idx], jnp.float32) / 255.0
+        out.append(np.asarray(attack_batch(x, jnp.asarray(plan.clean_labels[idx]), jax.random.fold_in(key, s))))
+    return np.concatenate(out).astype(np.float16)
+
+
+def _trojannn_pattern(key, attack, train_set, model, variables, images: int = 256) -> np.ndarray:
+    """TrojanNN's patch optimised against the clean model on a random batch of training images."""
+    k_pick, k_noise = jax.random.split(key)
+    n = min(images, len(train_set))
+    idx = np.sort(np.asarray(jax.random.choice(k_pick, len(train_set), (n,), replace=False)))
+    x = jnp.asarray(train_set.images[idx], jnp.float32) / 255.0
+    features = lambda z: model.apply(variables, z, train=False, rngs={"noise": k_noise})[1]  # noqa: E731
+    pattern, _ = jax.jit(lambda z: trojannn_pattern(features, z, attack.train_params))(x)
+    return np.asarray(pattern)
+
+
+def prepare_attack(config: StudyConfig, attack: Attack, train_set: Dataset, plan: PoisonPlan, keys: RunKeys,
+                   precomputed: Optional[np.ndarray], progress: bool) -> tuple[Attack, Optional[np.ndarray], Optional[np.ndarray]]:
+    """What the attack needs from a clean model: ``(attack, perturbations or None, computed array or None)``.
+
+    ``precomputed`` is the array a previous start of this run computed (reused as is); the third
+    value is the array to keep (None if the attack needs nothing).
+    """
+    if not (attack.needs_perturbation or attack.optimised_pattern):
+        return attack, None, None
+    result = precomputed
+    if result is None:
+        label = "PGD perturbations" if attack.needs_perturbation else "TrojanNN pattern"
+        with phase(f"computing the {label} against a clean model", enabled=progress):
+            model, variables = _clean_model(keys.clean_model, config, train_set, plan, progress)
+            if attack.needs_perturbation:
+                result = _label_consistent_perturbations(jax.random.fold_in(keys.clean_model, 2), config, train_set,
+                                                         plan, model, variables)
+            else:
+                result = _trojannn_pattern(jax.random.fold_in(keys.clean_model, 3), attack, train_set, model, variables)
+    if attack.needs_perturbation:
+        return attack, result, result
+    return build_attack(config, train_set.images.shape[1:], pattern=result), None, result
+
+
+def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None, progress: bool = True,
+                keep: Optional[Callable[[np.ndarray], None]] = None) -> StudySetup:
+    """Load the data and build everything fixed for the run, checking every option first.
+
+    Args:
+      config: the run's config.
+      precomputed: the clean-model array a previous start of this run computed, if any.
+      progress: log phases and progress.
+      keep: called with the clean-model array when one was computed or reused (to store it).
+
+    Raises:
+      ValueError (or :class:`~ibjax.data.DataUnavailableError`) naming the culprit, before training.
+    """
+    check_config(config)
+    build_attack(config)  # bad attack options fail before the data set is read
+    with phase(f"loading {config.dataset}", enabled=progress):
+        train_set, test_set = load_data(config)
+    image_shape = tuple(train_set.images.shape[1:])
+    num_classes = train_set.num_classes
+    config.poison.validate(num_classes)
+    attack = build_attack(config, image_shape)
+    poison_cfg = dataclasses.replace(
+        config.poison,
+        clean_label=config.poison.clean_label or attack.clean_label,
+        keep_label_fraction=config.poison.keep_label_fraction or attack.keep_label_fraction,
+    )
+    keys = RunKeys.from_seed(config.seed)
+    plan = make_poison_plan(train_set.labels, num_classes, poison_cfg, keys.plan)
+    if config.train.batch_size > len(train_set):
+        raise ValueError(f"train.batch_size ({config.train.batch_size}) exceeds the {len(train_set)} training images")
+    if config.offline:
+        for name, cfg in (("xt", config.xt), ("ty", config.ty)):  # fail now, not after the first epochs
+            try:
+                ibmi.check_groups(plan.group_masks, cfg, plan.group_names)
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from e
+    model = make_model(dataclasses.replace(config.model, num_classes=num_classes))
+    attack, perturbations, computed = prepare_attack(config, attack, train_set, plan, keys, precomputed, progress)
+    if computed is not None and keep is not None:
+        keep(computed)
+    _, t = jax.eval_shape(
+        lambda v, x: model.apply(v, x, train=False, rngs={"noise": jax.random.PRNGKey(0)}),
+        jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(0)},
+                                          jnp.zeros((1, *image_shape)))),
+        jax.ShapeDtypeStruct((1, *image_shape), jnp.float32),
+    )
+    return StudySetup(
+        config=config,
+        model=model,
+        attack=attack,
+        plan=plan,
+        train_data=put_train_data(train_set.images, plan, keys.trigger, perturbations),
+        clean_test=put_test_data(test_set.images, test_set.labels, keys.trigger),
+        triggered_test=put_test_data(test_set.images, test_set.labels, keys.trigger, triggered=True),
+        class_names=tuple(train_set.class_names),
+        keys=keys,
+        image_shape=image_shape,
+        t_dim=int(t.shape[-1]),
+        num_classes=num_classes,
+    )
