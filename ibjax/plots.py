@@ -1,18 +1,26 @@
 """Figures of a run: MI curves, information plane, training curves, per-class loss, T embedding, stealthiness.
 
-Every function takes plain Python / numpy structures as loaded from a run's files, writes one PNG to
-``path`` (parent folders created) and returns ``str(path)``. Figures are built on
-:class:`matplotlib.figure.Figure` and rendered by the Agg canvas directly: pyplot's global state and
-the interactive backends are never touched (nothing is shown), so this is safe in scripts, tests and
-threads.
+Each figure has a builder, ``*_figure(...)``, that returns a :class:`matplotlib.figure.Figure` (for
+notebooks and tests), and a ``plot_*(..., path)`` that builds it, writes one PNG to ``path`` (parent
+folders created) and returns ``str(path)``. Figures are built on :class:`~matplotlib.figure.Figure`
+and rendered by the Agg canvas directly: pyplot's global state and the interactive backends are never
+touched (nothing is shown), so this is safe in scripts, tests and threads.
 
-MI histories have the layout ``mi[quantity][group][str(epoch)] = {"train": float, "heldout": float,
-"trajectory": [...]}`` with quantity ``"xt"`` (I(X;T)) or ``"ty"`` (I(T;Y_pred)), in nats. Where the
-requested read is missing (None or NaN, e.g. a run without a held-out split), the ``"train"`` read is
-used for that point, drawn with an open square marker, and the figure's title says so.
+MI histories have the layout ``mi[quantity][group][str(epoch)] = {"train": float, "heldout":
+float|None, "train_se": float|None, "heldout_se": float|None, "converged": bool|None, "cap": float,
+"trajectory": [...]}`` with quantity ``"xt"`` (I(X;T)) or ``"ty"`` (I(T;Y_pred)), in nats; keys
+missing from older files count as None. How the figures show it:
 
-Group colours follow the study: target_backdoor red, target_clean blue, target_sample green, target
-black and thick, clean classes thin grey.
+- the clean classes as one grey band (their range at each epoch) around their mean (dashed);
+- the target groups in the study's colours (target black and thick, target_clean blue,
+  target_backdoor red, target_sample green) with error bars of +-1 standard error where the
+  history has one;
+- estimates whose critic did not converge (``"converged": false``) as hollow markers;
+- where the requested read is missing (None or NaN), the ``"train"`` read instead, ringed by an open
+  square (noted in the title);
+- each quantity's ceiling (``"cap"``, the most the bound can read, log(K + 1) for InfoNCE) as a
+  dotted line when the values reach at least half of it (otherwise it is named in the legend);
+- in the information plane, one colour per epoch with a legend entry per epoch.
 """
 
 from __future__ import annotations
@@ -25,25 +33,40 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 __all__ = [
     "QUANTITY_LABELS",
     "STEALTH_COMPONENTS",
+    "GROUP_LABELS",
     "group_style",
     "mi_series",
+    "mi_points",
+    "mi_curves_figure",
     "plot_mi_curves",
+    "information_plane_figure",
     "plot_information_plane",
+    "training_curves_figure",
     "plot_training_curves",
+    "class_loss_figure",
     "plot_class_loss",
+    "embedding_figure",
     "plot_embedding",
+    "stealth_comparison_figure",
     "plot_stealth_comparison",
 ]
 
 QUANTITY_LABELS = {"xt": "I(X;T) [nats]", "ty": "I(T;Y_pred) [nats]"}
 STEALTH_COMPONENTS = ("xt/target_clean", "xt/target", "ty/target_clean", "ty/target")
+GROUP_LABELS = {
+    "target": "target class, all samples",
+    "target_clean": "target class, clean samples",
+    "target_backdoor": "target class, backdoor samples",
+    "target_sample": "target class, size-matched sample",
+}
+"""Legend labels of the target groups."""
 
 _TARGET_STYLES = {
     "target_backdoor": dict(color="tab:red", lw=1.8, zorder=4, alpha=1.0),
@@ -51,15 +74,19 @@ _TARGET_STYLES = {
     "target_sample": dict(color="tab:green", lw=1.8, zorder=4, alpha=1.0),
     "target": dict(color="black", lw=3.0, zorder=5, alpha=1.0),
 }
-_CLEAN_STYLE = dict(color="0.6", lw=0.9, zorder=2, alpha=0.8)
+_CLEAN_STYLE = dict(color="0.45", lw=1.4, zorder=2, alpha=1.0)
+_CLEAN_FILL = "0.8"
+_CAP_STYLE = dict(color="tab:purple", ls=":", lw=1.5)
+_CAP_DRAW_FRACTION = 0.5  # draw the ceiling when the values reach this fraction of it
 _DPI = 120
+_READ_WORDS = {"heldout": "held-out read", "train": "train read"}
 
 
 def group_style(name: str, index: int = 0) -> dict:
     """Line style of a group: ``color``, ``lw``, ``zorder``, ``alpha`` (matplotlib keywords).
 
-    The study's colours for the target groups, thin grey for clean classes (``class_*``), and the
-    ``tab10`` colour ``index`` for any other group.
+    The study's colours for the target groups, grey for clean classes (``class_*``, drawn as one band),
+    and the ``tab10`` colour ``index`` for any other group.
     """
     if name in _TARGET_STYLES:
         return dict(_TARGET_STYLES[name])
@@ -70,33 +97,49 @@ def group_style(name: str, index: int = 0) -> dict:
 
 def _finite(v: Any) -> bool:
     try:
-        return v is not None and math.isfinite(float(v))
+        return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
     except (TypeError, ValueError):
         return False
 
 
-def mi_series(group_history: Mapping[str, Any], read: str = "heldout") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One group's MI over epochs, with the fallback to the train read.
+def mi_points(group_history: Mapping[str, Any], read: str = "heldout") -> dict[str, np.ndarray]:
+    """One group's MI over epochs with everything a figure marks.
 
     Args:
-      group_history: ``{str(epoch): {"train": float, "heldout": float, ...}}``.
+      group_history: ``{str(epoch): {"train": float, "heldout": float, "train_se": ..., "heldout_se":
+        ..., "converged": ..., "cap": ...}}``; missing keys count as None.
       read: "heldout" or "train".
 
     Returns:
-      (epochs int[E] sorted, values f64[E] in nats, fell_back bool[E]): ``fell_back`` marks points
-      whose ``read`` value was None/NaN and the "train" value was used; a point with neither is NaN.
+      dict of arrays over the sorted epochs: ``"epochs"`` int[E]; ``"values"`` f64[E] (nats, NaN
+      where neither read exists); ``"se"`` f64[E] (the standard error of the value shown, NaN where
+      absent); ``"fell_back"`` bool[E] (``read`` was None/NaN and the train read is shown);
+      ``"unconverged"`` bool[E] (``"converged"`` is False; None or absent count as converged);
+      ``"cap"`` f64[E] (the bound's ceiling, NaN where absent).
     """
     epochs = sorted(int(e) for e in group_history)
-    values, fell_back = [], []
+    out = {k: [] for k in ("values", "se", "fell_back", "unconverged", "cap")}
     for e in epochs:
         entry = group_history[str(e)] if str(e) in group_history else group_history[e]
-        v = entry.get(read) if isinstance(entry, Mapping) else entry
-        fb = False
-        if not _finite(v) and read != "train" and isinstance(entry, Mapping):
-            v, fb = entry.get("train"), True
-        values.append(float(v) if _finite(v) else math.nan)
-        fell_back.append(fb and _finite(v))
-    return np.asarray(epochs, int), np.asarray(values, float), np.asarray(fell_back, bool)
+        entry = entry if isinstance(entry, Mapping) else {read: entry}
+        used, v = read, entry.get(read)
+        if not _finite(v) and read != "train" and _finite(entry.get("train")):
+            used, v = "train", entry.get("train")
+        se = entry.get(f"{used}_se")
+        out["values"].append(float(v) if _finite(v) else math.nan)
+        out["se"].append(float(se) if _finite(se) and _finite(v) else math.nan)
+        out["fell_back"].append(used != read)
+        out["unconverged"].append(entry.get("converged") is False)
+        out["cap"].append(float(entry["cap"]) if _finite(entry.get("cap")) else math.nan)
+    res = {"epochs": np.asarray(epochs, int)}
+    res.update({k: np.asarray(v, bool if k in ("fell_back", "unconverged") else float) for k, v in out.items()})
+    return res
+
+
+def mi_series(group_history: Mapping[str, Any], read: str = "heldout") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(epochs int[E], values f64[E] nats, fell_back bool[E]) of :func:`mi_points`."""
+    p = mi_points(group_history, read)
+    return p["epochs"], p["values"], p["fell_back"]
 
 
 def _ordered_groups(groups: Sequence[str]) -> list[str]:
@@ -109,8 +152,9 @@ def _ordered_groups(groups: Sequence[str]) -> list[str]:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
-    """Lay out ``fig`` and write it as a PNG at ``path`` (parent folders created); returns str(path)."""
-    fig.tight_layout()
+    """Write ``fig`` as a PNG at ``path`` (parent folders created); returns str(path)."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
@@ -122,151 +166,338 @@ def _no_data(ax) -> None:
     ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
 
 
-def _fallback_note(read: str, any_fallback: bool) -> str:
-    return f" ({read} missing at some points: train read used, open squares)" if any_fallback else ""
+def _target_phrase(target: Optional[int], class_names: Optional[Sequence[str]]) -> str:
+    if target is None:
+        return ""
+    if class_names is not None and 0 <= target < len(class_names):
+        return f"target class {target} ({class_names[target]})"
+    return f"target class {target}"
 
 
-def _legend_handles(groups: Sequence[str], fallback_groups: set[str]) -> list[Line2D]:
-    handles, clean_done = [], False
-    for i, g in enumerate(groups):
-        if g.startswith("class_"):
-            if clean_done:
-                continue
-            clean_done = True
-            label = "clean classes"
-        else:
-            label = g
-        if g in fallback_groups or (g.startswith("class_") and any(f.startswith("class_") for f in fallback_groups)):
-            label += " (train read)"
+def _clean_summary(points: Sequence[dict]) -> Optional[dict]:
+    """Mean, min and max over the clean classes at the epochs all of them share."""
+    if not points:
+        return None
+    common = sorted(set.intersection(*(set(p["epochs"].tolist()) for p in points)))
+    if not common:
+        return None
+    vals = np.stack([p["values"][np.searchsorted(p["epochs"], common)] for p in points])  # [C, E]
+    with np.errstate(all="ignore"):
+        return {"epochs": np.asarray(common), "mean": np.nanmean(vals, 0), "min": np.nanmin(vals, 0),
+                "max": np.nanmax(vals, 0), "n": len(points)}
+
+
+def _caps(points: Sequence[dict]) -> list[float]:
+    caps = np.concatenate([p["cap"] for p in points]) if points else np.zeros(0)
+    caps = caps[np.isfinite(caps)]
+    return sorted({round(float(c), 6) for c in caps})
+
+
+def _draw_points(ax, x, y, p, color, size, zorder, xerr=None, yerr=None):
+    """Markers filled (converged) or hollow (not converged), with error bars where given."""
+    if (xerr is not None and np.isfinite(xerr).any()) or (yerr is not None and np.isfinite(yerr).any()):
+        ax.errorbar(x, y, xerr=None if xerr is None else np.nan_to_num(xerr),
+                    yerr=None if yerr is None else np.nan_to_num(yerr),
+                    fmt="none", ecolor=color, elinewidth=1.0, capsize=2.5, alpha=0.8, zorder=zorder, gid="errorbar")
+    unc = p["unconverged"]
+    if (~unc).any():
+        ax.plot(x[~unc], y[~unc], ls="none", marker="o", ms=size, color=color, zorder=zorder + 0.1)
+    if unc.any():
+        ax.plot(x[unc], y[unc], ls="none", marker="o", ms=size + 1, mfc="white", mec=color, mew=1.6,
+                zorder=zorder + 0.2, gid="unconverged")
+
+
+def _notes_handles(any_unconverged: bool, any_fallback: bool, any_se: bool, read: str) -> list:
+    h = []
+    if any_se:
+        h.append(Line2D([], [], color="0.3", marker="|", ms=10, ls="none", label="bars: +-1 standard error"))
+    if any_unconverged:
+        h.append(Line2D([], [], color="0.3", marker="o", mfc="white", mew=1.6, ls="none",
+                        label="hollow: critic not converged"))
+    if any_fallback:
+        h.append(Line2D([], [], color="0.3", marker="s", mfc="none", ms=8, ls="none",
+                        label=f"open square: {_READ_WORDS.get(read, read)} missing, train read shown"))
+    return h
+
+
+def _quantity_name(q: str) -> str:
+    """"I(X;T)" for "xt", "I(X;T) online" for "xt_online", the key itself otherwise."""
+    base = q[: -len("_online")] if q.endswith("_online") else q
+    name = QUANTITY_LABELS[base].split(" ")[0] if base in QUANTITY_LABELS else base
+    return name + (" online" if base != q else "")
+
+
+def _empty_info(quantity: str) -> dict:
+    return {"quantity": quantity, "groups": [], "clean_n": 0, "unconverged": False, "fallback": False, "se": False,
+            "caps": []}
+
+
+def _mi_panel(ax, mi_q: Mapping[str, Any], read: str, show_train: bool, quantity: str) -> dict:
+    """Draw one quantity's groups into ``ax``; returns flags and legend material."""
+    groups = _ordered_groups(list(mi_q))
+    info = _empty_info(quantity)
+    points = {g: mi_points(mi_q[g], read) for g in groups}
+    cleans = [g for g in groups if g.startswith("class_")]
+    summary = _clean_summary([points[g] for g in cleans])
+    if summary is not None:
+        ax.fill_between(summary["epochs"], summary["min"], summary["max"], color=_CLEAN_FILL, alpha=0.7, lw=0,
+                        zorder=1, gid="clean-band")
+        ax.plot(summary["epochs"], summary["mean"], ls="--", gid="clean-mean", **_CLEAN_STYLE)
+        info["clean_n"] = summary["n"]
+    for g in cleans:  # individual clean classes appear only where they need a mark
+        p = points[g]
+        for mask, kw in ((p["unconverged"], dict(marker="o", mfc="white", mec=_CLEAN_STYLE["color"], mew=1.2, ms=5,
+                                                 gid="unconverged")),
+                         (p["fell_back"], dict(marker="s", mfc="none", mec=_CLEAN_STYLE["color"], ms=7))):
+            if mask.any():
+                ax.plot(p["epochs"][mask], p["values"][mask], ls="none", zorder=3, **kw)
+        info["unconverged"] |= bool(p["unconverged"].any())
+        info["fallback"] |= bool(p["fell_back"].any())
+    for i, g in enumerate(g for g in groups if not g.startswith("class_")):
         st = group_style(g, i)
-        handles.append(Line2D([], [], color=st["color"], lw=st["lw"], marker="o", ms=3, label=label))
+        p = points[g]
+        ax.plot(p["epochs"], p["values"], color=st["color"], lw=st["lw"], zorder=st["zorder"], gid=f"group-{g}")
+        _draw_points(ax, p["epochs"], p["values"], p, st["color"], 4 if g != "target" else 5, st["zorder"], yerr=p["se"])
+        if p["fell_back"].any():
+            ax.plot(p["epochs"][p["fell_back"]], p["values"][p["fell_back"]], ls="none", marker="s", ms=9, mfc="none",
+                    mec=st["color"], zorder=6)
+        if show_train and read != "train":
+            t = mi_points(mi_q[g], "train")
+            ax.plot(t["epochs"], t["values"], ls="--", lw=max(st["lw"] * 0.6, 0.8), color=st["color"], alpha=0.7,
+                    zorder=st["zorder"])
+        info["groups"].append(g)
+        info["unconverged"] |= bool(p["unconverged"].any())
+        info["fallback"] |= bool(p["fell_back"].any())
+        info["se"] |= bool(np.isfinite(p["se"]).any())
+    epochs = sorted({int(e) for p in points.values() for e in p["epochs"]})
+    if 0 < len(epochs) <= 6:  # few MI epochs: tick exactly those
+        ax.set_xticks(epochs)
+    caps = _caps(list(points.values()))
+    vmax = max((np.nanmax(p["values"]) for p in points.values() if np.isfinite(p["values"]).any()), default=math.nan)
+    for c in caps:
+        drawn = np.isfinite(vmax) and vmax >= _CAP_DRAW_FRACTION * c
+        if drawn:
+            ax.axhline(c, gid=f"cap-{quantity}", zorder=1.5, **_CAP_STYLE)
+        info["caps"].append((c, drawn))
+    return info
+
+
+def _legend_for_mi(infos: Sequence[dict], read: str, show_train: bool) -> list:
+    handles = []
+    clean_n = max((i["clean_n"] for i in infos), default=0)
+    if clean_n:
+        handles.append(Patch(color=_CLEAN_FILL, label=f"clean classes ({clean_n}): range"))
+        handles.append(Line2D([], [], ls="--", color=_CLEAN_STYLE["color"], lw=_CLEAN_STYLE["lw"],
+                              label="clean classes: mean"))
+    seen = []
+    for info in infos:
+        seen += [g for g in info["groups"] if g not in seen]
+    for i, g in enumerate(_ordered_groups(seen)):
+        st = group_style(g, i)
+        handles.append(Line2D([], [], color=st["color"], lw=st["lw"], marker="o", ms=4, label=GROUP_LABELS.get(g, g)))
+    caps = {}
+    for q_info in infos:
+        for c, drawn in q_info["caps"]:
+            caps.setdefault((c, drawn), []).append(q_info["quantity"])
+    for (c, drawn), qs in caps.items():
+        where = "" if drawn else " (above the plotted values)"
+        names = " and ".join(_quantity_name(q) for q in qs)
+        handles.append(Line2D([], [], label=f"{names} ceiling {c:.2f} nats{where}", **_CAP_STYLE))
+    if show_train and read != "train":
+        handles.append(Line2D([], [], color="0.3", ls="--", label="train read (dashed)"))
+    handles += _notes_handles(any(i["unconverged"] for i in infos), any(i["fallback"] for i in infos),
+                              any(i["se"] for i in infos), read)
     return handles
 
 
+def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: bool = False,
+                     title: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
+                     target: Optional[int] = None, quantities: Sequence[str] = ("xt", "ty")) -> Figure:
+    """Figure of :func:`plot_mi_curves`."""
+    fig = Figure(figsize=(12, 5.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(quantities)))
+    infos = []
+    for ax, q in zip(axes, quantities):
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{_quantity_name(q)} [nats]")
+        ax.grid(alpha=0.3)
+        ax.set_title(_quantity_name(q))
+        if q not in mi or not mi[q]:
+            _no_data(ax)
+            infos.append(_empty_info(q))
+            continue
+        infos.append(_mi_panel(ax, mi[q], read, show_train, q))
+    handles = _legend_for_mi(infos, read, show_train)
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    head = f"{title}: " if title else ""
+    tgt = _target_phrase(target, class_names)
+    fig.suptitle(f"{head}MI per group, {_READ_WORDS.get(read, read)}" + (f"; {tgt}" if tgt else ""), fontsize=10)
+    return fig
+
+
 def plot_mi_curves(mi: Mapping[str, Any], path: str | os.PathLike, read: str = "heldout",
-                   show_train: bool = False, title: Optional[str] = None) -> str:
-    """Two panels, I(X;T) and I(T;Y_pred) in nats against epoch, one line per group.
+                   show_train: bool = False, title: Optional[str] = None,
+                   class_names: Optional[Sequence[str]] = None, target: Optional[int] = None,
+                   quantities: Sequence[str] = ("xt", "ty")) -> str:
+    """One panel per quantity (default I(X;T) and I(T;Y_pred)), nats against epoch.
+
+    The clean classes are one band (range) with their mean dashed; the target groups are lines with
+    +-1 SE error bars where available; hollow markers = critic not converged; the bound's ceiling
+    dotted (see the module docstring). The legend sits below the panels, never over the data.
 
     Args:
       mi: the run's MI history (see the module docstring).
       path: output PNG.
-      read: "heldout" or "train"; missing held-out points fall back to the train read (open squares,
-        noted in the title and legend).
+      read: "heldout" or "train"; missing points fall back to the train read (open squares).
       show_train: also draw the "train" read as dashed lines (when ``read`` is "heldout").
       title: figure title prefix.
+      class_names: the data set's class names, for naming the target class in the title.
+      target: the target class index.
+      quantities: which quantities of ``mi`` to draw (e.g. ("xt_online", "ty_online")).
 
     Returns:
       str(path).
     """
-    fig = Figure(figsize=(12, 4.6))
-    axes = fig.subplots(1, 2)
-    any_fb = False
-    fb_groups: set[str] = set()
-    all_groups: list[str] = []
-    for ax, q in zip(axes, ("xt", "ty")):
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(QUANTITY_LABELS[q])
-        ax.grid(alpha=0.3)
-        if q not in mi or not mi[q]:
-            _no_data(ax)
-            continue
-        groups = _ordered_groups(list(mi[q]))
-        all_groups += [g for g in groups if g not in all_groups]
-        for i, g in enumerate(groups):
+    return _save(mi_curves_figure(mi, read, show_train, title, class_names, target, quantities), path)
+
+
+def _epoch_colours(epochs: Sequence[int]) -> dict[int, Any]:
+    """One colour per distinct epoch: ordered (viridis), sampled at as many points as there are epochs."""
+    epochs = sorted(set(int(e) for e in epochs))
+    cmap = colormaps["viridis"]
+    n = len(epochs)
+    return {e: cmap(0.05 + 0.85 * (i / max(n - 1, 1))) for i, e in enumerate(epochs)}
+
+
+def information_plane_figure(mi: Mapping[str, Any], read: str = "heldout", title: Optional[str] = None,
+                             class_names: Optional[Sequence[str]] = None, target: Optional[int] = None) -> Figure:
+    """Figure of :func:`plot_information_plane`."""
+    fig = Figure(figsize=(9.5, 6.5), layout="constrained")
+    ax = fig.subplots()
+    xt, ty = mi.get("xt", {}), mi.get("ty", {})
+    groups = _ordered_groups([g for g in xt if g in ty])
+    pts = {}
+    for g in groups:
+        px, py = mi_points(xt[g], read), mi_points(ty[g], read)
+        common = np.intersect1d(px["epochs"], py["epochs"])
+        ix, iy = np.searchsorted(px["epochs"], common), np.searchsorted(py["epochs"], common)
+        pts[g] = {"epochs": common, "x": px["values"][ix], "y": py["values"][iy], "xerr": px["se"][ix],
+                  "yerr": py["se"][iy], "unconverged": px["unconverged"][ix] | py["unconverged"][iy],
+                  "fell_back": px["fell_back"][ix] | py["fell_back"][iy], "xcap": px["cap"][ix], "ycap": py["cap"][iy]}
+    all_epochs = sorted({int(e) for p in pts.values() for e in p["epochs"]})
+    colours = _epoch_colours(all_epochs)
+    any_unc = any_fb = any_se = False
+    cleans = [g for g in groups if g.startswith("class_")]
+    if cleans:
+        common = sorted(set.intersection(*(set(pts[g]["epochs"].tolist()) for g in cleans)))
+        if common:
+            xs = np.stack([pts[g]["x"][np.searchsorted(pts[g]["epochs"], common)] for g in cleans])
+            ys = np.stack([pts[g]["y"][np.searchsorted(pts[g]["epochs"], common)] for g in cleans])
+            with np.errstate(all="ignore"):
+                mx, my = np.nanmean(xs, 0), np.nanmean(ys, 0)
+                lo_x, hi_x, lo_y, hi_y = np.nanmin(xs, 0), np.nanmax(xs, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+            ax.errorbar(mx, my, xerr=[mx - lo_x, hi_x - mx], yerr=[my - lo_y, hi_y - my], fmt="none",
+                        ecolor=_CLEAN_FILL, elinewidth=6, alpha=0.9, zorder=1, gid="clean-range")
+            ax.plot(mx, my, ls="--", gid="clean-mean", **_CLEAN_STYLE)
+            ax.scatter(mx, my, c=[colours[e] for e in common], s=40, marker="D", edgecolors=_CLEAN_STYLE["color"],
+                       linewidths=1.0, zorder=3)
+        any_unc |= any(pts[g]["unconverged"].any() for g in cleans)
+    for i, g in enumerate(g for g in groups if not g.startswith("class_")):
+        p = pts[g]
+        st = group_style(g, i)
+        ax.plot(p["x"], p["y"], color=st["color"], lw=st["lw"] * 0.8, zorder=st["zorder"], gid=f"group-{g}")
+        if np.isfinite(p["xerr"]).any() or np.isfinite(p["yerr"]).any():
+            any_se = True
+            ax.errorbar(p["x"], p["y"], xerr=np.nan_to_num(p["xerr"]), yerr=np.nan_to_num(p["yerr"]), fmt="none",
+                        ecolor=st["color"], elinewidth=0.9, capsize=2, alpha=0.7, zorder=st["zorder"], gid="errorbar")
+        unc = p["unconverged"]
+        for mask, hollow in ((~unc, False), (unc, True)):
+            if not mask.any():
+                continue
+            cols = [colours[int(e)] for e in p["epochs"][mask]]
+            if hollow:
+                ax.scatter(p["x"][mask], p["y"][mask], s=70, facecolors="white", edgecolors=cols, linewidths=2.2,
+                           zorder=st["zorder"] + 1, gid="unconverged")
+            else:
+                ax.scatter(p["x"][mask], p["y"][mask], s=60, c=cols, edgecolors=st["color"], linewidths=1.4,
+                           zorder=st["zorder"] + 1)
+        if p["fell_back"].any():
+            any_fb = True
+            ax.scatter(p["x"][p["fell_back"]], p["y"][p["fell_back"]], marker="s", s=110, facecolors="none",
+                       edgecolors=st["color"], zorder=8)
+        any_unc |= bool(unc.any())
+    cap_handles = []
+    for axis, key in (("x", "xcap"), ("y", "ycap")):
+        caps = sorted({round(float(c), 6) for p in pts.values() for c in p[key] if np.isfinite(c)})
+        vals = np.concatenate([p[axis] for p in pts.values()]) if pts else np.zeros(0)
+        vmax = np.nanmax(vals) if np.isfinite(vals).any() else math.nan
+        for c in caps:
+            drawn = np.isfinite(vmax) and vmax >= _CAP_DRAW_FRACTION * c
+            if drawn:
+                (ax.axvline if axis == "x" else ax.axhline)(c, gid=f"cap-{'xt' if axis == 'x' else 'ty'}", **_CAP_STYLE)
+            name = "I(X;T)" if axis == "x" else "I(T;Y_pred)"
+            cap_handles.append(Line2D([], [], label=f"{name} ceiling {c:.2f} nats" + ("" if drawn else " (off scale)"),
+                                      **_CAP_STYLE))
+    if pts:
+        g_handles = []
+        if cleans:
+            g_handles.append(Line2D([], [], ls="--", color=_CLEAN_STYLE["color"], marker="D", ms=5,
+                                    label=f"clean classes ({len(cleans)}): mean"))
+            g_handles.append(Line2D([], [], color=_CLEAN_FILL, lw=6, label="clean classes: range"))
+        for i, g in enumerate(g for g in groups if not g.startswith("class_")):
             st = group_style(g, i)
-            ep, v, fb = mi_series(mi[q][g], read)
-            ax.plot(ep, v, marker="o", ms=3, **st)
-            if fb.any():
-                any_fb = True
-                fb_groups.add(g)
-                ax.plot(ep[fb], v[fb], ls="none", marker="s", ms=7, mfc="none", mec=st["color"], zorder=6)
-            if show_train and read != "train":
-                ep_t, v_t, _ = mi_series(mi[q][g], "train")
-                ax.plot(ep_t, v_t, ls="--", lw=max(st["lw"] * 0.7, 0.6), color=st["color"], alpha=0.7, zorder=st["zorder"])
-        ax.set_title(QUANTITY_LABELS[q].split(" ")[0])
-    handles = _legend_handles(_ordered_groups(all_groups), fb_groups)
-    if show_train and read != "train":
-        handles.append(Line2D([], [], color="0.3", ls="--", label="train read"))
-    if handles:
-        axes[1].legend(handles=handles, fontsize=8, loc="best")
-    fig.suptitle(f"{title + ': ' if title else ''}MI per group, {read} read{_fallback_note(read, any_fb)}", fontsize=10)
-    return _save(fig, path)
+            g_handles.append(Line2D([], [], color=st["color"], lw=st["lw"] * 0.8, marker="o", ms=6, mfc="white",
+                                    label=GROUP_LABELS.get(g, g)))
+        g_handles += cap_handles + _notes_handles(any_unc, any_fb, any_se, read)
+        fig.legend(handles=g_handles, fontsize=8, loc="outside right upper", title="groups", title_fontsize=8)
+        e_handles = [Line2D([], [], ls="none", marker="o", ms=7, color=colours[e], label=f"epoch {e}") for e in all_epochs]
+        fig.legend(handles=e_handles, fontsize=8, loc="outside right lower", title="marker colour = epoch",
+                   title_fontsize=8)
+    else:
+        _no_data(ax)
+    ax.set_xlabel(QUANTITY_LABELS["xt"])
+    ax.set_ylabel(QUANTITY_LABELS["ty"])
+    ax.grid(alpha=0.3)
+    tgt = _target_phrase(target, class_names)
+    ax.set_title(f"{title + ': ' if title else ''}information plane, {_READ_WORDS.get(read, read)}"
+                 + (f"; {tgt}" if tgt else ""), fontsize=9)
+    return fig
 
 
 def plot_information_plane(mi: Mapping[str, Any], path: str | os.PathLike, read: str = "heldout",
-                           title: Optional[str] = None) -> str:
+                           title: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
+                           target: Optional[int] = None) -> str:
     """Information plane: I(X;T) on x, I(T;Y_pred) on y (nats), one trajectory per group.
 
-    Lines are in the group colours; the markers along each trajectory are coloured by epoch
-    (viridis, with a colour bar). Only epochs present in both quantities are drawn.
+    Target groups are lines in their colours; the markers along them are coloured by epoch, one
+    discrete colour and one legend entry per epoch (an ordered palette, so later is lighter). The
+    clean classes are their mean trajectory (dashed, diamonds) with each epoch's range in both
+    quantities as a grey cross. Error bars: +-1 SE in each quantity; hollow markers: a critic not
+    converged; ceilings dotted. Only epochs present in both quantities are drawn.
 
     Args:
       mi: the run's MI history.
       path: output PNG.
       read: "heldout" or "train" (fallback to train as in :func:`plot_mi_curves`).
       title: figure title prefix.
+      class_names, target: name the target class in the title.
 
     Returns:
       str(path).
     """
-    fig = Figure(figsize=(7.5, 6))
-    ax = fig.subplots()
-    xt, ty = mi.get("xt", {}), mi.get("ty", {})
-    groups = _ordered_groups([g for g in xt if g in ty])
-    series = {}
-    for g in groups:
-        ex, vx, fx = mi_series(xt[g], read)
-        ey, vy, fy = mi_series(ty[g], read)
-        common = np.intersect1d(ex, ey)
-        ix, iy = np.searchsorted(ex, common), np.searchsorted(ey, common)
-        series[g] = (common, vx[ix], vy[iy], fx[ix] | fy[iy])
-    all_epochs = np.concatenate([s[0] for s in series.values()]) if series else np.zeros(0)
-    norm = Normalize(vmin=float(all_epochs.min()) if all_epochs.size else 0.0,
-                     vmax=float(all_epochs.max()) if all_epochs.size else 1.0)
-    any_fb, fb_groups, sc = False, set(), None
-    for i, g in enumerate(groups):
-        ep, x, y, fb = series[g]
-        st = group_style(g, i)
-        ax.plot(x, y, **st)
-        sc = ax.scatter(x, y, c=ep, cmap="viridis", norm=norm, s=28 if not g.startswith("class_") else 12,
-                        edgecolors=st["color"], linewidths=0.8, zorder=st["zorder"] + 1)
-        if fb.any():
-            any_fb = True
-            fb_groups.add(g)
-            ax.scatter(x[fb], y[fb], marker="s", s=70, facecolors="none", edgecolors=st["color"], zorder=8)
-    if sc is not None:
-        fig.colorbar(sc, ax=ax, label="epoch")
-        ax.legend(handles=_legend_handles(groups, fb_groups), fontsize=8, loc="best")
-    else:
-        _no_data(ax)
-    ax.set_xlabel(QUANTITY_LABELS["xt"])
-    ax.set_ylabel(QUANTITY_LABELS["ty"])
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{title + ': ' if title else ''}information plane, {read} read{_fallback_note(read, any_fb)}", fontsize=9)
-    return _save(fig, path)
+    return _save(information_plane_figure(mi, read, title, class_names, target), path)
 
 
 def _column(records: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
     return np.asarray([float(r[key]) if _finite(r.get(key)) else math.nan for r in records], float)
 
 
-def plot_training_curves(metrics_records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                         title: Optional[str] = None) -> str:
-    """Clean train/test accuracy and attack success rate (percent) against epoch; learning rate on a
-    second, logarithmic axis.
-
-    Args:
-      metrics_records: per-epoch dicts with "epoch" and any of "train_accuracy", "test_accuracy",
-        "asr" (fractions in [0, 1]) and "lr"; missing or None values are skipped.
-      path: output PNG.
-      title: figure title.
-
-    Returns:
-      str(path).
-    """
+def training_curves_figure(metrics_records: Sequence[Mapping[str, Any]], title: Optional[str] = None) -> Figure:
+    """Figure of :func:`plot_training_curves`."""
     recs = sorted(metrics_records, key=lambda r: r["epoch"])
     ep = np.asarray([r["epoch"] for r in recs], float)
-    fig = Figure(figsize=(8, 4.8))
+    fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     handles = []
     for key, label, color in (("train_accuracy", "train accuracy", "tab:blue"),
@@ -286,13 +517,65 @@ def plot_training_curves(metrics_records: Sequence[Mapping[str, Any]], path: str
         ax2.set_yscale("log")
         ax2.set_ylabel("learning rate")
     if handles:
-        ax.legend(handles=handles, fontsize=8, loc="center right")
+        fig.legend(handles=handles, fontsize=8, loc="outside lower center", ncol=len(handles), frameon=False)
     ax.set_title(title or "training curves")
-    return _save(fig, path)
+    return fig
+
+
+def plot_training_curves(metrics_records: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                         title: Optional[str] = None) -> str:
+    """Clean train/test accuracy and attack success rate (percent) against epoch; learning rate on a
+    second, logarithmic axis; the legend below the axes.
+
+    Args:
+      metrics_records: per-epoch dicts with "epoch" and any of "train_accuracy", "test_accuracy",
+        "asr" (fractions in [0, 1]) and "lr"; missing or None values are skipped.
+      path: output PNG.
+      title: figure title.
+
+    Returns:
+      str(path).
+    """
+    return _save(training_curves_figure(metrics_records, title), path)
+
+
+def _class_name(c: int, class_names: Optional[Sequence[str]]) -> str:
+    return str(class_names[c]) if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
+
+
+def class_loss_figure(metrics_records: Sequence[Mapping[str, Any]], target: int = 0, title: Optional[str] = None,
+                      class_names: Optional[Sequence[str]] = None) -> Figure:
+    """Figure of :func:`plot_class_loss`."""
+    recs = sorted((r for r in metrics_records if r.get("class_loss") is not None), key=lambda r: r["epoch"])
+    ep = np.asarray([r["epoch"] for r in recs], float)
+    k = max((len(r["class_loss"]) for r in recs), default=0)
+    loss = np.full((len(recs), k), math.nan)
+    for i, r in enumerate(recs):
+        loss[i, : len(r["class_loss"])] = [float(v) if _finite(v) else math.nan for v in r["class_loss"]]
+    fig = Figure(figsize=(9, 4.8), layout="constrained")
+    ax = fig.subplots()
+    cmap = colormaps["tab10" if k <= 10 else "tab20"]
+    for c in range(k):
+        if c == target:
+            continue
+        ax.plot(ep, loss[:, c], marker="o", ms=2, lw=1.0, color=cmap(c % cmap.N), alpha=0.8,
+                label=_class_name(c, class_names))
+    if 0 <= target < k:
+        ax.plot(ep, loss[:, target], marker="o", ms=4, lw=3.0, color="black", zorder=5,
+                label=f"{_class_name(target, class_names)} (target)")
+    if k == 0:
+        _no_data(ax)
+    else:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("train loss [nats]")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "per-class training loss")
+    return fig
 
 
 def plot_class_loss(metrics_records: Sequence[Mapping[str, Any]], path: str | os.PathLike, target: int = 0,
-                    title: Optional[str] = None) -> str:
+                    title: Optional[str] = None, class_names: Optional[Sequence[str]] = None) -> str:
     """Per-class training loss against epoch, the target class highlighted (black, thick).
 
     Args:
@@ -301,40 +584,76 @@ def plot_class_loss(metrics_records: Sequence[Mapping[str, Any]], path: str | os
       path: output PNG.
       target: the target class.
       title: figure title.
+      class_names: the data set's class names (default "class k").
 
     Returns:
       str(path).
     """
-    recs = sorted((r for r in metrics_records if r.get("class_loss") is not None), key=lambda r: r["epoch"])
-    ep = np.asarray([r["epoch"] for r in recs], float)
-    k = max((len(r["class_loss"]) for r in recs), default=0)
-    loss = np.full((len(recs), k), math.nan)
-    for i, r in enumerate(recs):
-        loss[i, : len(r["class_loss"])] = [float(v) if _finite(v) else math.nan for v in r["class_loss"]]
-    fig = Figure(figsize=(8, 4.8))
-    ax = fig.subplots()
-    cmap = colormaps["tab10" if k <= 10 else "tab20"]
-    for c in range(k):
-        if c == target:
-            continue
-        ax.plot(ep, loss[:, c], marker="o", ms=2, lw=1.0, color=cmap(c % cmap.N), alpha=0.8, label=f"class {c}")
-    if 0 <= target < k:
-        ax.plot(ep, loss[:, target], marker="o", ms=4, lw=3.0, color="black", zorder=5, label=f"class {target} (target)")
-    if k == 0:
-        _no_data(ax)
+    return _save(class_loss_figure(metrics_records, target, title, class_names), path)
+
+
+def _class_palette(n: int) -> list:
+    """n class colours without the reds and black that mark the target and the backdoor."""
+    if n <= 9:
+        cols = [colormaps["tab10"](i) for i in range(10) if i != 3]  # 3 = tab:red
     else:
-        ax.legend(fontsize=7, ncol=2, loc="best")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("train loss [nats]")
+        cols = [colormaps["tab20"](i) for i in range(20) if i not in (6, 7)]  # 6, 7 = reds
+    return [cols[i % len(cols)] for i in range(n)]
+
+
+def embedding_figure(emb: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, title: str = "",
+                     class_names: Optional[Sequence[str]] = None, target: Optional[int] = None) -> Figure:
+    """Figure of :func:`plot_embedding`."""
+    emb = np.asarray(emb, float).reshape(-1, 2)
+    labels = np.asarray(labels).astype(int).reshape(-1)
+    poisoned = np.asarray(poisoned, bool).reshape(-1)
+    if not (len(emb) == len(labels) == len(poisoned)):
+        raise ValueError(f"emb, labels, poisoned lengths differ: {len(emb)}, {len(labels)}, {len(poisoned)}")
+    fig = Figure(figsize=(9, 6.5), layout="constrained")
+    ax = fig.subplots()
+    classes = [int(c) for c in np.unique(labels)]
+    others = [c for c in classes if c != target]
+    palette = _class_palette(len(others))
+    size = float(np.clip(4000.0 / max(len(emb), 1), 3.0, 25.0))
+    # Legend order = drawing order: the target's marks first; zorder keeps them on top of the classes.
+    if target is not None:
+        m = (labels == target) & ~poisoned
+        ax.scatter(emb[m, 0], emb[m, 1], s=size * 1.6, color="black", alpha=0.8, linewidths=0, zorder=4,
+                   label=f"{_class_name(target, class_names)} (target), clean ({int(m.sum())})", gid="target-clean")
+        backdoor = poisoned & (labels == target)
+        kept = poisoned & (labels != target)
+    else:
+        backdoor, kept = poisoned, np.zeros_like(poisoned)
+    if backdoor.any():
+        into = f" labelled {_class_name(target, class_names)}" if target is not None else ""
+        ax.scatter(emb[backdoor, 0], emb[backdoor, 1], s=max(size * 2, 12.0), marker="x", color="red",
+                   linewidths=1.0, zorder=5, label=f"backdoor{into} ({int(backdoor.sum())})", gid="backdoor")
+    if kept.any():
+        ax.scatter(emb[kept, 0], emb[kept, 1], s=max(size * 2, 12.0), marker="+", color="darkorange",
+                   linewidths=1.0, zorder=5, label=f"triggered, true label kept ({int(kept.sum())})", gid="kept-label")
+    for i, c in enumerate(others):
+        m = (labels == c) & ~poisoned
+        ax.scatter(emb[m, 0], emb[m, 1], s=size, color=palette[i], alpha=0.55, linewidths=0,
+                   label=_class_name(c, class_names))
+    if len(emb):
+        ax.legend(fontsize=7, markerscale=2, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        _no_data(ax)
+    ax.set_xlabel("component 1")
+    ax.set_ylabel("component 2")
     ax.grid(alpha=0.3)
-    ax.set_title(title or "per-class training loss")
-    return _save(fig, path)
+    ax.set_title(title or "embedding of T")
+    return fig
 
 
 def plot_embedding(emb: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, path: str | os.PathLike,
-                   title: str = "", class_names: Optional[Sequence[str]] = None) -> str:
-    """Scatter of a 2-D embedding of T (e.g. :func:`ibjax.metrics.pca_2d`), coloured by class, the
-    backdoor samples drawn on top as red crosses.
+                   title: str = "", class_names: Optional[Sequence[str]] = None, target: Optional[int] = None) -> str:
+    """Scatter of a 2-D embedding of T (e.g. :func:`ibjax.metrics.pca_2d`), coloured by class.
+
+    The target class's clean samples are black and named "(target)"; its backdoor samples (poisoned
+    and labelled ``target``) red crosses on top; poisoned samples that kept their true label (e.g.
+    Adaptive-Blend's regularisation samples) orange pluses. Without ``target`` every poisoned sample
+    is a red cross. Classes are named by ``class_names``; the legend sits to the right of the axes.
 
     Args:
       emb: f32[N, 2] coordinates.
@@ -342,55 +661,18 @@ def plot_embedding(emb: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, pa
       poisoned: bool[N] backdoor flags.
       path: output PNG.
       title: figure title.
-      class_names: optional names of the classes for the legend.
+      class_names: the data set's class names, indexed by label (default "class k").
+      target: the target class.
 
     Returns:
       str(path).
     """
-    emb = np.asarray(emb, float).reshape(-1, 2)
-    labels = np.asarray(labels).astype(int).reshape(-1)
-    poisoned = np.asarray(poisoned, bool).reshape(-1)
-    if not (len(emb) == len(labels) == len(poisoned)):
-        raise ValueError(f"emb, labels, poisoned lengths differ: {len(emb)}, {len(labels)}, {len(poisoned)}")
-    fig = Figure(figsize=(7.5, 6.5))
-    ax = fig.subplots()
-    classes = np.unique(labels)
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    size = float(np.clip(4000.0 / max(len(emb), 1), 3.0, 25.0))
-    for i, c in enumerate(classes):
-        m = (labels == c) & ~poisoned
-        name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else f"class {c}"
-        ax.scatter(emb[m, 0], emb[m, 1], s=size, color=cmap(i % cmap.N), alpha=0.6, linewidths=0, label=name)
-    if poisoned.any():
-        ax.scatter(emb[poisoned, 0], emb[poisoned, 1], s=max(size * 2, 12.0), marker="x", color="red",
-                   linewidths=1.0, zorder=5, label=f"backdoor ({int(poisoned.sum())})")
-    if len(emb):
-        ax.legend(fontsize=7, markerscale=2, loc="best")
-    else:
-        _no_data(ax)
-    ax.set_xlabel("component 1")
-    ax.set_ylabel("component 2")
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "embedding of T")
-    return _save(fig, path)
+    return _save(embedding_figure(emb, labels, poisoned, title, class_names, target), path)
 
 
-def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
-                            title: Optional[str] = None) -> str:
-    """Stacked bars of the stealthiness metric per attack: the four components stacked, the total
-    written above each bar (lower = more stealthy).
-
-    Args:
-      rows: dicts with "attack" (name), "total" and the components, either top-level keys
-        "xt/target_clean", "xt/target", "ty/target_clean", "ty/target" or under "components" (the
-        layout :func:`ibjax.metrics.stealthiness` returns). Missing components are drawn as 0.
-      path: output PNG.
-      title: figure title.
-
-    Returns:
-      str(path).
-    """
-    names = [str(r.get("attack", f"run {i}")) for i, r in enumerate(rows)]
+def stealth_comparison_figure(rows: Sequence[Mapping[str, Any]], title: Optional[str] = None) -> Figure:
+    """Figure of :func:`plot_stealth_comparison`."""
+    names = [str(r.get("label", r.get("attack", f"run {i}"))) for i, r in enumerate(rows)]
     comps = np.zeros((len(rows), len(STEALTH_COMPONENTS)))
     totals = np.zeros(len(rows))
     has_comps = np.zeros(len(rows), bool)
@@ -401,7 +683,7 @@ def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.Pa
                 comps[i, j] = float(src[key])
                 has_comps[i] = True
         totals[i] = float(r["total"]) if _finite(r.get("total")) else comps[i].sum()
-    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 3.0), 4.8))
+    fig = Figure(figsize=(max(6.5, 1.2 * len(rows) + 3.5), 5.2), layout="constrained")
     ax = fig.subplots()
     x = np.arange(len(rows))
     colors = ("tab:blue", "navy", "tab:orange", "saddlebrown")
@@ -412,12 +694,55 @@ def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.Pa
     if (~has_comps).any():  # rows with a total only: one grey bar
         ax.bar(x[~has_comps], totals[~has_comps], 0.6, color="0.6", label="total (no components)")
     top = np.maximum(bottom, totals)
+    kinds: dict[str, Any] = {}
+    err_colours = ("black", "tab:purple", "tab:gray")
+    for i, r in enumerate(rows):
+        if _finite(r.get("total_low")) and _finite(r.get("total_high")):
+            kind = str(r.get("interval", "interval"))
+            colour = kinds.setdefault(kind, err_colours[len(kinds) % len(err_colours)])
+            lo, hi = float(r["total_low"]), float(r["total_high"])
+            ax.errorbar([x[i]], [totals[i]], yerr=[[max(totals[i] - lo, 0.0)], [max(hi - totals[i], 0.0)]], fmt="none",
+                        ecolor=colour, elinewidth=1.5, capsize=6, zorder=5, gid="errorbar")
+            top[i] = max(top[i], hi)
+        pts = [float(v) for v in r.get("points") or () if _finite(v)]
+        if pts:
+            jitter = np.linspace(-0.12, 0.12, len(pts)) if len(pts) > 1 else np.zeros(1)
+            ax.scatter(x[i] + jitter, pts, s=16, color="white", edgecolors="black", linewidths=0.8, zorder=6,
+                       gid="seed-points")
+            top[i] = max(top[i], max(pts))
+    scale = max(top.max(initial=0.0), 1e-6)
     for i in range(len(rows)):
-        ax.text(x[i], top[i] + 0.02 * max(top.max(initial=0.0), 1e-6), f"{totals[i]:.3f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names, rotation=20 if len(rows) > 4 else 0)
+        ax.text(x[i], top[i] + 0.02 * scale, f"{totals[i]:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, names, rotation=20 if len(rows) > 4 else 0, ha="right" if len(rows) > 4 else "center")
     ax.set_ylabel("stealth distance (lower = more stealthy)")
-    ax.set_ylim(0, max(top.max(initial=0.0) * 1.15, 0.1))
+    ax.set_ylim(0, max(scale * 1.15, 0.1))
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
-    ax.set_title(title or "dynamics-based stealthiness per attack")
-    return _save(fig, path)
+    handles, _ = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color=c, marker="_", ms=12, mew=1.5, ls="-", lw=1.5, label=k) for k, c in kinds.items()]
+    if any(r.get("points") for r in rows):
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="black", label="single seeds"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.set_title(title or "dynamics-based stealthiness per attack", fontsize=10, wrap=True)
+    return fig
+
+
+def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike,
+                            title: Optional[str] = None) -> str:
+    """Stacked bars of the stealthiness metric per attack: the four components stacked, the total
+    written above each bar (lower = more stealthy), error bars and single seeds where given; the
+    legend to the right of the axes, never over the bars or their labels.
+
+    Args:
+      rows: dicts with "attack" (or "label", the bar's name), "total" and the components, either
+        top-level keys "xt/target_clean", "xt/target", "ty/target_clean", "ty/target" or under
+        "components" (the layout :func:`ibjax.metrics.stealthiness` returns); missing components are
+        drawn as 0. Optional: "total_low" and "total_high" (an interval on the total, drawn as an
+        error bar) with "interval" (its name in the legend, e.g. "95% CI over seeds"; one error-bar
+        colour per distinct name), and "points" (the single seeds' totals, drawn as dots).
+      path: output PNG.
+      title: figure title.
+
+    Returns:
+      str(path).
+    """
+    return _save(stealth_comparison_figure(rows, title), path)
