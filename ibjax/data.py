@@ -152,7 +152,7 @@ def load_dataset(
                        lambda: _load_mnist5k(split, per_class_limit))
 
     if data_dir is not None:
-        _check_data_dir(Path(data_dir).expanduser())
+        _check_data_dir(Path(data_dir).expanduser(), name, download)
     folder = _image_folder_source(name, data_dir)
     if folder is not None:
         path, label = folder
@@ -166,16 +166,16 @@ def load_dataset(
     return _cached(cache, key, lambda: _load_tfds(name, split, data_dir, download, per_class_limit))
 
 
-def _check_data_dir(path: Path) -> None:
-    """Fail at once, naming the path, for a data_dir that cannot hold data (before TFDS is imported)."""
-    if not path.exists():
+def _check_data_dir(path: Path, name: str, download: bool) -> None:
+    """Fail at once, naming the path, for a data_dir that cannot hold the data (before TFDS is imported)."""
+    if not path.exists() and not download:
         raise ValueError(f"data_dir {str(path)!r} does not exist: give an image folder laid out split/class/image, "
                          "a .tar.gz archive of one, or a TFDS data directory")
-    if path.is_dir() and not any(path.iterdir()):
-        raise ValueError(f"data_dir {str(path)!r} is an empty directory: give an image folder laid out "
-                         "split/class/image, a .tar.gz archive of one, or a TFDS data directory")
     if path.is_file() and not _is_archive(path):
         raise ValueError(f"data_dir {str(path)!r} is a file but not a {'/'.join(ARCHIVE_SUFFIXES)} archive")
+    if path.is_dir() and not any(path.iterdir()) and not download:
+        raise DataUnavailableError(f"data_dir {str(path)!r} is an empty directory. "
+                                   + _not_prepared_message(name, path, download_failed=None))
 
 
 def default_cache_dir() -> Path:
@@ -555,12 +555,16 @@ def _scan_archive(archive: Path, split: str):
 
 
 def _scan_archive_members(archive: Path, split: str):
-    classes, splits, files, roots = set(), set(), [], set()
+    classes, splits, files, roots, others = set(), set(), [], set(), []
     with tarfile.open(archive, mode="r|*") as tar:
         for member in tar:
             parts = PurePosixPath(member.name).parts
             parts = parts[1:] if parts and parts[0] == "." else parts
-            if not member.isfile() or len(parts) not in (3, 4) or not _is_image_name(parts[-1]):
+            if not member.isfile() or len(parts) not in (3, 4):
+                continue
+            if not _is_image_name(parts[-1]):
+                if not parts[-1].startswith("."):
+                    others.append(parts)
                 continue
             roots.add(parts[:-3])
             if len(roots) > 1:
@@ -572,6 +576,12 @@ def _scan_archive_members(archive: Path, split: str):
             if split_name == split:
                 data = tar.extractfile(member).read()
                 files.append((class_name, filename, f"{archive}:{member.name}", functools.partial(bytes, data)))
+    # A file that is not an image inside a class folder is most likely data the user expects to be
+    # read: say so rather than drop it silently.
+    class_dirs = {r + (sp, c) for r in roots for sp in splits for c in classes}
+    for parts in others:
+        if tuple(parts[:-1]) in class_dirs:
+            raise ValueError(_not_an_image(f"{archive}:{'/'.join(parts)}"))
     return classes, splits, files
 
 
@@ -588,9 +598,16 @@ def _scan_directory(root: Path, split: str):
             continue
         for class_dir in class_dirs:
             for f in class_dir.iterdir():
+                if f.is_file() and not f.name.startswith(".") and not _is_image_name(f.name):
+                    raise ValueError(_not_an_image(str(f)))
                 if f.is_file() and _is_image_name(f.name):
                     files.append((class_dir.name, f.name, str(f), functools.partial(_read_file, f)))
     return classes, splits, files
+
+
+def _not_an_image(source: str) -> str:
+    return (f"{source} is not an image file (a class folder may hold only images: "
+            f"{', '.join(IMAGE_SUFFIXES)}); move it out of the data folder")
 
 
 def _read_file(path: Path) -> bytes:

@@ -203,7 +203,7 @@ def test_tfds_download_without_network_raises_fast(tmp_path, monkeypatch):
 def test_unknown_tfds_name(tmp_path):
     pytest.importorskip("tensorflow_datasets")
     with pytest.raises(ValueError, match="mnist5k"):
-        load_dataset("no_such_dataset_xyz", "train", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+        load_dataset("no_such_dataset_xyz", "train", cache_dir=tmp_path / "cache")
 
 
 # ---------------------------------------------------------------------------------------------

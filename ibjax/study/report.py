@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ibjax import metrics as ibmetrics
 from ibjax import plots
 from ibjax.study.config import StudyConfig
 from ibjax.study.rundir import RunDirectory
@@ -23,22 +24,23 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names
     made = []
     records = history["metrics"]
     mi_hist = history["mi"]
+    names = dict(class_names=class_names, target=config.poison.target)
     made.append(plots.plot_training_curves(records, os.path.join(pdir, "accuracy_asr.png")))
-    made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), target=config.poison.target))
+    made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), **names))
     if "xt" in mi_hist:
-        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png")))
-        made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png")))
+        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.stealth_read, **names))
+        made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png"),
+                                                 read=config.stealth_read, **names))
     if "xt_online" in mi_hist:
-        online = {"xt": mi_hist["xt_online"], "ty": mi_hist["ty_online"]}
-        made.append(plots.plot_mi_curves(online, os.path.join(pdir, "mi_curves_online.png"), read="heldout"))
+        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves_online.png"), read="heldout",
+                                         quantities=("xt_online", "ty_online"), **names))
     for e in sorted(history["clustering"], key=int):
         path = rd.file(f"embedding_{e}.npz")
         if not os.path.exists(path):
             continue
         z = np.load(path)
         made.append(plots.plot_embedding(z["embedding"], z["labels"], z["poisoned"],
-                                         os.path.join(pdir, f"embedding_{e}.png"), f"T at epoch {e} (PCA)",
-                                         class_names=class_names))
+                                         os.path.join(pdir, f"embedding_{e}.png"), f"T at epoch {e} (PCA)", **names))
     return [os.path.relpath(p, rd.path) for p in made]
 
 
@@ -79,18 +81,20 @@ def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
             lines += [f"## Stealthiness, {read} read{headline}: not computed", "", st["error"], ""]
             continue
         comps = st["components"]
-        ses = st.get("component_se") or {}
+        ses = st.get("components_se") or {}
         cells = [_fmt(v) + (f" ± {ses[k]:.3f}" if ses.get(k) is not None else "") for k, v in comps.items()]
         total = _fmt(st["total"]) + (f" ± {st['total_se']:.3f}" if st.get("total_se") is not None else "")
         used = st.get("epochs")
         asked = st.get("requested_epochs")
         note = "" if asked is None or sorted(used) == sorted(set(asked)) else f" (requested {asked}: not all exist)"
-        lines += [f"## Stealthiness, {read} read{headline}; epochs {used}{note}, "
-                  f"{st.get('normalise', config.stealth_normalise)} normalisation; lower = more stealthy", "",
+        lines += [f"## Stealthiness{headline}: {st.get('description', read + ' read')}; epochs {used}{note}; "
+                  "lower = more stealthy", "",
                   "| " + " | ".join(comps) + " | total |", "|" + "---|" * (len(comps) + 1),
                   "| " + " | ".join(cells) + f" | {total} |", ""]
-        if st.get("comparisons"):
-            lines += _comparison_lines(st["comparisons"])
+        if st.get("se_method"):
+            lines += [f"Standard errors: {st['se_method']}.", ""]
+        if st.get("size_matched"):
+            lines += [ibmetrics.size_matched_markdown(st["size_matched"], only_flagged=True), ""]
     mi_hist = history["mi"]
     if "xt" in mi_hist:
         epochs = sorted({int(e) for g in mi_hist["xt"].values() for e in g})
@@ -123,11 +127,3 @@ def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
               "(n/a: the backend does not report it).", ""]
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in s["plots"]]
     return "\n".join(lines) + "\n"
-
-
-def _comparison_lines(comparisons: Any) -> list[str]:
-    """Render the size-matched comparison records (a list of dicts with a 'text' entry, or strings)."""
-    out = ["Target vs clean classes beyond the standard errors (and in the size-matched target_sample):", ""]
-    for c in comparisons:
-        out.append(f"- {c['text'] if isinstance(c, dict) and 'text' in c else c}")
-    return out + [""]

@@ -225,6 +225,7 @@ def _stealth(config: StudyConfig, mi_hist: dict) -> dict:
         try:
             out[read] = ibmetrics.stealthiness(mi_hist, epochs=epochs, read=read, normalise=config.stealth_normalise,
                                                clean=clean)
+            out[read]["size_matched"] = ibmetrics.size_matched_comparisons(mi_hist, read, clean=clean)
         except ValueError as err:  # e.g. no held-out split (heldout_fraction=0): keep the other read
             out[read] = {"error": str(err)}
         out[read]["requested_epochs"] = list(config.stealth_epochs)
