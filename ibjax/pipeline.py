@@ -6,7 +6,8 @@ flags and labels; no poisoned copy is stored. A batch is a gather of indices, a 
 (WaNet's noise warp, Adaptive-Blend's piece mask) comes from ``fold_in(trigger_key, index)``, so a
 poisoned sample is the same image in every epoch and when its features are read for MI estimation,
 as in a poisoned set generated once and stored (some public WaNet code draws a new noise warp at
-every load instead; that would make the MI groups' inputs change between reads).
+every load instead; that would make the MI groups' inputs change between reads). The same holds for
+a triggered test set whose trigger takes a key (WaNet with ``test_noise=True``).
 
 The label-consistent attack's PGD perturbations are the one precomputed exception: they are stored
 (float16) for the poisoned samples only and added before the trigger.
@@ -117,15 +118,21 @@ def gather_batch(data: DeviceData, index: jax.Array, trigger) -> tuple[jax.Array
     Args:
       data: the device data set.
       index: int32[B] sample indices.
-      trigger: a per-image trigger, e.g. ``attack.train_trigger`` (vmapped over the batch here).
+      trigger: a per-image trigger, vmapped over the batch here: an attack's
+        :class:`~ibjax.triggers.Trigger` (``attack.train_trigger`` / ``attack.test_trigger``) or any
+        callable ``(image, key) -> image``. Each sample's key is ``fold_in(data.trigger_key, index)``;
+        a ``Trigger`` with ``uses_key=False`` gets no key (nothing is folded).
 
     Returns:
       ``(images f32[B, H, W, C] in [0, 1], labels int32[B], poisoned bool[B])``.
     """
     x = data.images[index].astype(jnp.float32) / 255.0
     x = jnp.clip(x + data.perturbations[data.perturbation_row[index]].astype(jnp.float32), 0.0, 1.0)
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(data.trigger_key, index)
-    x_trig = jax.vmap(trigger)(x, keys)
+    if getattr(trigger, "uses_key", True):
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(data.trigger_key, index)
+        x_trig = jax.vmap(trigger)(x, keys)
+    else:
+        x_trig = jax.vmap(trigger)(x)
     flag = data.poisoned[index]
     x = jnp.where(flag[:, None, None, None], x_trig, x)
     return x, data.labels[index], flag

@@ -2,18 +2,24 @@
 
 A plan is computed once from the clean labels and a PRNG key; no poisoned copy of the data set is
 ever stored (triggers are applied on the fly by :mod:`ibjax.pipeline`). The reference protocol
-(SPEC.md): all-to-one, target class 0, poison ratio p of the WHOLE training set taken evenly from
-every class (``p * N / num_classes`` per class, the last ones of each class), relabelled to the target.
-With CIFAR-10 at 10% the target class then holds 4,500 clean + 5,000 backdoor samples and every other
-class 4,500 clean ones. Clean-label attacks poison only target-class samples (ratio = fraction of that
-class) and keep labels. Adaptive-Blend keeps the true label on a fraction of its poisoned samples
-(its "regularisation" samples).
+(SPEC.md, the authors' ``poison_data_generator.py``): all-to-one, target class 0, poison ratio p of
+the WHOLE training set taken evenly from every class (``p * N / num_classes`` per class, the LAST
+ones of each class in data-set order), relabelled to the target. With CIFAR-10 at 10% the target
+class then holds 4,500 clean + 5,000 backdoor samples and every other class 4,500 clean ones.
+Clean-label attacks poison only target-class samples (ratio = fraction of that class; the authors
+take the FIRST ones of the class) and keep labels. Adaptive-Blend keeps the true label on a fraction
+of the poisoned samples of every non-target class (its "regularisation" samples): exactly
+``int(per_class * fraction)`` per class, the last ones of the class's poisons (250 of 500 on
+CIFAR-10 at 10%, as the authors).
 
 Sample groups for MI estimation (target class c), as boolean masks over the N training samples:
 ``target`` (training label c), ``target_backdoor`` (label c and triggered), ``target_clean`` (label c,
-not triggered), ``target_sample`` (a random subsample of ``target`` as large as a clean class, with the
-same backdoor/clean mix), and ``class_k`` for every other class k (label k, not triggered; triggered
-regularisation samples are left out so that those groups stay clean).
+not triggered), ``target_sample`` (a random subsample of ``target`` as large as a clean class: with
+the target's own backdoor/clean mix, or half and half as the authors), and ``class_k`` for every
+other class k (label k; the triggered kept-label samples are left out by default so that those
+groups stay clean, the authors include them).
+
+:data:`REFERENCE_POISON` holds the authors' choices where ibjax's defaults differ on purpose.
 """
 
 from __future__ import annotations
@@ -22,33 +28,53 @@ import dataclasses
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-__all__ = ["PoisonConfig", "PoisonPlan", "make_poison_plan", "group_index_table"]
+__all__ = ["PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan", "group_index_table"]
+
+_SELECTIONS = ("reference", "first", "last", "random")
+_TARGET_SAMPLES = ("mix", "half")
 
 
 @dataclasses.dataclass(frozen=True)
 class PoisonConfig:
-    """How to poison. Defaults are the reference's: 10% of the whole set, all-to-one onto class 0.
+    """How to poison. Defaults: 10% of the whole set, all-to-one onto class 0, the authors' selection.
 
     Attributes:
       ratio: poisoned fraction of the whole training set (dirty-label), or of the target class
         (clean-label). In (0, 1).
       target: the target class.
       clean_label: poison only target-class samples and keep their labels.
-      keep_label_fraction: fraction of the poisoned samples of non-target classes that keep their
-        true label (Adaptive-Blend's regularisation samples: 0.5). Chosen at random with the plan's
-        key. Dirty-label attacks only.
-      selection: ``"last"`` takes the last samples of each class in data-set order (the reference);
-        ``"random"`` draws them with the plan's key.
+      keep_label_fraction: fraction of the poisoned samples of each non-target class that keep
+        their true label (Adaptive-Blend's regularisation samples: 0.5): ``int(per_class *
+        fraction)`` in every class, the last of that class's poisons in data-set order (the
+        authors' rule). Dirty-label attacks only.
+      selection: which samples of a class are poisoned. ``"reference"`` (default): the authors'
+        rule, the last ones of each class for dirty-label attacks and the first ones of the target
+        class for clean-label attacks. ``"first"`` / ``"last"``: the first / last ones of each
+        poisoned class in data-set order; ``"random"``: drawn with the plan's key.
+      clean_groups_include_kept: put the triggered kept-label samples of class k in MI group
+        ``class_k``. ibjax's default False keeps the clean-class groups clean (a triggered sample
+        in a "clean" group mixes the backdoor signal into the reference curves the stealthiness
+        metric compares against); the authors' groups are all samples of label k (True: 4,750 per
+        class for Adaptive-Blend on CIFAR-10 at 10%).
+      target_sample: how the size-matched ``target_sample`` group is drawn. ``"mix"`` (ibjax's
+        default): with the target class's own backdoor/clean mix, as large as a typical clean-class
+        group (the median size), so that it differs from ``target`` only in size. ``"half"`` (the
+        authors' ``create_balanced_sample``): as large as the first clean class's group,
+        ``min(#backdoor, size // 2)`` backdoor samples and the rest clean, each drawn without
+        replacement (fewer clean ones if the class has fewer).
     """
 
     ratio: float = 0.1
     target: int = 0
     clean_label: bool = False
     keep_label_fraction: float = 0.0
-    selection: str = "last"
+    selection: str = "reference"
+    clean_groups_include_kept: bool = False
+    target_sample: str = "mix"
 
     def validate(self, num_classes: Optional[int] = None) -> None:
         """Raise ValueError for a bad option; the target's upper bound is checked once ``num_classes`` is known."""
@@ -62,8 +88,14 @@ class PoisonConfig:
         if self.clean_label and self.keep_label_fraction > 0:
             raise ValueError("keep_label_fraction has no effect on a clean-label attack (its poisons keep their "
                              "labels already): set it to 0")
-        if self.selection not in ("last", "random"):
-            raise ValueError(f"selection must be 'last' or 'random', got {self.selection!r}")
+        if self.selection not in _SELECTIONS:
+            raise ValueError(f"selection must be one of {', '.join(map(repr, _SELECTIONS))}, got {self.selection!r}")
+        if self.target_sample not in _TARGET_SAMPLES:
+            raise ValueError(f"target_sample must be 'mix' or 'half', got {self.target_sample!r}")
+
+
+REFERENCE_POISON = PoisonConfig(selection="reference", clean_groups_include_kept=True, target_sample="half")
+"""The authors' poisoning and grouping rules (``poison_data_generator.py``, ``ffcv_writer.py``)."""
 
 
 @struct.dataclass
@@ -97,12 +129,23 @@ class PoisonPlan:
         return np.flatnonzero(self.group_masks[self.group_names.index(name)])
 
 
-def _choose(idx: np.ndarray, n: int, selection: str, key: jax.Array) -> np.ndarray:
+def _rng(key: jax.Array, stream: int) -> np.random.Generator:
+    """A NumPy generator determined by the PRNG key and a stream number (plans live on the host)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    words = [int(w) for w in np.asarray(key).ravel()]
+    return np.random.default_rng(words + [stream])
+
+
+def _choose(idx: np.ndarray, n: int, selection: str, rng: np.random.Generator) -> np.ndarray:
+    """``n`` of the (increasing) indices ``idx``, in increasing order."""
     if n > len(idx):
         raise ValueError(f"cannot poison {n} samples of a class that holds {len(idx)}")
     if selection == "last":
         return idx[len(idx) - n :]
-    return np.sort(np.asarray(jax.random.choice(key, idx, (n,), replace=False)))
+    if selection == "first":
+        return idx[:n]
+    return np.sort(rng.choice(idx, n, replace=False))
 
 
 def make_poison_plan(
@@ -114,7 +157,7 @@ def make_poison_plan(
       labels: int[N] clean training labels.
       num_classes: number of classes.
       config: see :class:`PoisonConfig`.
-      key: PRNG key (random selection, kept labels, the ``target_sample`` subsample).
+      key: PRNG key (random selection, the ``target_sample`` subsample).
 
     Returns:
       A :class:`PoisonPlan` with G = 4 + (num_classes - 1) groups.
@@ -124,45 +167,31 @@ def make_poison_plan(
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
     n = labels.shape[0]
-    k_select, k_keep, k_sample = jax.random.split(key, 3)
+    t = config.target
     class_idx = [np.flatnonzero(labels == c) for c in range(num_classes)]
     poisoned = np.zeros(n, bool)
-    if config.clean_label:
-        count = int(round(config.ratio * len(class_idx[config.target])))
-        poisoned[_choose(class_idx[config.target], count, config.selection, k_select)] = True
-    else:
-        per_class = int(round(config.ratio * n / num_classes))
-        for c, k in zip(range(num_classes), jax.random.split(k_select, num_classes)):
-            poisoned[_choose(class_idx[c], per_class, config.selection, k)] = True
     new_labels = labels.copy()
-    if not config.clean_label:
-        relabel = poisoned.copy()
-        if config.keep_label_fraction > 0:
-            # Drawn among the poisons of other classes: a target-class poison keeps its label anyway.
-            p_idx = np.flatnonzero(poisoned & (labels != config.target))
-            n_keep = int(round(config.keep_label_fraction * len(p_idx)))
-            keep = np.asarray(jax.random.choice(k_keep, p_idx, (n_keep,), replace=False))
-            relabel[keep] = False
-        new_labels[relabel] = config.target
+    if config.clean_label:
+        selection = "first" if config.selection == "reference" else config.selection
+        count = int(round(config.ratio * len(class_idx[t])))
+        poisoned[_choose(class_idx[t], count, selection, _rng(key, 0))] = True
+    else:
+        selection = "last" if config.selection == "reference" else config.selection
+        per_class = int(round(config.ratio * n / num_classes))
+        for c in range(num_classes):
+            chosen = _choose(class_idx[c], per_class, selection, _rng(key, 1 + c))
+            poisoned[chosen] = True
+            n_keep = int(len(chosen) * config.keep_label_fraction) if c != t else 0
+            # The authors relabel the first (per_class - n_keep) of a class's poisons and keep the rest.
+            new_labels[chosen[: len(chosen) - n_keep]] = t
 
-    t = config.target
     in_target = new_labels == t
     tb = in_target & poisoned
     tc = in_target & ~poisoned
-    clean_class_masks = [(new_labels == c) & ~poisoned for c in range(num_classes) if c != t]
-    # The size-matched sample: as large as a typical clean class, with the target's backdoor/clean mix.
-    size = int(np.median([m.sum() for m in clean_class_masks])) if clean_class_masks else int(in_target.sum())
-    size = min(size, int(in_target.sum()))
-    n_bd = int(round(size * tb.sum() / max(int(in_target.sum()), 1)))
-    kb, kc = jax.random.split(k_sample)
-    sample = np.zeros(n, bool)
-    if n_bd:
-        sample[np.asarray(jax.random.choice(kb, np.flatnonzero(tb), (n_bd,), replace=False))] = True
-    if size - n_bd:
-        sample[np.asarray(jax.random.choice(kc, np.flatnonzero(tc), (size - n_bd,), replace=False))] = True
-    names = ("target", "target_backdoor", "target_clean", "target_sample") + tuple(
-        f"class_{c}" for c in range(num_classes) if c != t
-    )
+    others = [c for c in range(num_classes) if c != t]
+    clean_class_masks = [(new_labels == c) & (config.clean_groups_include_kept | ~poisoned) for c in others]
+    sample = _target_sample(config, tb, tc, clean_class_masks, _rng(key, 1 + num_classes))
+    names = ("target", "target_backdoor", "target_clean", "target_sample") + tuple(f"class_{c}" for c in others)
     masks = np.stack([in_target, tb, tc, sample, *clean_class_masks])
     return PoisonPlan(
         poisoned=poisoned,
@@ -172,6 +201,25 @@ def make_poison_plan(
         group_names=names,
         target=t,
     )
+
+
+def _target_sample(config: PoisonConfig, tb: np.ndarray, tc: np.ndarray, clean_class_masks: list,
+                   rng: np.random.Generator) -> np.ndarray:
+    """bool[N]: the size-matched subsample of the target class (see ``PoisonConfig.target_sample``)."""
+    n_tb, n_tc = int(tb.sum()), int(tc.sum())
+    sizes = [int(m.sum()) for m in clean_class_masks]
+    if config.target_sample == "half":
+        size = sizes[0] if sizes else n_tb + n_tc
+        n_bd = min(n_tb, size // 2)
+        n_cl = min(size - n_bd, n_tc)
+    else:
+        size = min(int(np.median(sizes)) if sizes else n_tb + n_tc, n_tb + n_tc)
+        n_bd = int(round(size * n_tb / max(n_tb + n_tc, 1)))
+        n_cl = size - n_bd
+    sample = np.zeros(tb.shape, bool)
+    sample[rng.choice(np.flatnonzero(tb), n_bd, replace=False)] = True
+    sample[rng.choice(np.flatnonzero(tc), n_cl, replace=False)] = True
+    return sample
 
 
 def group_index_table(group_masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,3 +1,8 @@
+"""Tests for ibjax.poison, with the authors' rules (``poison_data_generator.py``, ``ffcv_writer.py``)
+re-derived in NumPy on sample indices."""
+
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -5,30 +10,159 @@ import pytest
 from ibjax import poison
 
 
-def cifar_like_labels(per_class=5000, num_classes=10):
-    # Interleaved like a real data set, so "the last ones of each class" is not a contiguous block.
-    return np.tile(np.arange(num_classes), per_class).astype(np.int32)
+def cifar_like_labels(per_class=5000, num_classes=10, shuffle=None):
+    # Interleaved (or shuffled) like a real data set, so "the last ones of each class" is not a contiguous block.
+    labels = np.tile(np.arange(num_classes), per_class).astype(np.int32)
+    if shuffle is not None:
+        labels = labels[np.random.default_rng(shuffle).permutation(len(labels))]
+    return labels
+
+
+# ---------------------------------------------------------------- the authors' rules, in NumPy
+
+
+def authors_generated_set(labels, num_classes, ratio, target, attack):
+    """The authors' ``generate_poisoned_dataset`` run on sample indices instead of images.
+
+    Returns ``(origin, label, triggered)`` in the order of their generated training set: ``origin``
+    is the index of the original sample each row was made from."""
+    origin = np.arange(len(labels))
+    spc = len(labels) // num_classes
+    if attack == "label_consistent":
+        poison_count = int(ratio * spc)
+        triggered = np.zeros(len(labels), bool)
+        triggered[np.where(labels == target)[0][:poison_count]] = True  # the FIRST of the target class
+        return origin, labels.copy(), triggered
+    poison_count = int(ratio * len(labels))
+    clean_num = spc - int(poison_count // num_classes)
+    rows, rows_label, rows_trig = [], [], []
+    for c in range(num_classes):
+        idx = origin[labels == c][-int(poison_count / num_classes):]  # the LAST of every class
+        lab = np.full(len(idx), target)
+        if attack == "adaptive_blend":
+            regularisation = int(len(idx) * 0.5)  # conservatism_ratio
+            lab[len(idx) - regularisation:] = c  # "first payload_count samples change label"
+        rows.append(idx), rows_label.append(lab), rows_trig.append(np.ones(len(idx), bool))
+    rows.append(origin[labels == target][:clean_num])
+    rows_label.append(np.full(clean_num, target)), rows_trig.append(np.zeros(clean_num, bool))
+    for c in range(num_classes):
+        if c != target:
+            rows.append(origin[labels == c][:clean_num])
+            rows_label.append(np.full(clean_num, c)), rows_trig.append(np.zeros(clean_num, bool))
+    return np.concatenate(rows), np.concatenate(rows_label), np.concatenate(rows_trig)
+
+
+def authors_groups(origin, label, triggered, num_classes, target):
+    """``ffcv_writer.create_class_datasets``' groups as sets of original indices: ``class_k`` = every
+    sample labelled k; the target class split into its triggered and clean samples.
+
+    The writer splits the target class as ``cls0_images[:poison_num]`` / ``[poison_num:]`` with
+    ``poison_num = int(N * poison_rate)``: the triggered / clean samples for BadNets, Blend and WaNet
+    when its ``--poison_rate`` is the generator's (their poisons come first), but not for
+    Adaptive-Blend (2,750 triggered target-labelled samples, then clean ones) or label-consistent
+    (original order); the split by trigger is what the groups mean, and what is tested here."""
+    groups = {f"class_{c}": set(origin[label == c]) for c in range(num_classes)}
+    groups["target_backdoor"] = set(origin[(label == target) & triggered])
+    groups["target_clean"] = set(origin[(label == target) & ~triggered])
+    return groups
+
+
+# ---------------------------------------------------------------- the authors' rules
+
+
+@pytest.mark.parametrize("attack", ["badnets", "adaptive_blend", "label_consistent"])
+@pytest.mark.parametrize("shuffle", [None, 1])
+def test_reference_plan_is_the_authors_poisoning(attack, shuffle):
+    labels = cifar_like_labels(500, shuffle=shuffle)
+    ratio = 0.25 if attack == "label_consistent" else 0.1
+    cfg = poison.PoisonConfig(ratio=ratio, clean_label=attack == "label_consistent",
+                              keep_label_fraction=0.5 if attack == "adaptive_blend" else 0.0)
+    plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(0))
+    origin, label, triggered = authors_generated_set(labels, 10, ratio, 0, attack)
+    # Same samples triggered, same training labels (the authors' set is a permutation of ours).
+    assert sorted(origin) == list(range(len(labels)))
+    np.testing.assert_array_equal(plan.poisoned[origin], triggered)
+    np.testing.assert_array_equal(plan.labels[origin], label)
+    # The MI groups of the reference configuration are the authors' (their clean-class groups hold
+    # the kept-label poisons).
+    ref = poison.make_poison_plan(labels, 10, dataclasses.replace(poison.REFERENCE_POISON, ratio=ratio,
+                                                                         clean_label=cfg.clean_label,
+                                                                         keep_label_fraction=cfg.keep_label_fraction),
+                                  jax.random.PRNGKey(0))
+    theirs = authors_groups(origin, label, triggered, 10, 0)
+    assert set(ref.group("target")) == theirs["class_0"]
+    assert set(ref.group("target_backdoor")) == theirs["target_backdoor"]
+    assert set(ref.group("target_clean")) == theirs["target_clean"]
+    for c in range(1, 10):
+        assert set(ref.group(f"class_{c}")) == theirs[f"class_{c}"]
+
+
+def test_adaptive_blend_keeps_the_same_number_of_labels_in_every_class():
+    labels = cifar_like_labels()  # CIFAR-10's 50,000 at 10%
+    cfg = poison.PoisonConfig(keep_label_fraction=0.5)
+    plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(3))
+    kept = plan.poisoned & (plan.labels == labels) & (labels != 0)
+    np.testing.assert_array_equal(np.bincount(labels[kept], minlength=10), [0] + [250] * 9)
+    for c in range(1, 10):  # the last 250 of each class keep their label, the 250 before are relabelled
+        idx = np.flatnonzero(labels == c)
+        assert kept[idx[-250:]].all() and (plan.labels[idx[-500:-250]] == 0).all()
+    sizes = dict(zip(plan.group_names, plan.group_masks.sum(1)))
+    assert sizes["target"] == 4500 + 500 + 9 * 250 and sizes["target_backdoor"] == 2750
+    assert all(sizes[f"class_{c}"] == 4500 for c in range(1, 10))  # ibjax: clean groups stay clean
+    ref = poison.make_poison_plan(labels, 10, dataclasses.replace(poison.REFERENCE_POISON, keep_label_fraction=0.5),
+                                  jax.random.PRNGKey(3))
+    ref_sizes = dict(zip(ref.group_names, ref.group_masks.sum(1)))
+    assert all(ref_sizes[f"class_{c}"] == 4750 for c in range(1, 10))  # the authors': 4,750 each
+
+
+def test_target_sample_half_is_the_authors_balanced_sample():
+    labels = cifar_like_labels()
+    for keep, include, expected_size in [(0.0, False, 4500), (0.5, True, 4750)]:
+        cfg = poison.PoisonConfig(keep_label_fraction=keep, target_sample="half", clean_groups_include_kept=include)
+        plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(4))
+        sample = plan.group("target_sample")
+        # create_balanced_sample: size = len(class_1); min(#backdoor, size // 2) backdoor, the rest clean,
+        # each drawn without replacement (random.sample).
+        size = len(plan.group("class_1"))
+        n_bd = min(len(plan.group("target_backdoor")), size // 2)
+        assert size == expected_size and len(sample) == size
+        assert plan.poisoned[sample].sum() == n_bd
+        assert set(sample) <= set(plan.group("target")) and len(set(sample)) == len(sample)
+    # A clean-label target class: all its 500 poisons and 4,500 of its clean samples (a class's size).
+    plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(clean_label=True, target_sample="half"),
+                                   jax.random.PRNGKey(4))
+    sample = plan.group("target_sample")
+    assert len(sample) == 5000 and plan.poisoned[sample].sum() == 500
+
+
+def test_reference_counts_match_the_authors_integer_arithmetic_for_the_study_settings():
+    # ibjax rounds p * N / K; the authors truncate int(int(p * N) / K) (dirty-label) and int(p * N // K)
+    # (clean-label). On the study's sets and ratios the two agree.
+    for n, k in [(50000, 10), (40000, 10)]:
+        for p in (0.01, 0.05, 0.1, 0.2):
+            assert int(round(p * n / k)) == int(int(p * n) / k)
+        for p in (0.1, 0.25, 0.5):
+            assert int(round(p * (n // k))) == int(p * (n // k))
+
+
+# ---------------------------------------------------------------- ibjax's own rules
 
 
 def test_reference_counts_cifar10_ten_percent():
     labels = cifar_like_labels()
     plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(), jax.random.PRNGKey(0))
     assert plan.num_poisoned == 5000
-    assert np.sum(plan.labels == 0) == 9500
     sizes = dict(zip(plan.group_names, plan.group_masks.sum(1)))
-    assert sizes["target"] == 9500
-    assert sizes["target_backdoor"] == 5000 and sizes["target_clean"] == 4500
+    assert sizes["target"] == 9500 and sizes["target_backdoor"] == 5000 and sizes["target_clean"] == 4500
     assert sizes["target_sample"] == 4500
     assert all(sizes[f"class_{c}"] == 4500 for c in range(1, 10))
     assert len(plan.group_names) == 13
-    # Taken evenly from every class, the last 500 of each class in data-set order.
-    for c in range(10):
+    for c in range(10):  # evenly from every class, the last 500 of each class in data-set order
         idx = np.flatnonzero(labels == c)
         assert plan.poisoned[idx[-500:]].all() and not plan.poisoned[idx[:-500]].any()
-    # The size-matched sample keeps the target's backdoor/clean mix (5000/9500).
-    sample = plan.group("target_sample")
-    assert plan.poisoned[sample].sum() == round(4500 * 5000 / 9500)
-    assert np.array_equal(plan.clean_labels, labels)
+    # The size-matched sample keeps the target's backdoor/clean mix (5000/9500) by default.
+    assert plan.poisoned[plan.group("target_sample")].sum() == round(4500 * 5000 / 9500)
+    np.testing.assert_array_equal(plan.clean_labels, labels)
 
 
 def test_groups_partition_the_target_class_and_clean_classes_are_clean():
@@ -43,27 +177,15 @@ def test_groups_partition_the_target_class_and_clean_classes_are_clean():
         assert not plan.poisoned[idx].any() and (plan.labels[idx] == int(name.split("_")[1])).all()
 
 
-def test_clean_label_poisons_only_the_target_class_and_keeps_labels():
-    labels = cifar_like_labels(1000)
-    plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.25, clean_label=True), jax.random.PRNGKey(2))
-    assert plan.num_poisoned == 250
-    assert (labels[plan.poisoned] == 0).all()
-    assert np.array_equal(plan.labels, labels)
-
-
-def test_keep_label_fraction_keeps_true_labels_on_half_the_other_class_poisons():
-    labels = cifar_like_labels(1000)
-    cfg = poison.PoisonConfig(keep_label_fraction=0.5)
-    plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(3))
-    p = np.flatnonzero(plan.poisoned)
-    other = p[labels[p] != 0]  # a target-class poison carries the target label either way
-    kept = plan.labels[other] == labels[other]
-    assert len(other) == 900 and kept.sum() == 450
-    assert (plan.labels[other[~kept]] == 0).all()
-    # The kept-label poisons belong to no MI group of the target; their own class groups leave them out.
-    in_target = plan.group_masks[plan.group_names.index("target")]
-    assert not in_target[other[kept]].any() and in_target[other[~kept]].all()
-    assert not plan.group_masks[4:][:, other[kept]].any()
+@pytest.mark.parametrize("selection", ["first", "last", "reference"])
+def test_clean_label_poisons_only_the_target_class_and_keeps_labels(selection):
+    labels = cifar_like_labels(1000, shuffle=2)
+    cfg = poison.PoisonConfig(ratio=0.25, clean_label=True, selection=selection)
+    plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(2))
+    idx = np.flatnonzero(labels == 0)
+    chosen = idx[-250:] if selection == "last" else idx[:250]  # the authors' (reference): the first
+    np.testing.assert_array_equal(np.flatnonzero(plan.poisoned), chosen)
+    np.testing.assert_array_equal(plan.labels, labels)
 
 
 def test_keep_label_fraction_is_refused_for_clean_label_attacks():
@@ -75,11 +197,11 @@ def test_plan_is_deterministic_given_its_key_and_random_selection_differs_by_key
     labels = cifar_like_labels(300)
     cfg = poison.PoisonConfig(selection="random")
     a = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(4))
-    b = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(4))
+    b = poison.make_poison_plan(labels, 10, cfg, jax.random.key(4))  # a typed key: the same plan
     c = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(5))
     assert np.array_equal(a.poisoned, b.poisoned) and np.array_equal(a.group_masks, b.group_masks)
     assert not np.array_equal(a.poisoned, c.poisoned)
-    assert a.num_poisoned == 300
+    assert a.num_poisoned == 300 and np.all(np.bincount(labels[a.poisoned]) == 30)
 
 
 @pytest.mark.parametrize(
@@ -88,7 +210,8 @@ def test_plan_is_deterministic_given_its_key_and_random_selection_differs_by_key
         (poison.PoisonConfig(ratio=0.0), "ratio"),
         (poison.PoisonConfig(ratio=1.5), "ratio"),
         (poison.PoisonConfig(target=10), "target class"),
-        (poison.PoisonConfig(selection="first"), "selection"),
+        (poison.PoisonConfig(selection="middle"), "selection"),
+        (poison.PoisonConfig(target_sample="all"), "target_sample"),
     ],
 )
 def test_bad_configs_fail_early(cfg, match):
