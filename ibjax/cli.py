@@ -119,13 +119,18 @@ _BOX = re.compile(r"[│╭╮╰╯─┃━]+")
 
 
 def _tyro_error(text: str) -> str:
-    """The one informative line of tyro's boxed error message."""
-    lines = [_BOX.sub(" ", ln).strip() for ln in text.splitlines()]
-    lines = [ln for ln in lines if ln]
-    for ln in lines:
-        if ln.lower().startswith(("error", "unrecognized", "invalid", "missing", "argument")):
-            return ln
-    return lines[1] if len(lines) > 1 else (lines[0] if lines else "invalid arguments")
+    """The message of tyro's boxed error, as one line: the box's first paragraph (its title if empty)."""
+    raw = text.splitlines()
+    title = _BOX.sub(" ", raw[0]).strip() if raw else ""
+    body = []
+    for line in raw[1:]:
+        clean = _BOX.sub(" ", line).strip()
+        if not clean:
+            if body:
+                break  # a separator line: the first paragraph is complete
+            continue
+        body.append(clean)
+    return " ".join(body) or title or "invalid arguments"
 
 
 def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:

@@ -10,7 +10,7 @@ every load instead; that would make the MI groups' inputs change between reads).
 a triggered test set whose trigger takes a key (WaNet with ``test_noise=True``).
 
 The label-consistent attack's PGD perturbations are the one precomputed exception: they are stored
-(float16) for the poisoned samples only and added before the trigger.
+(float32, as the authors keep them) for the poisoned samples only and added before the trigger.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class DeviceData:
       labels: int32[N] (training labels after poisoning, or clean test labels).
       poisoned: bool[N], apply the trigger to this sample.
       perturbation_row: int32[N], row of ``perturbations`` added before the trigger (0 = none).
-      perturbations: float16[P + 1, H, W, C]; row 0 is zeros.
+      perturbations: float32[P + 1, H, W, C]; row 0 is zeros.
       trigger_key: the key that per-sample trigger keys are folded from.
     """
 
@@ -78,7 +78,7 @@ def put_train_data(
         raise ValueError(f"plan covers {plan.poisoned.shape[0]} samples but there are {n} images")
     rows = np.zeros(n, np.int32)
     if perturbations is None:
-        table = np.zeros((1, *images.shape[1:]), np.float16)
+        table = np.zeros((1, *images.shape[1:]), np.float32)
     else:
         p_idx = np.flatnonzero(plan.poisoned)
         if perturbations.shape != (len(p_idx), *images.shape[1:]):
@@ -87,7 +87,7 @@ def put_train_data(
                 f"got {perturbations.shape}"
             )
         rows[p_idx] = np.arange(1, len(p_idx) + 1)
-        table = np.concatenate([np.zeros((1, *images.shape[1:]), np.float16), perturbations.astype(np.float16)])
+        table = np.concatenate([np.zeros((1, *images.shape[1:]), np.float32), perturbations.astype(np.float32)])
     return DeviceData(
         images=jnp.asarray(images),
         labels=jnp.asarray(plan.labels, jnp.int32),
@@ -107,7 +107,7 @@ def put_test_data(images: np.ndarray, labels: np.ndarray, trigger_key: jax.Array
         labels=jnp.asarray(labels, jnp.int32),
         poisoned=jnp.full((n,), triggered),
         perturbation_row=jnp.zeros((n,), jnp.int32),
-        perturbations=jnp.zeros((1, *images.shape[1:]), jnp.float16),
+        perturbations=jnp.zeros((1, *images.shape[1:]), jnp.float32),
         trigger_key=trigger_key,
     )
 

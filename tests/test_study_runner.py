@@ -139,8 +139,8 @@ def test_a_run_without_heldout_split_keeps_the_train_read(tmp_path):
 def test_label_consistent_run_precomputes_pgd_perturbations_of_target_samples_only(tmp_path):
     run = str(tmp_path / "lc")
     small_mi = dataclasses.replace(TINY_MI, batch_size=8, negatives=16)
-    cfg = short(TINY, 1, attack="label_consistent", poison=PoisonConfig(ratio=0.25), pgd_steps=3, xt=small_mi,
-                ty=small_mi)
+    cfg = short(TINY, 1, attack="label_consistent", poison=PoisonConfig(ratio=0.25), xt=small_mi, ty=small_mi,
+                attack_options=(("pgd_steps", "3"),))
     summary = run_study(cfg, run, progress=False)
     pert = np.load(os.path.join(run, "attack_precomputed.npy")).astype(np.float32)
     assert pert.shape == (15, 28, 28, 1)  # 25% of the 60 target-class samples

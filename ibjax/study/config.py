@@ -76,7 +76,6 @@ class StudyConfig:
       stealth_classes: clean classes the metric compares with (empty: all of them; the authors track 1 2 3).
       embed_epochs: epochs for silhouette scores and 2-D embeddings of T (empty: first and last MI epoch).
       embed_points: points drawn in each 2-D embedding.
-      pgd_steps: L2 PGD steps of the label-consistent attack's perturbations (reference 100).
       seed: the run's seed (every random choice derives from it and the epoch).
     """
 
@@ -101,7 +100,6 @@ class StudyConfig:
     stealth_classes: tuple[int, ...] = ()
     embed_epochs: tuple[int, ...] = ()
     embed_points: int = 2000
-    pgd_steps: int = 100
     seed: int = 0
 
     @property
@@ -235,8 +233,6 @@ def check_config(config: StudyConfig) -> None:
         raise ValueError(f"bank_draws must be >= 1, got {config.bank_draws}")
     if config.embed_points < 2:
         raise ValueError(f"embed_points must be >= 2, got {config.embed_points}")
-    if config.pgd_steps < 0:
-        raise ValueError(f"pgd_steps must be >= 0, got {config.pgd_steps}")
     bad = [x for x in config.resolved_embed_epochs if not 1 <= x <= config.train.epochs]
     if bad:
         raise ValueError(f"embed_epochs {bad} lie outside 1..{config.train.epochs} (train.epochs)")

@@ -25,7 +25,7 @@ from ibjax.progress import Progress, phase
 from ibjax.study.config import StudyConfig, check_config
 from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
-from ibjax.triggers import Attack, PGDParams, get_attack, pgd_l2, trojannn_pattern
+from ibjax.triggers import Attack, get_attack, pgd_l2, trojannn_pattern
 
 __all__ = ["load_data", "parse_attack_options", "build_attack", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
 
@@ -92,22 +92,24 @@ def _clean_model(key, config: StudyConfig, train_set: Dataset, plan: PoisonPlan,
     return model, state.variables
 
 
-def _label_consistent_perturbations(key, config, train_set, plan, model, variables) -> np.ndarray:
-    """PGD perturbations (float16 [P, H, W, C]) of the poisoned (target-class) samples, clean model."""
+def _label_consistent_perturbations(key, attack: Attack, train_set, plan, model, variables) -> np.ndarray:
+    """PGD perturbations (float32 [P, H, W, C]) of the poisoned (target-class) samples against the
+    clean model, with the attack's PGD settings (``pgd_*`` fields of its params)."""
     p_idx = np.flatnonzero(plan.poisoned)
-    params = PGDParams(steps=config.pgd_steps)
+    params = attack.train_params.pgd
 
     @jax.jit
     def attack_batch(x, y, k):
-        fn = lambda z: model.apply(variables, z, train=False, rngs={"noise": k})[0]  # noqa: E731
-        return pgd_l2(fn, x, y, params) - x
+        k_noise, k_start = jax.random.split(k)
+        fn = lambda z: model.apply(variables, z, train=False, rngs={"noise": k_noise})[0]  # noqa: E731
+        return pgd_l2(fn, x, y, params, key=k_start) - x
 
     out = []
     for s in range(0, len(p_idx), 256):
         idx = p_idx[s : s + 256]
         x = jnp.asarray(train_set.images[idx], jnp.float32) / 255.0
         out.append(np.asarray(attack_batch(x, jnp.asarray(plan.clean_labels[idx]), jax.random.fold_in(key, s))))
-    return np.concatenate(out).astype(np.float16)
+    return np.concatenate(out).astype(np.float32)
 
 
 def _trojannn_pattern(key, attack, train_set, model, variables, images: int = 256) -> np.ndarray:
@@ -136,7 +138,7 @@ def prepare_attack(config: StudyConfig, attack: Attack, train_set: Dataset, plan
         with phase(f"computing the {label} against a clean model", enabled=progress):
             model, variables = _clean_model(keys.clean_model, config, train_set, plan, progress)
             if attack.needs_perturbation:
-                result = _label_consistent_perturbations(jax.random.fold_in(keys.clean_model, 2), config, train_set,
+                result = _label_consistent_perturbations(jax.random.fold_in(keys.clean_model, 2), attack, train_set,
                                                          plan, model, variables)
             else:
                 result = _trojannn_pattern(jax.random.fold_in(keys.clean_model, 3), attack, train_set, model, variables)
