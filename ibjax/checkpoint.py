@@ -9,6 +9,14 @@ the 2-core development machine a blocking save of it took 0.25-0.36 s, this one 
 A save waits for the previous one, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait
 for the last, and a run that is killed mid-write resumes from the newest complete checkpoint, at most
 one epoch back.
+
+Sharded state: Orbax writes each array once whatever its sharding (a replicated array by one
+device, a split one shard by shard, across processes too), and :meth:`Checkpointer.restore` puts
+every array onto the sharding of the template's array, so a run saved on one device count resumes on
+another (the template is the new run's freshly placed state). In a distributed runtime every process
+calls save and restore (Orbax 0.12 coordinates each checkpoint across all processes of the runtime
+and refuses arrays that live on one process only: process-local runs belong in processes that do not
+join a runtime, as ``experiments.sweep`` runs them).
 """
 
 from __future__ import annotations
@@ -61,7 +69,7 @@ class Checkpointer:
         self._manager.wait_until_finished()
 
     def restore(self, step: int, template: Any) -> tuple[Any, dict]:
-        """Restore ``step`` into the structure (and dtypes) of ``template``."""
+        """Restore ``step`` into the structure, dtypes and shardings of ``template`` (any device count)."""
         self.wait()
         out = self._manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore())

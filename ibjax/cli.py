@@ -12,6 +12,11 @@ Layers, each overriding the one before: the ``--preset`` (default, reference, fa
 saved config of that run is the starting point instead, and flags may only extend it (more epochs,
 later MI epochs, the stealthiness settings). ``--help`` shows the defaults of the chosen preset.
 
+Runtime options (``--devices``, ``--distributed``) are fields of the command, not of the study's
+config: they choose where a run computes, never what it computes (a run on 8 devices equals the run
+on one up to float rounding, and may resume on another device count), so they are not saved in
+config.json and a resume may change them.
+
 Bad input ends with one line ``error: ...`` on stderr naming the culprit and what to do, exit code
 2, before any long work starts.
 """
@@ -34,7 +39,8 @@ import tyro
 from ibjax.study.config import StudyConfig, config_from_dict, config_to_dict
 from ibjax.study.presets import PRESETS
 
-__all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir"]
+__all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir",
+           "start_runtime"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -54,6 +60,12 @@ class StudyCommand:
       fresh: start over in --out although it holds an earlier run: ibjax's files of that run are
         removed first (never any other file).
       quiet: log warnings and errors only (no progress).
+      devices: devices to run data-parallel on (default: all of them: this host's, or every host's
+        in a distributed runtime); train.batch_size must be a multiple of it. A runtime option:
+        results equal a one-device run up to float rounding.
+      distributed: join a multi-process runtime before anything else: auto (when
+        JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID are set), on (also let JAX
+        detect a Cloud TPU VM / SLURM / Open MPI cluster), off.
     """
 
     study: Annotated[StudyConfig, tyro.conf.arg(name="")] = StudyConfig()
@@ -63,6 +75,8 @@ class StudyCommand:
     resume: Optional[str] = None
     fresh: bool = False
     quiet: bool = False
+    devices: Optional[int] = None
+    distributed: Literal["auto", "on", "off"] = "auto"
 
 
 def default_run_dir(config: StudyConfig) -> str:
@@ -157,7 +171,20 @@ def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:
         fail("--resume continues the run in its own directory: drop --out")
     if cmd.resume and cmd.fresh:
         fail("--fresh starts over and --resume continues: choose one")
+    if cmd.devices is not None and cmd.devices < 1:
+        fail(f"--devices must be >= 1, got {cmd.devices}")
     return cmd
+
+
+def start_runtime(cmd: StudyCommand):
+    """Join the distributed runtime the command asks for (before any JAX work) and return
+    :class:`ibjax.parallel.DistributedInfo`; a malformed environment is a one-line error."""
+    from ibjax.parallel import initialize_distributed
+
+    try:
+        return initialize_distributed(cmd.distributed)
+    except (ValueError, RuntimeError) as e:
+        fail(f"cannot join the distributed runtime: {e}")
 
 
 def setup_logging(quiet: bool = False) -> None:

@@ -40,6 +40,8 @@ __all__ = [
     "VGG16",
     "MODELS",
     "make_model",
+    "NOISE_FIELDS",
+    "with_noise_levels",
 ]
 
 
@@ -58,9 +60,14 @@ def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]
     return logits.astype(jnp.float32), t
 
 
-def _noise(x: jax.Array, std: float, module: nn.Module) -> jax.Array:
-    """Add N(0, std^2) noise from the module's 'noise' RNG stream (no-op for std == 0)."""
-    if std <= 0.0:
+def _noise(x: jax.Array, std, module: nn.Module) -> jax.Array:
+    """Add N(0, std^2) noise from the module's 'noise' RNG stream.
+
+    ``std`` is a Python number (a static module field: no-op, and no RNG draw, for std == 0) or a
+    traced scalar (a population of runs with per-member noise levels, :func:`with_noise_levels`:
+    always drawn, so a member draws exactly what the same run alone draws when its std > 0).
+    """
+    if isinstance(std, (int, float)) and std <= 0.0:
         return x
     eps = jax.random.normal(module.make_rng("noise"), x.shape, jnp.float32)
     return x + (std * eps).astype(x.dtype)
@@ -225,6 +232,21 @@ class ModelConfig:
     gamma_xt: float = 0.4
     gamma_ty: float = 0.4
     dtype: str = "float32"
+
+
+NOISE_FIELDS = ("gamma_xt", "gamma_ty")
+"""The noise-level fields every model has."""
+
+
+def with_noise_levels(model: nn.Module, **levels) -> nn.Module:
+    """``model`` with noise levels replaced, e.g. by traced per-member scalars inside a vmapped
+    population step (``with_noise_levels(model, gamma_xt=g)``). Call it inside the traced function:
+    a module holding tracers must not be a static argument. A traced level must be > 0 for the
+    member's result to equal its run alone (a static 0 skips the draw, see :func:`_noise`)."""
+    unknown = sorted(set(levels) - set(NOISE_FIELDS))
+    if unknown:
+        raise ValueError(f"unknown noise level(s) {unknown}; models have {NOISE_FIELDS}")
+    return model.clone(**levels) if levels else model
 
 
 def make_model(config: ModelConfig = ModelConfig()) -> nn.Module:

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ibjax.parallel import put_replicated
 from ibjax.poison import PoisonPlan
 
 __all__ = ["DeviceData", "put_train_data", "put_test_data", "gather_batch", "epoch_batches", "test_batches"]
@@ -62,8 +63,11 @@ def put_train_data(
     plan: PoisonPlan,
     trigger_key: jax.Array,
     perturbations: Optional[np.ndarray] = None,
+    mesh=None,
 ) -> DeviceData:
-    """Put a training set and its poisoning plan on the device.
+    """Put a training set and its poisoning plan on the device (replicated over every device of
+    ``mesh``, a :mod:`ibjax.parallel` mesh, when one is given: batches then gather from the local
+    copy with no communication, and a shuffle over the whole set stays what it is on one device).
 
     Args:
       images: uint8[N, H, W, C] clean training images.
@@ -88,28 +92,37 @@ def put_train_data(
             )
         rows[p_idx] = np.arange(1, len(p_idx) + 1)
         table = np.concatenate([np.zeros((1, *images.shape[1:]), np.float32), perturbations.astype(np.float32)])
-    return DeviceData(
-        images=jnp.asarray(images),
-        labels=jnp.asarray(plan.labels, jnp.int32),
-        poisoned=jnp.asarray(plan.poisoned),
-        perturbation_row=jnp.asarray(rows),
-        perturbations=jnp.asarray(table),
+    return _place(DeviceData(
+        images=np.asarray(images),
+        labels=np.asarray(plan.labels, np.int32),
+        poisoned=np.asarray(plan.poisoned, bool),
+        perturbation_row=rows,
+        perturbations=table,
         trigger_key=trigger_key,
-    )
+    ), mesh)
 
 
-def put_test_data(images: np.ndarray, labels: np.ndarray, trigger_key: jax.Array, triggered: bool = False) -> DeviceData:
-    """Put a test set on the device; ``triggered=True`` flags every sample (the ASR set)."""
+def _place(data: DeviceData, mesh) -> DeviceData:
+    """Host arrays to the default device, or replicated over ``mesh``."""
+    if mesh is not None:
+        return put_replicated(data, mesh)
+    return jax.tree.map(jnp.asarray, data)
+
+
+def put_test_data(images: np.ndarray, labels: np.ndarray, trigger_key: jax.Array, triggered: bool = False,
+                  mesh=None) -> DeviceData:
+    """Put a test set on the device (replicated over ``mesh`` if given); ``triggered=True`` flags
+    every sample (the ASR set)."""
     _check_images(images)
     n = images.shape[0]
-    return DeviceData(
-        images=jnp.asarray(images),
-        labels=jnp.asarray(labels, jnp.int32),
-        poisoned=jnp.full((n,), triggered),
-        perturbation_row=jnp.zeros((n,), jnp.int32),
-        perturbations=jnp.zeros((1, *images.shape[1:]), jnp.float32),
+    return _place(DeviceData(
+        images=np.asarray(images),
+        labels=np.asarray(labels, np.int32),
+        poisoned=np.full((n,), triggered),
+        perturbation_row=np.zeros((n,), np.int32),
+        perturbations=np.zeros((1, *images.shape[1:]), np.float32),
         trigger_key=trigger_key,
-    )
+    ), mesh)
 
 
 def gather_batch(data: DeviceData, index: jax.Array, trigger) -> tuple[jax.Array, jax.Array, jax.Array]:

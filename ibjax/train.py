@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ibjax.parallel import pad_batch_columns, put_batch, put_replicated, replicated
 from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
 
 __all__ = [
@@ -34,11 +35,13 @@ __all__ = [
     "plateau_init",
     "plateau_update",
     "cosine_lr",
+    "step_statics",
     "create_train_state",
     "train_step",
     "eval_step",
     "features_step",
     "epoch_loop",
+    "step_keys",
     "summarise_epoch",
     "train_epoch",
     "evaluate",
@@ -136,6 +139,15 @@ def create_train_state(key: jax.Array, model: nn.Module, image_shape: tuple[int,
         opt_state=_optimizer(config).init(params),
         lr=jnp.asarray(config.lr, jnp.float32),
     )
+
+
+def step_statics(config: TrainConfig, total_steps: int) -> tuple[TrainConfig, int]:
+    """The static arguments :func:`train_step` needs, with every field it does not read normalised
+    (epochs, batch and evaluation sizes, the plateau rule, the base rate, and the schedule's length
+    unless it is cosine), so runs that differ only in those share one compiled step: a resumed run
+    with more epochs, runs of other lengths. Returns ``(config, total_steps)``."""
+    used = TrainConfig(momentum=config.momentum, weight_decay=config.weight_decay, schedule=config.schedule)
+    return used, (total_steps if config.schedule == "cosine" else 0)
 
 
 def cosine_lr(base_lr: jax.Array, step: jax.Array, total_steps: int) -> jax.Array:
@@ -287,8 +299,15 @@ _eval_step_jit = jax.jit(eval_step, static_argnames=("model", "trigger"))
 _features_step_jit = jax.jit(features_step, static_argnames=("model", "trigger"))
 
 
+def step_keys(key: jax.Array, steps: int):
+    """``fold_in(key, s)`` for s < steps, in one call; raw keys come back as host arrays (fetched
+    once, at the start of a loop, so that placing each step's key never waits for the device)."""
+    keys = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(steps))
+    return keys if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else np.asarray(keys)
+
+
 def epoch_loop(step: Callable, carry: Any, data: DeviceData, key: jax.Array, *, batch_size: int,
-               progress: Optional[Callable[[int, int], None]] = None) -> tuple[Any, dict]:
+               progress: Optional[Callable[[int, int], None]] = None, mesh=None) -> tuple[Any, dict]:
     """Run ``step`` over one shuffled epoch of full batches of ``data``.
 
     Args:
@@ -296,6 +315,8 @@ def epoch_loop(step: Callable, carry: Any, data: DeviceData, key: jax.Array, *, 
         carry donated; ``metrics`` is a pytree of per-step sums (and ``lr``).
       key: this epoch's key: split into the shuffle key and the step keys (``fold_in(k, step)``).
       progress: optional ``(steps_done, steps_total)`` callable after each step.
+      mesh: a :mod:`ibjax.parallel` mesh: each batch's indices are split over its ``"data"`` axis
+        (the carry and data placed on it by the caller, replicated); None: the default device.
 
     Returns:
       ``(carry, totals)``: the metrics summed over the epoch on the host (``lr_first`` / ``lr_last``
@@ -303,9 +324,10 @@ def epoch_loop(step: Callable, carry: Any, data: DeviceData, key: jax.Array, *, 
     """
     k_perm, k_noise = jax.random.split(key)
     batches = epoch_batches(k_perm, data.size, batch_size)
+    keys = step_keys(k_noise, len(batches))
     totals, lrs = None, []
     for s, idx in enumerate(batches):
-        carry, m = step(carry, data, jnp.asarray(idx), jax.random.fold_in(k_noise, s))
+        carry, m = step(carry, data, put_batch(idx, mesh), put_replicated(keys[s], mesh))
         lrs.append(m.pop("lr", None))
         # Sums stay on the device: reading them every step would stall the pipeline.
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
@@ -360,13 +382,19 @@ def train_epoch(
 
 
 def evaluate(
-    variables: dict, data: DeviceData, index: np.ndarray, key: jax.Array, *, model: nn.Module, trigger, batch_size: int
+    variables: dict, data: DeviceData, index: np.ndarray, key: jax.Array, *, model: nn.Module, trigger, batch_size: int,
+    mesh=None,
 ) -> dict:
-    """Exact metrics over ``index`` (every sample counted once): loss (mean nats), accuracy, pred_hist."""
-    batches, valid = test_batches(index, batch_size)
+    """Exact metrics over ``index`` (every sample counted once): loss (mean nats), accuracy, pred_hist.
+
+    With a ``mesh`` each batch is split over its ``"data"`` axis (widened with masked padding to a
+    multiple of it, :func:`ibjax.parallel.pad_batch_columns`; the results do not change).
+    """
+    batches, valid = pad_batch_columns(*test_batches(index, batch_size), mesh)
+    keys = step_keys(key, len(batches))
     totals = None
     for s, (idx, v) in enumerate(zip(batches, valid)):
-        out = _eval_step_jit(variables, data, jnp.asarray(idx), jnp.asarray(v), jax.random.fold_in(key, s),
+        out = _eval_step_jit(variables, data, put_batch(idx, mesh), put_batch(v, mesh), put_replicated(keys[s], mesh),
                              model=model, trigger=trigger)
         totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
     totals = jax.device_get(totals)
@@ -388,20 +416,37 @@ def extract_features(
     model: nn.Module,
     trigger,
     batch_size: int = 1000,
+    mesh=None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Inputs, representation and prediction of the samples ``index``, noise on (one draw).
+
+    With a ``mesh`` each batch is computed data-parallel (split over ``"data"``, widened with
+    padding as in :func:`evaluate`) and the results are replicated over the mesh.
 
     Returns:
       ``(X f32[n, H*W*C], T f32[n, D], Y_pred f32[n, K] logits)`` for the n samples, as the network
       saw them in training (triggers and perturbations applied to the poisoned ones).
     """
     batches, _ = test_batches(index, batch_size)
-    outs = [
-        _features_step_jit(variables, data, jnp.asarray(idx), jax.random.fold_in(key, s), model=model, trigger=trigger)
-        for s, idx in enumerate(batches)
-    ]
+    width = batches.shape[1]
+    batches, _ = pad_batch_columns(batches, np.ones(batches.shape, bool), mesh)
+    keys = step_keys(key, len(batches))
+    outs = []
+    for s, idx in enumerate(batches):
+        outs.append(_features_step_jit(variables, data, put_batch(idx, mesh), put_replicated(keys[s], mesh),
+                                       model=model, trigger=trigger))
     n = len(index)
-    return tuple(jnp.concatenate(parts)[:n] for parts in zip(*outs))
+    if mesh is None:
+        return tuple(jnp.concatenate(parts)[:n] for parts in zip(*outs))
+    return _join_rows(tuple(outs), width=width, n=n, sharding=replicated(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=("width", "n", "sharding"))
+def _join_rows(outs, *, width: int, n: int, sharding):
+    """The first ``width`` rows of every batch's outputs, concatenated and cut to ``n`` rows, in one
+    program whose result is placed with ``sharding`` (one gather for all batches)."""
+    joined = tuple(jnp.concatenate([o[:width] for o in parts])[:n] for parts in zip(*outs))
+    return jax.lax.with_sharding_constraint(joined, sharding)
 
 
 def evaluate_attack(
@@ -414,8 +459,10 @@ def evaluate_attack(
     trigger,
     target: int,
     config: TrainConfig,
+    mesh=None,
 ) -> dict:
-    """Clean test accuracy and loss, and the attack success rate, counted exactly.
+    """Clean test accuracy and loss, and the attack success rate, counted exactly (data-parallel
+    over ``mesh``'s ``"data"`` axis when one is given).
 
     ``trigger`` is ``attack.test_trigger``. ASR is the fraction of triggered test images classified
     as ``target``, over the test images whose true class is not the target (the standard
@@ -424,10 +471,10 @@ def evaluate_attack(
     k_clean, k_trig = jax.random.split(key)
     labels = np.asarray(clean_test.labels)
     clean = evaluate(variables, clean_test, np.arange(len(labels)), k_clean, model=model, trigger=trigger,
-                     batch_size=config.eval_batch_size)
+                     batch_size=config.eval_batch_size, mesh=mesh)
     asr_index = np.arange(len(labels)) if config.asr_on_all else np.flatnonzero(labels != target)
     trig = evaluate(variables, triggered_test, asr_index, k_trig, model=model, trigger=trigger,
-                    batch_size=config.eval_batch_size)
+                    batch_size=config.eval_batch_size, mesh=mesh)
     return {
         "test_accuracy": clean["accuracy"],
         "test_loss": clean["loss"],

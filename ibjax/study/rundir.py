@@ -54,11 +54,16 @@ def _npy_bytes(save, *args, **kwargs) -> bytes:
 
 
 class RunDirectory:
-    """One run's directory (see the module docstring for its rules)."""
+    """One run's directory (see the module docstring for its rules).
 
-    def __init__(self, path: str | os.PathLike):
+    ``write=False`` makes every writing method a no-op: the other processes of a study that spans
+    several (process 0 writes the run's files once; they only read).
+    """
+
+    def __init__(self, path: str | os.PathLike, write: bool = True):
         self.path = os.path.abspath(os.fspath(path))
         self.created = False
+        self.writable = write
 
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -153,6 +158,8 @@ class RunDirectory:
     # writing
 
     def _write_manifest(self, m: dict) -> None:
+        if not self.writable:
+            return
         m["files"] = sorted(set(m["files"]))
         _atomic_write(self.file(MANIFEST), json.dumps(m, indent=1))
 
@@ -171,23 +178,28 @@ class RunDirectory:
 
     def write_json(self, name: str, obj: Any) -> None:
         self.claim(name)
-        _atomic_write(self.file(name), json.dumps(obj, indent=1, default=float))
+        if self.writable:
+            _atomic_write(self.file(name), json.dumps(obj, indent=1, default=float))
 
     def write_jsonl(self, name: str, records: list) -> None:
         self.claim(name)
-        _atomic_write(self.file(name), "".join(json.dumps(r) + "\n" for r in records))
+        if self.writable:
+            _atomic_write(self.file(name), "".join(json.dumps(r) + "\n" for r in records))
 
     def write_text(self, name: str, text: str) -> None:
         self.claim(name)
-        _atomic_write(self.file(name), text)
+        if self.writable:
+            _atomic_write(self.file(name), text)
 
     def save_array(self, name: str, array: np.ndarray) -> None:
         self.claim(name)
-        _atomic_write(self.file(name), _npy_bytes(np.save, array))
+        if self.writable:
+            _atomic_write(self.file(name), _npy_bytes(np.save, array))
 
     def save_arrays(self, name: str, **arrays) -> None:
         self.claim(name)
-        _atomic_write(self.file(name), _npy_bytes(np.savez, **arrays))
+        if self.writable:
+            _atomic_write(self.file(name), _npy_bytes(np.savez, **arrays))
 
     def load_array(self, name: str) -> Optional[np.ndarray]:
         p = self.file(name)

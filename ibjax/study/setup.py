@@ -19,6 +19,7 @@ import numpy as np
 from ibjax import mi as ibmi
 from ibjax.data import Dataset, load_dataset
 from ibjax.models import make_model
+from ibjax.parallel import check_batch_divisible
 from ibjax.pipeline import put_test_data, put_train_data
 from ibjax.poison import PoisonPlan, make_poison_plan
 from ibjax.progress import Progress, phase
@@ -148,7 +149,7 @@ def prepare_attack(config: StudyConfig, attack: Attack, train_set: Dataset, plan
 
 
 def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None, progress: bool = True,
-                keep: Optional[Callable[[np.ndarray], None]] = None) -> StudySetup:
+                keep: Optional[Callable[[np.ndarray], None]] = None, mesh=None) -> StudySetup:
     """Load the data and build everything fixed for the run, checking every option first.
 
     Args:
@@ -156,11 +157,15 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
       precomputed: the clean-model array a previous start of this run computed, if any.
       progress: log phases and progress.
       keep: called with the clean-model array when one was computed or reused (to store it).
+      mesh: an :mod:`ibjax.parallel` mesh to run data-parallel on (the data sets are replicated on
+        it); None: the default device. What an attack computes against a clean model first runs on
+        one device either way.
 
     Raises:
       ValueError (or :class:`~ibjax.data.DataUnavailableError`) naming the culprit, before training.
     """
     check_config(config)
+    check_batch_divisible(config.train.batch_size, mesh)
     build_attack(config)  # bad attack options fail before the data set is read
     with phase(f"loading {config.dataset}", enabled=progress):
         train_set, test_set = load_data(config)
@@ -198,12 +203,13 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
         model=model,
         attack=attack,
         plan=plan,
-        train_data=put_train_data(train_set.images, plan, keys.trigger, perturbations),
-        clean_test=put_test_data(test_set.images, test_set.labels, keys.trigger),
-        triggered_test=put_test_data(test_set.images, test_set.labels, keys.trigger, triggered=True),
+        train_data=put_train_data(train_set.images, plan, keys.trigger, perturbations, mesh=mesh),
+        clean_test=put_test_data(test_set.images, test_set.labels, keys.trigger, mesh=mesh),
+        triggered_test=put_test_data(test_set.images, test_set.labels, keys.trigger, triggered=True, mesh=mesh),
         class_names=tuple(train_set.class_names),
         keys=keys,
         image_shape=image_shape,
         t_dim=int(t.shape[-1]),
         num_classes=num_classes,
+        mesh=mesh,
     )

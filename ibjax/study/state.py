@@ -1,8 +1,9 @@
 """What a run is made of: the fixed set-up and the evolving, checkpointed state.
 
 - :class:`StudySetup`: everything fixed for a run once its data is loaded and its attack prepared
-  (config, network, attack, poisoning plan, data sets on the device, the run's keys). Built once by
-  :func:`ibjax.study.setup.build_setup`; never checkpointed (it is rebuilt identically from the config).
+  (config, network, attack, poisoning plan, data sets on the device, the run's keys, the device
+  mesh). Built once by :func:`ibjax.study.setup.build_setup`; never checkpointed (it is rebuilt
+  identically from the config, on whatever devices the resumed run has).
 - :class:`RunState`: the typed pytree that changes epoch by epoch and is exactly what a checkpoint
   holds: the network's train state, the learning-rate schedule, and the online critics with their
   pair buffers. :func:`ibjax.study.steps.run_epoch` maps one to the next.
@@ -18,7 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jax.sharding import Mesh
+
 from ibjax import mi as ibmi
+from ibjax.parallel import put_replicated
 from ibjax.pipeline import DeviceData
 from ibjax.poison import PoisonPlan
 from ibjax.study.config import StudyConfig
@@ -66,6 +70,9 @@ class StudySetup:
       keys: the run's keys.
       image_shape: (H, W, C).
       t_dim: size of the representation T; num_classes: K.
+      mesh: the :mod:`ibjax.parallel` mesh the run is data-parallel over (data sets and state
+        replicated, batches split over ``"data"``, MI groups over every device), or None: the
+        default device, no sharding.
     """
 
     config: StudyConfig
@@ -80,6 +87,7 @@ class StudySetup:
     image_shape: tuple[int, ...]
     t_dim: int
     num_classes: int
+    mesh: Optional[Mesh] = None
 
     @property
     def x_dim(self) -> int:
@@ -132,7 +140,8 @@ class RunState:
 
 
 def init_run_state(setup: StudySetup) -> RunState:
-    """The state before the first epoch: network and (online) critics initialised from the run's keys."""
+    """The state before the first epoch: network and (online) critics initialised from the run's keys,
+    replicated over the set-up's mesh (the same values on any number of devices)."""
     cfg = setup.config
     init = jax.jit(create_train_state, static_argnums=(1, 2, 3))
     train_state = init(setup.keys.init, setup.model, setup.image_shape, cfg.train)
@@ -145,4 +154,5 @@ def init_run_state(setup: StudySetup) -> RunState:
             xt_pairs=ibmi.buffer_init(g, setup.t_dim, setup.x_dim, cfg.xt),
             ty_pairs=ibmi.buffer_init(g, setup.num_classes, setup.t_dim, cfg.ty),
         )
-    return RunState(epoch=jnp.zeros((), jnp.int32), train=train_state, plateau=plateau_init(), online=online)
+    state = RunState(epoch=jnp.zeros((), jnp.int32), train=train_state, plateau=plateau_init(), online=online)
+    return put_replicated(state, setup.mesh)

@@ -23,6 +23,7 @@ import numpy as np
 
 from ibjax import metrics as ibmetrics
 from ibjax import mi as ibmi
+from ibjax.parallel import pad_groups, pad_rows, put_groups, put_replicated, to_host
 from ibjax.pipeline import DeviceData, gather_batch
 from ibjax.poison import group_index_table
 from ibjax.progress import Progress
@@ -33,11 +34,13 @@ from ibjax.train import (
     evaluate_attack,
     extract_features,
     plateau_update,
+    step_statics,
     summarise_epoch,
     train_step,
 )
 
-__all__ = ["run_epoch", "FreshPairs", "estimate_network_mi", "representation_clustering", "QUANTITY_LABELS"]
+__all__ = ["run_epoch", "FreshPairs", "estimate_network_mi", "estimate_mi_on_mesh", "representation_clustering",
+           "QUANTITY_LABELS"]
 
 QUANTITY_LABELS = {"xt": "I(X;T)", "ty": "I(T;Y_pred)"}
 
@@ -95,24 +98,26 @@ def run_epoch(state: RunState, setup: StudySetup, *,
     Raises:
       FloatingPointError: the training loss is not finite.
     """
-    cfg = setup.config
+    cfg, mesh = setup.config, setup.mesh
     epoch = int(state.epoch) + 1
     key = jax.random.fold_in(setup.keys.train, epoch)
-    statics = dict(model=setup.model, trigger=setup.attack.train_trigger, config=cfg.train,
-                   total_steps=setup.total_steps)
+    step_config, total_steps = step_statics(cfg.train, setup.total_steps)
+    statics = dict(model=setup.model, trigger=setup.attack.train_trigger, config=step_config, total_steps=total_steps)
     if state.online is not None:
-        step = functools.partial(_tracked_step_jit, masks=jnp.asarray(setup.plan.group_masks), xt=cfg.xt, ty=cfg.ty,
-                                 **statics)
+        masks = put_replicated(np.asarray(setup.plan.group_masks), mesh) if mesh is not None else jnp.asarray(
+            setup.plan.group_masks)
+        step = functools.partial(_tracked_step_jit, masks=masks, xt=cfg.xt, ty=cfg.ty, **statics)
         carry = (state.train, state.online)
     else:
         step = functools.partial(_train_step_jit, return_features=False, **statics)
         carry = state.train
-    carry, totals = epoch_loop(step, carry, setup.train_data, key, batch_size=cfg.train.batch_size, progress=progress)
+    carry, totals = epoch_loop(step, carry, setup.train_data, key, batch_size=cfg.train.batch_size, progress=progress,
+                               mesh=mesh)
     train_state, online = carry if state.online is not None else (carry, None)
     record = {"epoch": epoch, **summarise_epoch(totals)}
     ev = evaluate_attack(train_state.variables, setup.clean_test, setup.triggered_test, jax.random.fold_in(key, 1),
                          model=setup.model, trigger=setup.attack.test_trigger, target=setup.plan.target,
-                         config=cfg.train)
+                         config=cfg.train, mesh=mesh)
     record.update(ev)
     plateau = state.plateau
     if cfg.train.schedule == "plateau":
@@ -125,7 +130,9 @@ def run_epoch(state: RunState, setup: StudySetup, *,
             online = online.replace(**{q: ibmi.end_epoch(getattr(online, q), jnp.asarray(est, jnp.float32), mi_cfg)})
             reads[q] = [float(v) for v in est]
         record["online"] = reads
-    return RunState(epoch=jnp.asarray(epoch, jnp.int32), train=train_state, plateau=plateau, online=online), record
+    new = RunState(epoch=put_replicated(jnp.asarray(epoch, jnp.int32), mesh), train=train_state,
+                   plateau=put_replicated(plateau, mesh), online=put_replicated(online, mesh))
+    return new, record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +168,7 @@ def estimate_network_mi(key: jax.Array, variables: dict, setup: StudySetup, *, p
       ``{"xt": {group: record}, "ty": {group: record}}`` with each record as
       :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
     """
-    cfg, plan, data = setup.config, setup.plan, setup.train_data
+    cfg, plan, data, mesh = setup.config, setup.plan, setup.train_data, setup.mesh
     index, valid = group_index_table(plan.group_masks)
     k_xt, k_ty, k_bank = jax.random.split(key, 3)
     dims = {"xt": (setup.t_dim, setup.x_dim), "ty": (setup.num_classes, setup.t_dim)}
@@ -171,26 +178,63 @@ def estimate_network_mi(key: jax.Array, variables: dict, setup: StudySetup, *, p
         row_of = np.zeros(data.size, np.int32)
         row_of[used] = np.arange(len(used))
         draws = [extract_features(variables, data, used, jax.random.fold_in(k_bank, r), model=setup.model,
-                                  trigger=setup.attack.train_trigger) for r in range(cfg.bank_draws)]
+                                  trigger=setup.attack.train_trigger, mesh=mesh) for r in range(cfg.bank_draws)]
         x = draws[0][0]
         t_bank = jnp.stack([d[1] for d in draws], axis=1)
         y_bank = jnp.stack([d[2] for d in draws], axis=1)
         del draws
         shared = {"xt": (t_bank, x), "ty": (y_bank, t_bank)}
-        sources = {q: (ibmi.bank_pairs, shared[q], jnp.asarray(row_of[index])) for q in ("xt", "ty")}
+        sources = {q: (ibmi.bank_pairs, shared[q], row_of[index]) for q in ("xt", "ty")}
     else:
-        sources = {q: (FreshPairs(setup.model, setup.attack.train_trigger, q), (variables, data), jnp.asarray(index))
+        sources = {q: (FreshPairs(setup.model, setup.attack.train_trigger, q), (variables, data), index)
                    for q in ("xt", "ty")}
     out = {}
     for q in ("xt", "ty"):
         mi_cfg, k = configs[q]
         sample_fn, shared, group_data = sources[q]
         bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator", mi_cfg.epochs, "epoch", enabled=progress)
-        res = ibmi.estimate_mi_sampled(k, sample_fn, shared, group_data, valid, *dims[q], config=mi_cfg,
-                                       group_names=plan.group_names, progress=bar)
+        res = estimate_mi_on_mesh(k, sample_fn, shared, group_data, valid, *dims[q], config=mi_cfg, mesh=mesh,
+                                  group_names=plan.group_names, progress=bar if progress else None)
         bar.close()
         out[q] = per_group(res, plan.group_names)
     return out
+
+
+def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np.ndarray, da: int, db: int, *,
+                        config: ibmi.MIConfig, mesh=None, group_names=None, progress=None) -> ibmi.MIResult:
+    """:func:`ibjax.mi.estimate_mi_sampled` with the group axis split over every device of ``mesh``.
+
+    The G groups are padded to a multiple of the device count with copies of group 0 (its key,
+    samples and index row: they pass the estimator's size checks and leave its scan lengths
+    unchanged), and the per-group inputs (keys, ``group_data``) are placed with
+    :func:`ibjax.parallel.group_sharding`; ``shared`` (a bank, or the network and data) must be
+    replicated on the mesh. Each group's critic reads only its own row, so XLA keeps the estimator
+    partitioned over groups with no communication, and every group's result is the one it has on
+    one device (group g keeps key ``split(key, G)[g]``). Without a mesh this is the plain call.
+
+    Args:
+      key: one PRNG key (split into G) or G keys ``[G, 2]``.
+      group_data: host arrays with leading axis G (index tables).
+      valid: bool[G, M].
+
+    Returns:
+      :class:`ibjax.mi.MIResult` of the G real groups, as host (NumPy) arrays on every process.
+    """
+    valid = np.asarray(valid, bool)
+    g = valid.shape[0]
+    if mesh is None:
+        res = ibmi.estimate_mi_sampled(key, sample_fn, shared, jax.tree.map(jnp.asarray, group_data), valid, da, db,
+                                       config=config, group_names=group_names, progress=progress)
+        return jax.tree.map(np.asarray, res)
+    key = np.asarray(key)
+    keys = np.asarray(jax.random.split(key, g)) if key.shape == (2,) else key
+    gp = pad_groups(g, mesh)
+    names = None if group_names is None else tuple(group_names) + (group_names[0],) * (gp - g)
+    res = ibmi.estimate_mi_sampled(
+        put_groups(pad_rows(keys, gp), mesh), sample_fn, shared,
+        put_groups(jax.tree.map(lambda x: pad_rows(np.asarray(x), gp), group_data), mesh), pad_rows(valid, gp),
+        da, db, config=config, group_names=names, progress=progress)
+    return jax.tree.map(lambda x: to_host(x)[:g], res)
 
 
 def per_group(res: ibmi.MIResult, names) -> dict:
@@ -207,7 +251,10 @@ def representation_clustering(key: jax.Array, variables: dict, setup: StudySetup
     embedding of ``points`` samples. Returns ``(silhouettes {group: float}, embedding arrays)``."""
     data, plan = setup.train_data, setup.plan
     idx = np.arange(data.size)
-    _, t, _ = extract_features(variables, data, idx, key, model=setup.model, trigger=setup.attack.train_trigger)
+    _, t, _ = extract_features(variables, data, idx, key, model=setup.model, trigger=setup.attack.train_trigger,
+                               mesh=setup.mesh)
+    if setup.mesh is not None:  # small host-side statistics: on one device, not as programs over the mesh
+        t = jnp.asarray(to_host(t))
     sil = ibmetrics.group_silhouettes(t, jnp.asarray(plan.labels), jnp.asarray(plan.poisoned), plan.target,
                                       num_classes=setup.num_classes)
     rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
