@@ -3,15 +3,19 @@
 Runs are grouped by (attack, poison ratio); each group is summarised over its seeds (mean, t-based
 confidence interval, min-max) for the stealthiness total and its four components, clean accuracy and
 ASR; attacks are ranked by mean total within each poison ratio (lower = more stealthy = rank 1), and
-neighbours in a ranking are called "within noise" when Welch's t-test over the seeds gives p > alpha
-(with one seed per attack: a z-test on the runs' bootstrap standard errors, said so, or nothing).
+neighbours in a ranking are called "within noise" when the test's p > alpha: Welch's t-test over the
+seeds; one seed against several: the single total against the other's seed prediction interval;
+one seed each: a z-test on the runs' bootstrap standard errors (said so), or nothing.
 
-Runs must share a protocol: every config.json field except the run-identity ones
-(ibjax.metrics.RUN_IDENTITY_FIELDS: attack, attack options, poison ratio, seeds, output paths) must be
-equal, or the comparison is refused; ``--allow-mixed`` labels the protocols P1, P2, ... instead,
-ranks them apart and lists the fields that differ. Runs whose stealthiness was computed on other
-epochs or with another normalisation are always refused (``--recompute`` recomputes it from each
-run's mi.json on common settings).
+Runs must share a protocol: every config.json field must be equal except the run-identity ones
+(ibjax.metrics.RUN_IDENTITY_FIELDS: attack, attack options, poison ratio, seeds, output paths) and
+the analysis settings (ibjax.metrics.ANALYSIS_FIELDS: stealth epochs / read / normalisation /
+classes, embeddings, data_dir), or the comparison is refused; ``--allow-mixed`` labels the protocols
+P1, P2, ... instead, ranks them apart and lists the fields that differ. The stealthiness itself must
+have been computed on the same epochs, normalisation and clean classes in every run (checked on the
+results), or the comparison is always refused; ``--recompute`` recomputes it from each run's mi.json
+with each run's own clean classes (config field stealth_classes; empty = all) unless
+``--stealth-classes`` names common ones.
 
 Writes, under ``--out``: compare.md (the tables and the ranking verdicts; also printed), compare.csv
 (one row per attack and poison ratio), compare_runs.csv (one row per run) and stealth.png (stacked
@@ -54,7 +58,16 @@ def _load_json(path: str, what: str) -> Any:
         raise CompareError(f"cannot read {path}: {err.strerror}") from None
 
 
-def _stealth_of(run: str, summary: dict, read: str, recompute: Optional[dict]) -> dict:
+def _clean_of(run: str, config: Any) -> Optional[list[str]]:
+    """The clean-class groups a run's stealthiness compares with: config field ``stealth_classes``
+    (empty or absent: every clean class, None)."""
+    classes = config.get("stealth_classes") if isinstance(config, dict) else None
+    if classes and not (isinstance(classes, list) and all(isinstance(c, int) for c in classes)):
+        raise CompareError(f"{run}: config.json's stealth_classes is not a list of class indices: {classes!r}")
+    return [f"class_{c}" for c in classes] if classes else None
+
+
+def _stealth_of(run: str, summary: dict, config: Any, read: str, recompute: Optional[dict]) -> dict:
     if recompute is not None:
         mi_path = os.path.join(run, "mi.json")
         if not os.path.isfile(mi_path):
@@ -63,8 +76,9 @@ def _stealth_of(run: str, summary: dict, read: str, recompute: Optional[dict]) -
         epochs = recompute["epochs"] or ((summary.get("stealth") or {}).get(read) or {}).get("epochs")
         if not epochs:
             raise CompareError(f"{run}: no stealth epochs recorded for the {read} read; pass --stealth-epochs")
+        clean = recompute["clean"] if recompute.get("clean", "own") != "own" else _clean_of(run, config)
         try:
-            return metrics.stealthiness(mi, epochs, read, normalise=recompute["normalise"])
+            return metrics.stealthiness(mi, epochs, read, normalise=recompute["normalise"], clean=clean)
         except ValueError as err:
             raise CompareError(f"{run}: {err}") from None
     st = (summary.get("stealth") or {}).get(read)
@@ -103,7 +117,7 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
         summary, config = _load_json(s_path, "the run summary"), _load_json(c_path, "the run config")
         if not isinstance(summary, dict) or "attack" not in summary:
             raise CompareError(f"{s_path} has no 'attack': not a run summary")
-        st = _stealth_of(d, summary, read, recompute)
+        st = _stealth_of(d, summary, config, read, recompute)
         seed = summary.get("seed", config.get("seed") if isinstance(config, dict) else None)
         rows.append({
             "run": d, "attack": summary["attack"], "dataset": summary.get("dataset"),
@@ -113,6 +127,7 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
             "stealth_epochs": [int(e) for e in st.get("epochs") or ()],
             "normalise": st.get("normalise", "joint"),  # files before the per-epoch default were joint
             "read": st.get("read", read),
+            "clean": list(st["clean"]) if st.get("clean") is not None else None,  # None: not recorded
         })
         configs.append(config)
     if not rows:
@@ -121,15 +136,21 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
 
 
 def check_protocols(rows: list[dict], configs: list[dict], allow_mixed: bool,
-                    ignore: Sequence[str] = metrics.RUN_IDENTITY_FIELDS) -> dict[str, list]:
-    """Label each row's protocol; refuse mixed protocols (unless allowed) and mixed stealth settings."""
-    for key, what in (("stealth_epochs", "stealth epochs"), ("normalise", "normalisation"), ("read", "read")):
+                    ignore: Sequence[str] = metrics.RUN_IDENTITY_FIELDS,
+                    analysis: Sequence[str] = metrics.ANALYSIS_FIELDS) -> dict[str, list]:
+    """Label each row's protocol; refuse mixed protocols (unless allowed) and mixed stealth settings.
+
+    The stealth settings (epochs, normalisation, read, clean classes) are compared on the results the
+    rows carry, never on the configs: the config fields that chose them are analysis settings
+    (``analysis``), not protocol."""
+    for key, what in (("stealth_epochs", "stealth epochs"), ("normalise", "normalisation"), ("read", "read"),
+                      ("clean", "clean classes")):
         values = {tuple(r[key]) if isinstance(r[key], list) else r[key] for r in rows}
         if len(values) > 1:
-            by = "; ".join(f"{r['run']}: {r[key]}" for r in rows)
+            by = "; ".join(f"{r['run']}: {'not recorded' if r[key] is None else r[key]}" for r in rows)
             raise CompareError(f"the runs' stealthiness differs in {what} ({by}); recompute it on common "
-                               "settings with --recompute [--stealth-epochs E,E,E]")
-    labels, differing = metrics.protocol_labels(configs, ignore)
+                               "settings with --recompute [--stealth-epochs E,E,E] [--stealth-classes C,C,C]")
+    labels, differing = metrics.protocol_labels(configs, ignore, analysis)
     if differing and not allow_mixed:
         fields = ", ".join(f"{k} ({' / '.join(sorted({str(v) for v in vals}))})" for k, vals in list(differing.items())[:4])
         more = f" and {len(differing) - 4} more" if len(differing) > 4 else ""
@@ -160,6 +181,8 @@ def render_markdown(cmp: dict, rows: list[dict], differing: dict, read: str) -> 
     comps = list(metrics.STEALTH_COMPONENTS)
     lines = [
         f"# Stealthiness by attack ({metrics.stealth_description(read, r0['normalise'])}; epochs {r0['stealth_epochs']})",
+        "",
+        f"Clean classes compared with: {', '.join(r0['clean']) if r0['clean'] else 'not recorded'}.",
         "",
         f"Lower = more stealthy. Cells: mean over seeds [{level}% t-interval]; with one seed the run's value "
         "(+- its bootstrap standard error where recorded). Ranks are within a poison ratio"
@@ -256,6 +279,22 @@ def _write_csv(path: str, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
+def _parse_classes(text: Optional[str]) -> Any:
+    """``--stealth-classes``: "own" (not given: each run's config), None ("all": every clean class), or
+    the named clean-class groups."""
+    if text is None:
+        return "own"
+    if text.strip().lower() == "all":
+        return None
+    try:
+        classes = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise CompareError(f"--stealth-classes must be comma-separated class indices or 'all', got {text!r}") from None
+    if len(set(classes)) < len(classes) or min(classes) < 0:
+        raise CompareError(f"--stealth-classes must name distinct classes >= 0, got {text!r}")
+    return [f"class_{c}" for c in classes]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="finished run directories (each with summary.json and config.json)")
@@ -272,6 +311,9 @@ def main(argv=None) -> dict:
                    help="with --recompute: min-max per epoch (the authors') or jointly (default: %(default)s)")
     p.add_argument("--stealth-epochs", default=None,
                    help="with --recompute: comma-separated epochs (default: each run's recorded ones)")
+    p.add_argument("--stealth-classes", default=None,
+                   help="with --recompute: comma-separated clean classes to compare with, or 'all' (default: each "
+                        "run's config field stealth_classes; empty there = all)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the seed intervals (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="neighbours are within noise when the test's p > alpha (default: %(default)s)")
@@ -285,11 +327,12 @@ def main(argv=None) -> dict:
                 epochs = [int(e) for e in a.stealth_epochs.split(",")] if a.stealth_epochs else None
             except ValueError:
                 raise CompareError(f"--stealth-epochs must be comma-separated integers, got {a.stealth_epochs!r}") from None
-            recompute = {"epochs": epochs, "normalise": a.normalise}
-        elif a.stealth_epochs or a.normalise != "per_epoch":
-            raise CompareError("--stealth-epochs and --normalise need --recompute")
+            recompute = {"epochs": epochs, "normalise": a.normalise, "clean": _parse_classes(a.stealth_classes)}
+        elif a.stealth_epochs or a.stealth_classes or a.normalise != "per_epoch":
+            raise CompareError("--stealth-epochs, --stealth-classes and --normalise need --recompute")
         rows, configs = load_runs(a.runs, a.read, recompute)
-        differing = check_protocols(rows, configs, a.allow_mixed, (*metrics.RUN_IDENTITY_FIELDS, *a.ignore_field))
+        differing = check_protocols(rows, configs, a.allow_mixed, (*metrics.RUN_IDENTITY_FIELDS, *a.ignore_field),
+                                    metrics.ANALYSIS_FIELDS)
         try:
             cmp = metrics.compare_runs(rows, level=a.level, alpha=a.alpha)
         except ValueError as err:

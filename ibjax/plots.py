@@ -37,6 +37,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ibjax.metrics.names import QUANTITIES, STEALTH_COMPONENTS, clean_group_key
+from ibjax.metrics.names import is_clean_group as _is_clean
+from ibjax.metrics.names import is_finite_number as _finite
+
 __all__ = [
     "QUANTITY_LABELS",
     "STEALTH_COMPONENTS",
@@ -59,7 +63,6 @@ __all__ = [
 ]
 
 QUANTITY_LABELS = {"xt": "I(X;T) [nats]", "ty": "I(T;Y_pred) [nats]"}
-STEALTH_COMPONENTS = ("xt/target_clean", "xt/target", "ty/target_clean", "ty/target")
 GROUP_LABELS = {
     "target": "target class, all samples",
     "target_clean": "target class, clean samples",
@@ -90,16 +93,9 @@ def group_style(name: str, index: int = 0) -> dict:
     """
     if name in _TARGET_STYLES:
         return dict(_TARGET_STYLES[name])
-    if name.startswith("class_"):
+    if _is_clean(name):
         return dict(_CLEAN_STYLE)
     return dict(color=colormaps["tab10"](index % 10), lw=1.5, zorder=3, alpha=1.0)
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and not isinstance(v, bool) and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 def mi_points(group_history: Mapping[str, Any], read: str = "heldout") -> dict[str, np.ndarray]:
@@ -145,9 +141,8 @@ def mi_series(group_history: Mapping[str, Any], read: str = "heldout") -> tuple[
 def _ordered_groups(groups: Sequence[str]) -> list[str]:
     """Clean classes first (drawn behind), then the other groups, the target groups last."""
     order = ["target_sample", "target_clean", "target_backdoor", "target"]
-    cleans = sorted((g for g in groups if g.startswith("class_")),
-                    key=lambda g: (0, int(g[6:])) if g[6:].isdigit() else (1, g))
-    others = sorted(g for g in groups if g not in order and not g.startswith("class_"))
+    cleans = sorted((g for g in groups if _is_clean(g)), key=clean_group_key)
+    others = sorted(g for g in groups if g not in order and not _is_clean(g))
     return cleans + others + [g for g in order if g in groups]
 
 
@@ -237,7 +232,7 @@ def _mi_panel(ax, mi_q: Mapping[str, Any], read: str, show_train: bool, quantity
     groups = _ordered_groups(list(mi_q))
     info = _empty_info(quantity)
     points = {g: mi_points(mi_q[g], read) for g in groups}
-    cleans = [g for g in groups if g.startswith("class_")]
+    cleans = [g for g in groups if _is_clean(g)]
     summary = _clean_summary([points[g] for g in cleans])
     if summary is not None:
         ax.fill_between(summary["epochs"], summary["min"], summary["max"], color=_CLEAN_FILL, alpha=0.7, lw=0,
@@ -253,7 +248,7 @@ def _mi_panel(ax, mi_q: Mapping[str, Any], read: str, show_train: bool, quantity
                 ax.plot(p["epochs"][mask], p["values"][mask], ls="none", zorder=3, **kw)
         info["unconverged"] |= bool(p["unconverged"].any())
         info["fallback"] |= bool(p["fell_back"].any())
-    for i, g in enumerate(g for g in groups if not g.startswith("class_")):
+    for i, g in enumerate(g for g in groups if not _is_clean(g)):
         st = group_style(g, i)
         p = points[g]
         ax.plot(p["epochs"], p["values"], color=st["color"], lw=st["lw"], zorder=st["zorder"], gid=f"group-{g}")
@@ -312,7 +307,7 @@ def _legend_for_mi(infos: Sequence[dict], read: str, show_train: bool) -> list:
 
 def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: bool = False,
                      title: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
-                     target: Optional[int] = None, quantities: Sequence[str] = ("xt", "ty")) -> Figure:
+                     target: Optional[int] = None, quantities: Sequence[str] = QUANTITIES) -> Figure:
     """Figure of :func:`plot_mi_curves`."""
     fig = Figure(figsize=(12, 5.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(quantities)))
@@ -339,7 +334,7 @@ def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: b
 def plot_mi_curves(mi: Mapping[str, Any], path: str | os.PathLike, read: str = "heldout",
                    show_train: bool = False, title: Optional[str] = None,
                    class_names: Optional[Sequence[str]] = None, target: Optional[int] = None,
-                   quantities: Sequence[str] = ("xt", "ty")) -> str:
+                   quantities: Sequence[str] = QUANTITIES) -> str:
     """One panel per quantity (default I(X;T) and I(T;Y_pred)), nats against epoch.
 
     The clean classes are one band (range) with their mean dashed; the target groups are lines with
@@ -388,7 +383,7 @@ def information_plane_figure(mi: Mapping[str, Any], read: str = "heldout", title
     all_epochs = sorted({int(e) for p in pts.values() for e in p["epochs"]})
     colours = _epoch_colours(all_epochs)
     any_unc = any_fb = any_se = False
-    cleans = [g for g in groups if g.startswith("class_")]
+    cleans = [g for g in groups if _is_clean(g)]
     if cleans:
         common = sorted(set.intersection(*(set(pts[g]["epochs"].tolist()) for g in cleans)))
         if common:
@@ -403,7 +398,7 @@ def information_plane_figure(mi: Mapping[str, Any], read: str = "heldout", title
             ax.scatter(mx, my, c=[colours[e] for e in common], s=40, marker="D", edgecolors=_CLEAN_STYLE["color"],
                        linewidths=1.0, zorder=3)
         any_unc |= any(pts[g]["unconverged"].any() for g in cleans)
-    for i, g in enumerate(g for g in groups if not g.startswith("class_")):
+    for i, g in enumerate(g for g in groups if not _is_clean(g)):
         p = pts[g]
         st = group_style(g, i)
         ax.plot(p["x"], p["y"], color=st["color"], lw=st["lw"] * 0.8, zorder=st["zorder"], gid=f"group-{g}")
@@ -445,7 +440,7 @@ def information_plane_figure(mi: Mapping[str, Any], read: str = "heldout", title
             g_handles.append(Line2D([], [], ls="--", color=_CLEAN_STYLE["color"], marker="D", ms=5,
                                     label=f"clean classes ({len(cleans)}): mean"))
             g_handles.append(Line2D([], [], color=_CLEAN_FILL, lw=6, label="clean classes: range"))
-        for i, g in enumerate(g for g in groups if not g.startswith("class_")):
+        for i, g in enumerate(g for g in groups if not _is_clean(g)):
             st = group_style(g, i)
             g_handles.append(Line2D([], [], color=st["color"], lw=st["lw"] * 0.8, marker="o", ms=6, mfc="white",
                                     label=GROUP_LABELS.get(g, g)))

@@ -12,6 +12,25 @@ of the poisoned samples of every non-target class (its "regularisation" samples)
 ``int(per_class * fraction)`` per class, the last ones of the class's poisons (250 of 500 on
 CIFAR-10 at 10%, as the authors).
 
+How many samples are poisoned (N samples, K classes, N_t of them in the target class):
+
+=====================  ==========================================  ===============================
+selection              dirty-label, per class                      clean-label, of the target class
+=====================  ==========================================  ===============================
+``"reference"``        ``int(int(p * N) / K)`` (the authors')      ``int(p * (N // K))`` (the
+                                                                   authors': p of the *mean* class
+                                                                   size, whatever N_t is)
+``"first"``,           ``floor(p * N / K + 1/2)`` (nearest,        ``floor(p * N_t + 1/2)``
+``"last"``,            halves up)                                  (nearest, halves up; p of the
+``"random"``                                                       target class's own size)
+=====================  ==========================================  ===============================
+
+The two rules agree on the study's settings (CIFAR-10 and SVHN-4k at 1-20%, label-consistent at
+10-50%) and differ where p * N / K or p * N_t is not an integer (e.g. N = 5,000, K = 10, p = 0.0019:
+the authors' 0 per class, the nearest 1). A plan that would poison no sample, or that asks a class
+for more samples than it holds, is refused with the ratio that fixes it; so are labels outside
+[0, K).
+
 Sample groups for MI estimation (target class c), as boolean masks over the N training samples:
 ``target`` (training label c), ``target_backdoor`` (label c and triggered), ``target_clean`` (label c,
 not triggered), ``target_sample`` (a random subsample of ``target`` as large as a clean class: with
@@ -25,7 +44,8 @@ groups stay clean, the authors include them).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +71,12 @@ class PoisonConfig:
         their true label (Adaptive-Blend's regularisation samples: 0.5): ``int(per_class *
         fraction)`` in every class, the last of that class's poisons in data-set order (the
         authors' rule). Dirty-label attacks only.
-      selection: which samples of a class are poisoned. ``"reference"`` (default): the authors'
-        rule, the last ones of each class for dirty-label attacks and the first ones of the target
-        class for clean-label attacks. ``"first"`` / ``"last"``: the first / last ones of each
-        poisoned class in data-set order; ``"random"``: drawn with the plan's key.
+      selection: which samples of a class are poisoned, and how their number is rounded (see the
+        module docstring). ``"reference"`` (default): the authors' rule, the last ones of each class
+        for dirty-label attacks and the first ones of the target class for clean-label attacks,
+        counted with the authors' truncations. ``"first"`` / ``"last"``: the first / last ones of
+        each poisoned class in data-set order; ``"random"``: drawn with the plan's key; these three
+        round the count to the nearest integer (halves up).
       clean_groups_include_kept: put the triggered kept-label samples of class k in MI group
         ``class_k``. ibjax's default False keeps the clean-class groups clean (a triggered sample
         in a "clean" group mixes the backdoor signal into the reference curves the stealthiness
@@ -95,7 +117,36 @@ class PoisonConfig:
 
 
 REFERENCE_POISON = PoisonConfig(selection="reference", clean_groups_include_kept=True, target_sample="half")
-"""The authors' poisoning and grouping rules (``poison_data_generator.py``, ``ffcv_writer.py``)."""
+"""The authors' poisoning rules (``poison_data_generator.py``) and their grouping rules
+(``ffcv_writer.py``) with one deliberate exception, the split of the target class.
+
+Same as the authors: which samples are triggered and relabelled, the counts (their truncations), the
+kept-label samples in the clean-class groups (``class_k`` = every sample labelled k, 4,750 per class
+for Adaptive-Blend on CIFAR-10 at 10%), and ``target_sample`` drawn half backdoor, half clean, as
+large as the first clean class's group.
+
+Different: ``target_backdoor`` / ``target_clean`` are the target-labelled samples with / without the
+trigger. The authors split the target class by *position* instead (ffcv_writer.py,
+``create_class_datasets``): ``class_0_backdoor`` is the first ``int(N * r)`` label-0 rows of their
+generated set and ``class_0_clean`` the rest, with r the writer's own ``--poison_rate`` (default
+0.05, which neither their ``run_experiment.sh`` nor their README's commands override). Their
+generated set starts with the triggered rows. On CIFAR-10 with a 10% generator:
+
+- BadNets, Blend, WaNet (5,000 triggered label-0 rows): r = 0.1 gives the trigger split; r = 0.05
+  gives ``class_0_backdoor`` = 2,500 triggered and ``class_0_clean`` = 2,500 triggered + 4,500 clean.
+- Adaptive-Blend (2,750 triggered label-0 rows: 500 from class 0, 250 from each other class; the
+  other 250 per class keep their label): r = 0.1 gives ``class_0_backdoor`` = 2,750 triggered + 2,250
+  clean and ``class_0_clean`` = 2,250 clean, so their 50/50 ``class_0_sample`` would draw its
+  "backdoor" half from that mix (45% clean), and its clean half (2,375, half of class 1's 4,750)
+  exceeds the 2,250 clean ones, which their ``random.sample`` refuses; r = 0.05 gives
+  ``class_0_backdoor`` = 2,500 triggered and ``class_0_clean`` = 250 triggered + 4,500 clean.
+- Label-consistent at 10% of the class (rows in data-set order, the first 500 of class 0
+  triggered): r = 0.05 gives 500 triggered + 2,000 clean as "backdoor"; r = 0.1 the whole class
+  (``class_0_clean`` empty).
+
+ibjax keeps the trigger split: the positional split puts clean samples in the backdoor group or
+triggered samples in the clean group, depending on r, so a group's MI would mix both kinds.
+These counts are re-derived in ``tests/test_poison.py``."""
 
 
 @struct.dataclass
@@ -137,15 +188,55 @@ def _rng(key: jax.Array, stream: int) -> np.random.Generator:
     return np.random.default_rng(words + [stream])
 
 
-def _choose(idx: np.ndarray, n: int, selection: str, rng: np.random.Generator) -> np.ndarray:
-    """``n`` of the (increasing) indices ``idx``, in increasing order."""
+def _choose(idx: np.ndarray, n: int, selection: str, rng: np.random.Generator, cls: int, ratio: float,
+            rule: str) -> np.ndarray:
+    """``n`` of the (increasing) indices ``idx`` of class ``cls``, in increasing order."""
     if n > len(idx):
-        raise ValueError(f"cannot poison {n} samples of a class that holds {len(idx)}")
+        raise ValueError(f"poison ratio {ratio} asks for {n} samples of class {cls} ({rule}), but class {cls} holds "
+                         f"{len(idx)}: lower the ratio, or balance the classes")
     if selection == "last":
         return idx[len(idx) - n :]
     if selection == "first":
         return idx[:n]
     return np.sort(rng.choice(idx, n, replace=False))
+
+
+def _nearest(x: float) -> int:
+    """Round to the nearest integer, halves up (Python's ``round`` sends halves to even)."""
+    return int(math.floor(x + 0.5))
+
+
+def _count_rule(config: PoisonConfig, n: int, num_classes: int, n_target: int) -> tuple[Callable[[float], int], str]:
+    """(ratio -> number of poisons per poisoned class, the rule in words); see the module docstring."""
+    k = num_classes
+    if config.clean_label:
+        if config.selection == "reference":
+            return (lambda p: int(p * (n // k))), f"the authors' int(ratio * (N // K)) with N = {n}, K = {k}"
+        return (lambda p: _nearest(p * n_target)), f"nearest of ratio * {n_target} target-class samples"
+    if config.selection == "reference":
+        return (lambda p: int(int(p * n) / k)), f"the authors' int(int(ratio * N) / K) per class with N = {n}, K = {k}"
+    return (lambda p: _nearest(p * n / k)), f"nearest of ratio * N / K per class with N = {n}, K = {k}"
+
+
+def _no_poison_message(config: PoisonConfig, count_fn: Callable[[float], int], rule: str, n: int,
+                       num_classes: int) -> str:
+    """Why a plan poisons nothing, and the smallest ratio that poisons one sample per poisoned class."""
+    what = "of the target class" if config.clean_label else "per class"
+    msg = f"poison ratio {config.ratio} poisons no sample ({count_fn(config.ratio)} {what}: {rule})"
+    # The rules are non-decreasing in the ratio: find the threshold by bisection, then print it with
+    # as few digits as still poison one sample and lie within 0.1% of it.
+    lo, hi = config.ratio, 1.0
+    if count_fn(math.nextafter(hi, 0.0)) < 1:
+        return msg + f"; no ratio below 1 poisons a sample of {n} samples in {num_classes} classes"
+    hi = math.nextafter(hi, 0.0)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        lo, hi = (lo, mid) if count_fn(mid) >= 1 else (mid, hi)
+    smallest = next(f"{hi:.{d}g}" for d in range(1, 18)
+                    if count_fn(float(f"{hi:.{d}g}")) >= 1 and float(f"{hi:.{d}g}") <= hi * (1 + 1e-3))
+    return msg + f"; the smallest ratio that poisons one sample {what} is {smallest}"
 
 
 def make_poison_plan(
@@ -161,25 +252,42 @@ def make_poison_plan(
 
     Returns:
       A :class:`PoisonPlan` with G = 4 + (num_classes - 1) groups.
+
+    Raises:
+      ValueError: a bad config, labels that are not 1-D integers in [0, num_classes), a ratio that
+        poisons no sample (the message gives the smallest that poisons one per class), or a class
+        too small for its share of the poisons.
     """
     config.validate(num_classes)
-    labels = np.asarray(labels, dtype=np.int32)
+    labels = np.asarray(labels)
     if labels.ndim != 1:
         raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    outside = (labels < 0) | (labels >= num_classes)
+    if outside.any():
+        bad = np.unique(labels[outside])
+        raise ValueError(f"{int(outside.sum())} labels lie outside [0, {num_classes}) (num_classes = {num_classes}): "
+                         f"values {bad[:10].tolist()}{' ...' if bad.size > 10 else ''}; such samples would be in no "
+                         "group: fix the labels or num_classes")
+    labels = labels.astype(np.int32)
     n = labels.shape[0]
     t = config.target
     class_idx = [np.flatnonzero(labels == c) for c in range(num_classes)]
     poisoned = np.zeros(n, bool)
     new_labels = labels.copy()
+    count_fn, rule = _count_rule(config, n, num_classes, len(class_idx[t]))
+    count = count_fn(config.ratio)
+    if count < 1:
+        raise ValueError(_no_poison_message(config, count_fn, rule, n, num_classes))
     if config.clean_label:
         selection = "first" if config.selection == "reference" else config.selection
-        count = int(round(config.ratio * len(class_idx[t])))
-        poisoned[_choose(class_idx[t], count, selection, _rng(key, 0))] = True
+        poisoned[_choose(class_idx[t], count, selection, _rng(key, 0), t, config.ratio, rule)] = True
     else:
         selection = "last" if config.selection == "reference" else config.selection
-        per_class = int(round(config.ratio * n / num_classes))
+        per_class = count
         for c in range(num_classes):
-            chosen = _choose(class_idx[c], per_class, selection, _rng(key, 1 + c))
+            chosen = _choose(class_idx[c], per_class, selection, _rng(key, 1 + c), c, config.ratio, rule)
             poisoned[chosen] = True
             n_keep = int(len(chosen) * config.keep_label_fraction) if c != t else 0
             # The authors relabel the first (per_class - n_keep) of a class's poisons and keep the rest.

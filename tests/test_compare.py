@@ -32,11 +32,12 @@ def fake_mi(separation, seed):
     return mi
 
 
-def config(attack, seed, ratio, out, **changes):
-    c = {"dataset": "mnist5k", "attack": attack, "attack_options": [], "seed": seed,
+def config(attack, seed, ratio, out, stealth_epochs=EPOCHS, stealth_classes=(), **changes):
+    c = {"dataset": "mnist5k", "data_dir": None, "attack": attack, "attack_options": [], "seed": seed,
          "poison": {"ratio": ratio, "target": 0, "clean_label": False},
          "train": {"epochs": 8, "lr": 0.05}, "xt": {"epochs": 20, "batch_size": 16}, "ty": {"epochs": 20},
-         "stealth_epochs": list(EPOCHS), "out": out}
+         "stealth_epochs": list(stealth_epochs), "stealth_read": "heldout", "stealth_normalise": "per_epoch",
+         "stealth_classes": list(stealth_classes), "embed_epochs": [], "embed_points": 2000, "out": out}
     for path, v in changes.items():
         *head, leaf = path.split(".")
         d = c
@@ -46,15 +47,20 @@ def config(attack, seed, ratio, out, **changes):
     return c
 
 
-def write_run(root, attack, seed, ratio=0.1, epochs=EPOCHS, summary_stealth=None, **changes):
-    d = os.path.join(str(root), f"{attack}_{ratio}_s{seed}" + "".join(f"_{k}" for k in changes))
+def write_run(root, attack, seed, ratio=0.1, epochs=EPOCHS, summary_stealth=None, stealth_classes=(), **changes):
+    """A finished run as the study writes it: its stealthiness on ``epochs`` and ``stealth_classes``
+    (empty: all clean classes), which its config records."""
+    d = os.path.join(str(root), f"{attack}_{ratio}_s{seed}" + "".join(f"_{k}" for k in changes)
+                     + ("_c" + "".join(map(str, stealth_classes)) if stealth_classes else "")
+                     + ("_e" + "".join(map(str, epochs)) if tuple(epochs) != EPOCHS else ""))
     os.makedirs(d)
     mi = fake_mi(SEPARATION[attack], seed + 100 * len(attack))
-    stealth = summary_stealth or {read: metrics.stealthiness(mi, epochs, read) for read in metrics.READS}
+    clean = [f"class_{c}" for c in stealth_classes] or None
+    stealth = summary_stealth or {read: metrics.stealthiness(mi, epochs, read, clean=clean) for read in metrics.READS}
     summary = {"run_dir": d, "attack": attack, "dataset": "mnist5k", "model": "small_cnn", "epochs": 8,
                "test_accuracy": 0.9, "asr": 0.99, "seed": seed, "stealth": stealth}
     for name, obj in (("mi.json", mi), ("summary.json", summary), ("stealth.json", stealth),
-                      ("config.json", config(attack, seed, ratio, d, **changes))):
+                      ("config.json", config(attack, seed, ratio, d, epochs, stealth_classes, **changes))):
         with open(os.path.join(d, name), "w") as f:
             json.dump(obj, f)
     return d
@@ -139,6 +145,51 @@ def test_different_stealth_settings_are_refused_even_when_mixed_is_allowed(tmp_p
     expect_error([a, c, "--out", str(tmp_path / "cmp")], "normalisation", capsys)
     res = compare.main([a, c, "--out", str(tmp_path / "cmp"), "--recompute"])
     assert {r["normalise"] for r in res["runs"]} == {"per_epoch"}
+
+
+def test_recompute_uses_each_runs_stealth_classes(tmp_path, capsys):
+    """The reference preset compares with classes 1-3 only (stealth_classes); --recompute must too."""
+    runs = [write_run(tmp_path, a, s, stealth_classes=(1, 2, 3)) for a in ("badnets", "blend") for s in range(2)]
+    recorded = compare.main([*runs, "--out", str(tmp_path / "cmp")])
+    res = compare.main([*runs, "--out", str(tmp_path / "cmp2"), "--recompute"])
+    for old, new in zip(recorded["runs"], res["runs"]):
+        assert new["clean"] == ["class_1", "class_2", "class_3"] == old["clean"]
+        assert new["total"] == pytest.approx(old["total"], abs=1e-6)
+    mi = json.load(open(os.path.join(runs[0], "mi.json")))
+    want = metrics.stealthiness(mi, EPOCHS, "heldout", clean=["class_1", "class_2", "class_3"])["total"]
+    assert res["runs"][0]["total"] == pytest.approx(want, abs=1e-6)
+    assert want != pytest.approx(metrics.stealthiness(mi, EPOCHS, "heldout")["total"], abs=1e-3)  # all 9 differ
+    assert "Clean classes compared with: class_1, class_2, class_3." in open(tmp_path / "cmp2" / "compare.md").read()
+
+
+def test_different_clean_classes_are_refused_until_recomputed_on_common_ones(tmp_path, capsys):
+    a = write_run(tmp_path, "badnets", 0, stealth_classes=(1, 2, 3))
+    b = write_run(tmp_path, "blend", 0)  # all nine clean classes
+    err = expect_error([a, b, "--out", str(tmp_path / "cmp"), "--allow-mixed"], "clean classes", capsys)
+    assert "--stealth-classes" in err
+    # Recomputed with each run's own classes they still differ ...
+    expect_error([a, b, "--out", str(tmp_path / "cmp"), "--recompute"], "clean classes", capsys)
+    # ... on common ones they compare, as one protocol (stealth_classes is an analysis setting).
+    for classes, want in (("all", [f"class_{k}" for k in range(1, 10)]), ("1,2", ["class_1", "class_2"])):
+        res = compare.main([a, b, "--out", str(tmp_path / "cmp"), "--recompute", "--stealth-classes", classes])
+        assert all(r["clean"] == want for r in res["runs"]) and res["differing"] == {}
+    expect_error([a, b, "--out", str(tmp_path / "cmp"), "--stealth-classes", "1,2"], "need --recompute", capsys)
+    expect_error([a, b, "--out", str(tmp_path / "cmp"), "--recompute", "--stealth-classes", "1,x"],
+                 "--stealth-classes must be", capsys)
+    expect_error([a, b, "--out", str(tmp_path / "cmp"), "--recompute", "--stealth-classes", "12"],
+                 "no group 'class_12'", capsys)
+
+
+def test_analysis_settings_in_the_config_are_not_protocol(tmp_path, capsys):
+    """Runs made with other --stealth-epochs, embeddings or data location compare once their
+    stealthiness is recomputed on common epochs (the epochs used are checked on the results)."""
+    a = write_run(tmp_path, "badnets", 0, **{"data_dir": "/data/here", "embed_points": 100})
+    b = write_run(tmp_path, "blend", 0, epochs=(4, 8), **{"stealth_normalise": "joint", "stealth_read": "train"})
+    res = compare.main([a, b, "--out", str(tmp_path / "cmp"), "--recompute", "--stealth-epochs", "1,8"])
+    assert res["differing"] == {} and {r["protocol"] for r in res["runs"]} == {"P1"}
+    assert all(r["stealth_epochs"] == [1, 8] for r in res["runs"])
+    # Without recomputing, the epochs actually used differ and are refused as before.
+    expect_error([a, b, "--out", str(tmp_path / "cmp")], "stealth epochs", capsys)
 
 
 def test_bad_inputs_give_one_line_errors_naming_the_path(tmp_path, capsys):

@@ -135,7 +135,7 @@ def test_mi_curves_show_clean_band_ceiling_error_bars_and_unconverged_marks():
     assert by_gid(fig, "errorbar") and "bars: +-1 standard error" in texts
     assert len(by_gid(fig, "unconverged")) == 1 and "hollow: critic not converged" in texts
     assert "clean classes (9): range" in texts and "target class, backdoor samples" in texts
-    assert "airplane" in fig._suptitle.get_text() and "held-out read" in fig._suptitle.get_text()
+    assert "airplane" in fig.get_suptitle() and "held-out read" in fig.get_suptitle()
     assert_legends_outside_axes(fig)
 
 

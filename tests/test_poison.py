@@ -135,14 +135,142 @@ def test_target_sample_half_is_the_authors_balanced_sample():
     assert len(sample) == 5000 and plan.poisoned[sample].sum() == 500
 
 
-def test_reference_counts_match_the_authors_integer_arithmetic_for_the_study_settings():
-    # ibjax rounds p * N / K; the authors truncate int(int(p * N) / K) (dirty-label) and int(p * N // K)
-    # (clean-label). On the study's sets and ratios the two agree.
-    for n, k in [(50000, 10), (40000, 10)]:
-        for p in (0.01, 0.05, 0.1, 0.2):
-            assert int(round(p * n / k)) == int(int(p * n) / k)
+def _per_class_labels(sizes):
+    """Interleaved labels with ``sizes[c]`` samples of class c."""
+    labels = np.concatenate([np.full(n, c) for c, n in enumerate(sizes)]).astype(np.int32)
+    return labels[np.random.default_rng(len(labels)).permutation(len(labels))]
+
+
+@pytest.mark.parametrize("n, k, p", [
+    (50000, 10, 0.1), (40000, 10, 0.05), (5000, 10, 0.003), (5000, 10, 0.0019), (1234, 7, 0.1), (1000, 10, 0.0215),
+    (999, 10, 0.05), (5000, 10, 0.015), (300, 3, 0.35),
+])
+def test_reference_counts_are_the_authors_truncations(n, k, p):
+    """Dirty-label: int(int(p * N) / K) per class (the generator's poison_count and its slice
+    [-int(poison_count / n_classes):]); the other selections round p * N / K to the nearest, halves up."""
+    per_class = int(int(p * n) / k)
+    sizes = [n // k + (1 if c < n % k else 0) for c in range(k)]  # N need not be a multiple of K
+    labels = _per_class_labels(sizes)
+    if per_class == 0:  # 0.0019 * 5000 = 9.5 -> 9 -> 9 / 10 -> 0: the authors' rule poisons nothing
+        with pytest.raises(ValueError, match="poisons no sample"):
+            poison.make_poison_plan(labels, k, poison.PoisonConfig(ratio=p), jax.random.PRNGKey(0))
+    else:
+        plan = poison.make_poison_plan(labels, k, poison.PoisonConfig(ratio=p), jax.random.PRNGKey(0))
+        np.testing.assert_array_equal(np.bincount(labels[plan.poisoned], minlength=k), [per_class] * k)
+    nearest = int(np.floor(p * n / k + 0.5))
+    if nearest >= 1:
+        last = poison.make_poison_plan(labels, k, poison.PoisonConfig(ratio=p, selection="last"), jax.random.PRNGKey(0))
+        np.testing.assert_array_equal(np.bincount(labels[last.poisoned], minlength=k), [nearest] * k)
+
+
+@pytest.mark.parametrize("sizes, p", [([500] * 10, 0.1), ([700, 400, 400, 500], 0.25), ([333, 400, 401], 0.1),
+                                      ([90, 110, 100], 0.15), ([1000, 10, 10, 10], 0.01)])
+def test_reference_clean_label_count_is_int_of_p_times_the_mean_class_size(sizes, p):
+    """Clean-label: the generator's int(p * samples_per_class), samples_per_class = N // K, whatever the
+    target class's own size; the other selections take p of the target class's own size."""
+    labels = _per_class_labels(sizes)
+    n, k = len(labels), len(sizes)
+    plan = poison.make_poison_plan(labels, k, poison.PoisonConfig(ratio=p, clean_label=True), jax.random.PRNGKey(0))
+    assert plan.num_poisoned == int(p * (n // k))
+    np.testing.assert_array_equal(np.flatnonzero(plan.poisoned), np.flatnonzero(labels == 0)[: int(p * (n // k))])
+    own = poison.make_poison_plan(labels, k, poison.PoisonConfig(ratio=p, clean_label=True, selection="first"),
+                                  jax.random.PRNGKey(0))
+    assert own.num_poisoned == int(np.floor(p * sizes[0] + 0.5))
+
+
+def test_reference_and_nearest_counts_agree_on_the_study_settings():
+    """The claim of the module docstring: CIFAR-10 (50,000) and SVHN cut to 4,000 per class at 1-20%,
+    label-consistent at 10-50% of a class, give the same counts under both rules."""
+    for n in (50000, 40000):
+        labels = cifar_like_labels(n // 10)
+        for p in (0.01, 0.02, 0.05, 0.1, 0.15, 0.2):
+            counts = [poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=p, selection=sel),
+                                              jax.random.PRNGKey(0)).num_poisoned for sel in ("reference", "last")]
+            assert counts[0] == counts[1] == 10 * int(int(p * n) / 10)
         for p in (0.1, 0.25, 0.5):
-            assert int(round(p * (n // k))) == int(p * (n // k))
+            counts = [poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=p, clean_label=True, selection=sel),
+                                              jax.random.PRNGKey(0)).num_poisoned for sel in ("reference", "first")]
+            assert counts[0] == counts[1] == int(p * (n // 10))
+
+
+def test_a_plan_that_poisons_nothing_is_refused_with_the_smallest_ratio_that_does():
+    labels = cifar_like_labels(500)  # 5,000 labels
+    with pytest.raises(ValueError, match=r"poison ratio 0\.001 poisons no sample .*smallest ratio that poisons one "
+                                         r"sample per class is 0\.002$"):
+        poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.001), jax.random.PRNGKey(0))
+    # 0.0019: 9.5 -> int 9 -> 9 / 10 -> 0 per class under the authors' truncation.
+    with pytest.raises(ValueError, match=r"0\.0019 poisons no sample"):
+        poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.0019), jax.random.PRNGKey(0))
+    assert poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.002), jax.random.PRNGKey(0)).num_poisoned == 10
+    # Nearest rounding (other selections): 0.5 per class rounds up, so the threshold is half as large.
+    with pytest.raises(ValueError, match=r"smallest ratio that poisons one sample per class is 0\.001$"):
+        poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.0009, selection="random"), jax.random.PRNGKey(0))
+    assert poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.001, selection="random"),
+                                   jax.random.PRNGKey(0)).num_poisoned == 10
+    # Clean-label: one sample of the target class; the threshold printed is one that works.
+    for sizes in ([500] * 10, [300, 700, 450, 450]):
+        lab = _per_class_labels(sizes)
+        with pytest.raises(ValueError, match="poisons no sample") as info:
+            poison.make_poison_plan(lab, len(sizes), poison.PoisonConfig(ratio=1e-4, clean_label=True),
+                                    jax.random.PRNGKey(0))
+        smallest = float(str(info.value).rsplit(" ", 1)[1])
+        ok = poison.make_poison_plan(lab, len(sizes), poison.PoisonConfig(ratio=smallest, clean_label=True),
+                                     jax.random.PRNGKey(0))
+        assert ok.num_poisoned == 1 and smallest == pytest.approx(1 / (len(lab) // len(sizes)), rel=1e-3)
+    # A set too small for any ratio below 1.
+    with pytest.raises(ValueError, match="no ratio below 1"):
+        poison.make_poison_plan(np.arange(5, dtype=np.int32) % 3, 10, poison.PoisonConfig(ratio=0.9), jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("bad", [[0, 1, 10], [0, -1, 2], [0, 1, 12, 12, -3]])
+def test_labels_outside_the_classes_are_refused(bad):
+    labels = np.concatenate([cifar_like_labels(50), np.asarray(bad, np.int32)])
+    with pytest.raises(ValueError, match=r"outside \[0, 10\)") as info:
+        poison.make_poison_plan(labels, 10, poison.PoisonConfig(), jax.random.PRNGKey(0))
+    assert str(sorted({b for b in bad if not 0 <= b < 10})) in str(info.value)
+
+
+def test_a_class_too_small_for_its_share_names_the_class_and_the_ratio():
+    labels = _per_class_labels([500] * 3 + [20] + [500] * 6)  # class 3 holds 20, each class gives 45
+    with pytest.raises(ValueError, match=r"poison ratio 0\.1 asks for 45 samples of class 3 .*class 3 holds 20"):
+        poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.1), jax.random.PRNGKey(0))
+    with pytest.raises(ValueError, match=r"poison ratio 0\.5 asks for 68 samples of class 0 .*holds 20"):
+        poison.make_poison_plan(_per_class_labels([20, 200, 190]), 3, poison.PoisonConfig(ratio=0.5, clean_label=True),
+                                jax.random.PRNGKey(0))
+
+
+def _positional_split(origin, label, triggered, writer_rate, target=0):
+    """``ffcv_writer.create_class_datasets``' split of the target class by position: the first
+    ``int(N * writer_rate)`` label-0 rows of the generated set are "backdoor", the rest "clean".
+    Returns (#triggered, #clean) in each part."""
+    rows = np.flatnonzero(label == target)
+    cut = int(len(label) * writer_rate)
+    bd, cl = rows[:cut], rows[cut:]
+    return (int(triggered[bd].sum()), int((~triggered[bd]).sum())), (int(triggered[cl].sum()), int((~triggered[cl]).sum()))
+
+
+def test_the_authors_positional_split_mixes_clean_samples_into_the_backdoor_group():
+    """The numbers REFERENCE_POISON's docstring states, re-derived on the authors' generated set
+    (CIFAR-10 sizes, 10% generator); ibjax's reference groups are the trigger split."""
+    labels = cifar_like_labels()
+    origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, "adaptive_blend")
+    assert _positional_split(origin, label, triggered, 0.1) == ((2750, 2250), (0, 2250))
+    assert _positional_split(origin, label, triggered, 0.05) == ((2500, 0), (250, 4500))
+    # create_balanced_sample at r = 0.1: half of class_1's size from the clean part, which is smaller.
+    class_1 = int((label == 1).sum())
+    assert class_1 == 4750 and class_1 - min(5000, class_1 // 2) > 2250
+    ref = poison.make_poison_plan(labels, 10, dataclasses.replace(poison.REFERENCE_POISON, keep_label_fraction=0.5),
+                                  jax.random.PRNGKey(0))
+    assert len(ref.group("target_backdoor")) == 2750 and ref.poisoned[ref.group("target_backdoor")].all()
+    assert len(ref.group("target_clean")) == 4500 and not ref.poisoned[ref.group("target_clean")].any()
+    # BadNets: the positional split is the trigger split only when the writer's rate is the generator's.
+    origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, "badnets")
+    assert _positional_split(origin, label, triggered, 0.1) == ((5000, 0), (0, 4500))
+    assert _positional_split(origin, label, triggered, 0.05) == ((2500, 0), (2500, 4500))
+    # Label-consistent at 10% of the class: rows in data-set order, the first 500 of class 0 triggered.
+    origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, "label_consistent")
+    assert _positional_split(origin, label, triggered, 0.05) == ((500, 2000), (0, 2500))
+    assert _positional_split(origin, label, triggered, 0.1) == ((500, 4500), (0, 0))
 
 
 # ---------------------------------------------------------------- ibjax's own rules

@@ -139,3 +139,29 @@ def test_label_consistent_perturbation_grey_images_and_attack_settings():
     assert ref.train_params.pgd == T.PGDParams(random_start=True)
     with pytest.raises(ValueError, match="overlap"):
         T.get_attack("label_consistent", size=15).validate((28, 28, 1))
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("field, value", [("pgd_steps", -1), ("pgd_eps", -0.5), ("pgd_step_size", -1e-3),
+                                          ("pgd_steps", 2.5)])
+def test_label_consistent_pgd_fields_are_checked_by_their_own_names(field, value):
+    for make in (lambda: T.LabelConsistentParams(**{field: value}),
+                 lambda: T.get_attack("label_consistent", **{field: value})):
+        with pytest.raises(ValueError, match=rf"LabelConsistentParams\.{field} = ") as info:
+            make()
+        assert "PGDParams" not in str(info.value)
+
+
+def test_pgd_l2_refuses_labels_outside_the_models_classes():
+    x = _images((3, 4, 4, 3))
+    _, logits_fn = _linear(4 * 4 * 3, k=5)
+    for bad in ([0, 5, 1], [0, -1, 1]):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+            T.pgd_l2(logits_fn, x, jnp.asarray(bad), T.PGDParams(steps=2))
+    with pytest.raises(ValueError, match="one label per image"):
+        T.pgd_l2(logits_fn, x, jnp.asarray([0, 1]), T.PGDParams(steps=2))
+    # Traced labels cannot be checked (their values are unknown while tracing): no error there.
+    out = jax.jit(lambda y: T.pgd_l2(logits_fn, x, y, T.PGDParams(steps=2)))(jnp.asarray([0, 4, 1]))
+    assert out.shape == x.shape

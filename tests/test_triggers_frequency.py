@@ -105,3 +105,18 @@ def test_low_frequency_uap_moves_a_model_towards_the_target_within_budget(tmp_pa
     Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(tmp_path / "uap.png")
     with pytest.raises(ValueError, match="float .npy"):  # an image has no sign
         T.get_attack("low_frequency", pattern=str(tmp_path / "uap.png"))
+
+
+def test_low_frequency_uap_refuses_a_target_outside_the_models_classes():
+    w = jnp.asarray(np.random.default_rng(6).normal(size=(8 * 8 * 3, 4)), jnp.float32)
+    logits_fn = lambda z: z.reshape(z.shape[0], -1) @ w  # noqa: E731
+    x = _images((2, 8, 8, 3))
+    params = T.LowFrequencyParams(cutoff=2)
+    for target in (4, -1):
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 4\)"):
+            T.low_frequency_uap(logits_fn, x, target, params, steps=1)
+        # Also when only the images are traced (the target is still a known number).
+        with pytest.raises(ValueError, match=r"target must lie in \[0, 4\)"):
+            jax.jit(lambda z: T.low_frequency_uap(logits_fn, z, target, params, steps=1))(x)
+    with pytest.raises(ValueError, match="batch"):
+        T.low_frequency_uap(logits_fn, x[0], 1, params, steps=1)

@@ -10,7 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from ibjax.triggers.common import _check_range, _finish, _image_shape, _jit_static_params, _Params, _prepare
+from ibjax.triggers.common import (
+    _check_class_indices,
+    _check_range,
+    _finish,
+    _image_shape,
+    _jit_static_params,
+    _Params,
+    _prepare,
+)
 
 __all__ = ["PGDParams", "LabelConsistentParams", "pgd_l2", "label_consistent"]
 
@@ -78,7 +86,8 @@ def pgd_l2(
       logits_fn: ``x [B, H, W, C] -> logits [B, num_classes]``; a pure function (e.g. a model's
         apply closed over its variables). Close over it or mark it static when jitting.
       images: ``[B, H, W, C]`` in [0, 1].
-      labels: ``[B]`` integer true labels.
+      labels: ``[B]`` integer true labels in [0, num_classes) (checked when they are concrete, not
+        under tracing: an out-of-range label would make the loss constant, PGD a no-op).
       params: :class:`PGDParams`.
       key: PRNG key of the random start (needed iff ``params.random_start``).
 
@@ -88,6 +97,12 @@ def pgd_l2(
     """
     x0, dtype = _prepare(images)
     labels = jnp.asarray(labels)
+    if labels.shape != x0.shape[:-3]:
+        raise ValueError(f"pgd_l2: labels have shape {labels.shape}, the images {x0.shape}: give one label per image "
+                         f"(shape {x0.shape[:-3]})")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+        raise TypeError(f"pgd_l2: labels must be integer class indices, got dtype {labels.dtype}")
+    _check_class_indices(logits_fn, x0, labels, "pgd_l2: labels")
     if params.random_start:
         if key is None:
             raise ValueError("PGD with random_start=True needs a PRNG key: pgd_l2(..., key=key)")
@@ -139,7 +154,11 @@ class LabelConsistentParams(_Params):
     def _check(self) -> None:
         _check_range(self, "amplitude", 0.0)
         _check_range(self, "size", 1, integer=True)
-        self.pgd  # noqa: B018 - checks the PGD fields
+        # The PGD fields by their own names (as PGDParams checks eps, step_size and steps), so that
+        # an error names the field the user set, never PGDParams'.
+        _check_range(self, "pgd_eps", 0.0)
+        _check_range(self, "pgd_step_size", 0.0)
+        _check_range(self, "pgd_steps", 0, integer=True)
 
     @property
     def pgd(self) -> PGDParams:

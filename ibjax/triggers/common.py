@@ -378,6 +378,24 @@ def _check_range(params: Any, field: str, lo: Optional[float] = None, hi: Option
         _fail(params, field, value, f"{kind} {bounds}")
 
 
+def _check_class_indices(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, indices: Any,
+                         what: str) -> None:
+    """ValueError when concrete class ``indices`` lie outside [0, K), K the width of ``logits_fn``'s
+    output on ``images`` (found by abstract evaluation: nothing runs). Traced indices are not checked:
+    their values are unknown until the program runs."""
+    try:
+        values = np.asarray(indices)
+    except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
+        return
+    if values.size == 0:
+        return
+    num_classes = int(jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1])
+    lo, hi = int(values.min()), int(values.max())
+    if lo < 0 or hi >= num_classes:
+        raise ValueError(f"{what} must lie in [0, {num_classes}) (the model's {num_classes} logits), got values in "
+                         f"[{lo}, {hi}]")
+
+
 def _check_patch_fits(params: Any, shape: tuple[int, int, int], name: str) -> None:
     """The square patch (``row``, ``col``, ``size``) lies wholly inside H x W."""
     h, w = int(shape[0]), int(shape[1])

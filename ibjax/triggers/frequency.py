@@ -14,6 +14,7 @@ from jax import lax
 
 from ibjax.triggers.common import (
     StaticArray,
+    _check_class_indices,
     _check_range,
     _fail,
     _finish,
@@ -244,7 +245,8 @@ def low_frequency_uap(
     Args:
       logits_fn: ``x f32[B, H, W, C] -> logits f32[B, K]`` of a clean model (deterministic).
       images: ``f32[B, H, W, C]`` clean images in [0, 1].
-      target: the target class.
+      target: the target class, in [0, K) (checked when it is concrete, not under tracing: an
+        out-of-range target would make the loss constant and return the start unchanged).
       params: ``eps``, ``cutoff`` and ``seed`` (the start).
       steps, step_size: descent steps and the L2 length of each step in coefficient space.
 
@@ -252,6 +254,9 @@ def low_frequency_uap(
       ``delta f32[H, W, C]``; use it as ``get_attack("low_frequency", pattern=delta)``.
     """
     x, _ = _prepare(images)
+    if x.ndim != 4:
+        raise ValueError(f"low_frequency_uap: images must be a batch f32[B, H, W, C], got shape {x.shape}")
+    _check_class_indices(logits_fn, x, target, "low_frequency_uap: target")
     h, w, c = x.shape[-3:]
     dh, dw = _low_pass_basis(h, w, params.cutoff)
     start = jnp.asarray(_low_frequency_pattern_np(h, w, c, params.cutoff, params.eps, params.seed))

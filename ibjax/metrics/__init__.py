@@ -1,0 +1,68 @@
+"""Metrics on a run's MI history, on its representations, and across runs.
+
+Everything here is a pure function. The array functions (:func:`minmax_normalise`,
+:func:`stealth_distance`, :func:`stealth_bootstrap`, :func:`silhouette_samples`,
+:func:`silhouette_score`, :func:`pca_2d`) take and return ``jnp`` arrays and are usable under jit,
+vmap and grad (with the noted static arguments); the dict functions (:func:`stealthiness`,
+:func:`size_matched_comparisons`, :func:`group_silhouettes`, :func:`select_epochs`,
+:func:`compare_runs`, ...) read plain Python structures as stored in a run's files and return plain
+Python values.
+
+Modules, one concern each (every public name is also importable from ``ibjax.metrics``):
+
+- :mod:`~ibjax.metrics.names`: the parts of an MI history (quantities, reads, target groups,
+  stealthiness components) and :func:`is_finite_number`; no jax import (the plots use it).
+- :mod:`~ibjax.metrics.history`: reading an MI history (clean classes, available epochs).
+- :mod:`~ibjax.metrics.stealth`: min-max normalisation, the stealth distance, its bootstrap
+  standard errors, :func:`stealthiness` and the choice of its epochs.
+- :mod:`~ibjax.metrics.comparison`: size-matched target-vs-clean comparisons and their Markdown.
+- :mod:`~ibjax.metrics.runs`: protocols of runs (what must match for a comparison), seed statistics
+  and the ranking of attacks used by ``experiments.compare``.
+- :mod:`~ibjax.metrics.clustering`: silhouette scores and the 2-D PCA embedding of T.
+"""
+
+from ibjax.metrics import clustering, comparison, history, names, runs, stealth
+from ibjax.metrics.clustering import cluster_ids, group_silhouettes, pca_2d, silhouette_samples, silhouette_score
+from ibjax.metrics.comparison import SIZE_MATCHED_GROUPS, size_matched_comparisons, size_matched_markdown
+from ibjax.metrics.history import available_epochs, clean_groups
+from ibjax.metrics.names import (
+    DEFAULT_STEALTH_EPOCHS,
+    NORMALISATIONS,
+    QUANTITIES,
+    READS,
+    STEALTH_COMPONENTS,
+    STEALTH_TARGET_GROUPS,
+    clean_group_key,
+    is_clean_group,
+    is_finite_number,
+)
+from ibjax.metrics.runs import (
+    ANALYSIS_FIELDS,
+    RUN_IDENTITY_FIELDS,
+    compare_runs,
+    flatten_config,
+    prediction_p_value,
+    protocol_labels,
+    protocol_of,
+    protocol_order,
+    seed_statistics,
+    welch_p_value,
+)
+from ibjax.metrics.stealth import (
+    DEFAULT_SE_DRAWS,
+    minmax_normalise,
+    select_epochs,
+    stealth_bootstrap,
+    stealth_description,
+    stealth_distance,
+    stealthiness,
+)
+
+__all__ = [
+    *names.__all__,
+    *history.__all__,
+    *stealth.__all__,
+    *comparison.__all__,
+    *runs.__all__,
+    *clustering.__all__,
+]
