@@ -33,14 +33,22 @@ __all__ = [
 ]
 
 
-def _dense_init(key: jax.Array, d_in: int, d_out: int) -> dict:
-    # PyTorch nn.Linear's default init (uniform +-1/sqrt(fan_in)), so critics start where the reference's do.
-    kw, kb = jax.random.split(key)
-    bound = 1.0 / jnp.sqrt(d_in)
-    return {
-        "w": jax.random.uniform(kw, (d_in, d_out), jnp.float32, -bound, bound),
-        "b": jax.random.uniform(kb, (d_out,), jnp.float32, -bound, bound),
-    }
+def _dense_layers(key: jax.Array, dims: Sequence[tuple[int, int]]) -> list[dict]:
+    """Dense layers ``{"w": f32[d_in, d_out], "b": f32[d_out]}`` for each (d_in, d_out), PyTorch
+    nn.Linear's default init (uniform +-1/sqrt(fan_in)), so critics start where the reference's do.
+
+    All layers come from one uniform draw, sliced: every separate PRNG call is one more threefry
+    kernel for XLA to compile, and compilation dominates short CPU runs.
+    """
+    sizes = [i * o + o for i, o in dims]
+    u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    layers, start = [], 0
+    for (d_in, d_out), size in zip(dims, sizes):
+        bound = 1.0 / jnp.sqrt(float(d_in))
+        chunk = u[start : start + size] * bound
+        layers.append({"w": chunk[: d_in * d_out].reshape(d_in, d_out), "b": chunk[d_in * d_out :]})
+        start += size
+    return layers
 
 
 def _mlp(layers: Sequence[dict], h: jax.Array, dtype) -> jax.Array:
@@ -58,9 +66,7 @@ def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] =
     """
     if not hidden:
         raise ValueError("the concat critic needs at least one hidden layer")
-    keys = jax.random.split(key, len(hidden) + 1)
-    first = _dense_init(keys[0], da + db, hidden[0])
-    rest = [_dense_init(k, i, o) for k, i, o in zip(keys[1:], hidden, (*hidden[1:], 1))]
+    first, *rest = _dense_layers(key, [(da + db, hidden[0]), *zip(hidden, (*hidden[1:], 1))])
     return {"first": {"wa": first["w"][:da], "wb": first["w"][da:], "b": first["b"]}, "rest": rest}
 
 
@@ -109,13 +115,10 @@ def init_separable_critic(
     key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128), embed_dim: int = 64
 ) -> dict:
     """Parameters of f(a, b) = g(a) . h(b), g and h MLPs with ``hidden`` ReLU layers to ``embed_dim``."""
-    ka, kb = jax.random.split(key)
-
-    def mlp(k, d_in):
-        dims = (d_in, *hidden, embed_dim)
-        return [_dense_init(kk, i, o) for kk, i, o in zip(jax.random.split(k, len(dims) - 1), dims[:-1], dims[1:])]
-
-    return {"g": mlp(ka, da), "h": mlp(kb, db)}
+    dims_g, dims_h = (da, *hidden, embed_dim), (db, *hidden, embed_dim)
+    pairs = lambda dims: list(zip(dims[:-1], dims[1:]))  # noqa: E731
+    layers = _dense_layers(key, pairs(dims_g) + pairs(dims_h))
+    return {"g": layers[: len(dims_g) - 1], "h": layers[len(dims_g) - 1 :]}
 
 
 def _embed(layers, x, dtype):
