@@ -38,6 +38,7 @@ __all__ = [
     "nwj",
     "dv",
     "infonce_terms",
+    "infonce_all_pairs_terms",
     "nwj_terms",
     "dv_terms",
     "BOUNDS",
@@ -76,6 +77,17 @@ def infonce_all_pairs(scores: jax.Array) -> jax.Array:
     """
     b = scores.shape[-1]
     return jnp.mean(jnp.diagonal(scores) - jax.nn.logsumexp(scores, axis=-1)) + jnp.log(float(b))
+
+
+def infonce_all_pairs_terms(scores: jax.Array, n_valid) -> jax.Array:
+    """Per-row all-pairs InfoNCE terms f32[B] of a score matrix whose first ``n_valid`` rows and
+    columns are real: row i's negatives are the other real columns, ``scores[i, i] - logsumexp_j
+    scores[i, j] + log(n_valid)`` (at most log n_valid nats). Rows past n_valid are 0."""
+    b = scores.shape[-1]
+    real = jnp.arange(b) < n_valid
+    lse = jax.nn.logsumexp(jnp.where(real[None, :], scores, -jnp.inf), axis=-1)
+    terms = jnp.diagonal(scores) - lse + jnp.log(jnp.maximum(n_valid, 1).astype(jnp.float32))
+    return jnp.where(real, terms, 0.0)
 
 
 def nwj_terms(pos: jax.Array, neg: jax.Array, weight: Optional[jax.Array] = None) -> jax.Array:

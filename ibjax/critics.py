@@ -30,6 +30,7 @@ __all__ = [
     "separable_critic_scores",
     "init_critic",
     "critic_scores",
+    "critic_matrix",
 ]
 
 
@@ -141,6 +142,31 @@ def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[in
     if kind == "separable":
         return init_separable_critic(key, da, db, hidden, embed_dim)
     raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+
+
+def critic_matrix(kind: str, params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32, block_rows: int = 128
+                  ) -> jax.Array:
+    """All B x B scores ``f32[B, B]``, ``[i, j] = f(a_i, b_j)``, of a batch a f[B, da], b f[B, db].
+
+    The concat critic is evaluated ``block_rows`` rows at a time (its first layer still split into two
+    projections), so memory stays O(block_rows * B * width) for large B; the separable critic is one
+    matmul.
+    """
+    if kind == "separable":
+        return (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
+    if kind != "concat":
+        raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+    first = params["first"]
+    pa = a.astype(dtype) @ first["wa"].astype(dtype)
+    pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)
+    n = a.shape[0]
+    blocks = -(-n // block_rows)
+    pa = jnp.pad(pa, ((0, blocks * block_rows - n), (0, 0))).reshape(blocks, block_rows, -1)
+
+    def rows(block):
+        return _mlp(params["rest"], block[:, None, :] + pb[None, :, :], dtype)[..., 0].astype(jnp.float32)
+
+    return jax.lax.map(rows, pa).reshape(blocks * block_rows, n)[:n]
 
 
 def critic_scores(kind: str, params: dict, a, b, neg_index, dtype=jnp.float32):

@@ -76,6 +76,11 @@ class MIConfig:
         at random (a randomised probability transform, which keeps MI).
       fit_samples: training pairs per group that fit the ``preprocess`` map (at most the split).
       heldout_passes: shuffles of the held-out split averaged in the held-out read.
+      read_batch_size: the held-out InfoNCE read cuts the split into equal batches of at most this
+        many rows and takes every other row of a row's batch as its negatives (all-pairs InfoNCE,
+        at most log(rows) nats). For the same critic more negatives make the bound tighter: its
+        shortfall below the truth falls with K (heavy tails need many). ``0`` reads with the
+        training batch size and negatives. (NWJ and DV always read as they train.)
       read_epochs: the ``train`` read is the mean of this many last epochs (reference: 5).
       convergence_fraction: the verdict looks at this last fraction of the epochs (at least 5; a run
         shorter than 5 epochs is never called converged).
@@ -109,6 +114,7 @@ class MIConfig:
     preprocess: str = "none"
     fit_samples: int = 4096
     heldout_passes: int = 4
+    read_batch_size: int = 1024
     read_epochs: int = 5
     convergence_fraction: float = 0.25
     convergence_tol: float = 0.02
@@ -130,6 +136,11 @@ class MIConfig:
         return bound_cap(self.bound, self.num_negatives)
 
     @property
+    def reads_all_pairs(self) -> bool:
+        """Whether the held-out read is the all-pairs InfoNCE over batches of ``read_batch_size``."""
+        return self.read_batch_size > 0 and self.bound == "infonce"
+
+    @property
     def convergence_window(self) -> int:
         """Epochs at the end of the run the convergence verdict looks at."""
         return int(min(self.epochs, max(5, round(self.convergence_fraction * self.epochs))))
@@ -143,6 +154,8 @@ class MIConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.read_batch_size < 0 or self.read_batch_size == 1:
+            raise ValueError(f"read_batch_size must be 0 (read as training) or >= 2, got {self.read_batch_size}")
         for name in ("epochs", "batch_size", "negatives", "read_epochs", "heldout_passes", "fit_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -17,8 +17,8 @@ Per group, with its own key:
    the plain mean of its batches' estimates; the learning rate follows the authors' plateau rule.
 4. Reads: ``train`` (the authors' number: mean of the last ``read_epochs`` epochs' estimates, on pairs
    the critic trained on), ``heldout`` with its standard error (per-row bound terms of the selected
-   critic on the held-out split, averaged over ``heldout_passes`` shuffles) and a convergence verdict
-   (:mod:`ibjax.mi.reliability`).
+   critic on the held-out split, all other rows of a read batch as negatives, averaged over
+   ``heldout_passes`` shuffles) and a convergence verdict (:mod:`ibjax.mi.reliability`).
 
 Every random choice of group g derives from that group's own key (``jax.random.split(key, G)[g]``) and,
 per sample, from ``fold_in(key_g, position)``, so group g of a batched call equals the same group
@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ibjax.bounds import infonce_all_pairs_terms
+from ibjax.critics import critic_matrix
 from ibjax.mi.config import MIConfig, batches_per_epoch, resolve_config, split_sizes
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
 from ibjax.mi.training import CriticState, batch_terms, init_one, negative_index, plateau_state, step_indexed
@@ -75,7 +77,10 @@ class MIResult:
         last ``config.convergence_window`` epochs, and its standard error (nats).
       converged: bool[G], the convergence verdict.
       final_lr: f32[G], the critic's learning rate after the last epoch.
-      cap: the largest value the bound can read (log(K + 1) for InfoNCE).
+      heldout_cap: f32[G], the largest value the held-out read can take (log of its read batch's rows
+        for the all-pairs read, else as ``cap``).
+      cap: the largest value the training bound can read (log(K + 1) for InfoNCE): the ceiling of
+        ``trajectory``, ``validation`` and ``train``.
     """
 
     trajectory: jax.Array
@@ -88,11 +93,12 @@ class MIResult:
     trend_se: jax.Array
     converged: jax.Array
     final_lr: jax.Array
+    heldout_cap: jax.Array
     cap: float = struct.field(pytree_node=False)
 
     def to_dict(self, group_names: Optional[Sequence[str]] = None):
         """Plain-Python view, per group: ``{"trajectory", "validation", "train", "heldout",
-        "heldout_se", "converged", "cap", "best_epoch", "trend", "trend_se", "final_lr"}``.
+        "heldout_se", "converged", "cap", "heldout_cap", "best_epoch", "trend", "trend_se", "final_lr"}``.
 
         With a group axis: a list of those dicts, or ``{name: dict}`` given ``group_names``; without
         one (from :func:`estimate_mi`): one dict.
@@ -128,6 +134,7 @@ class _Sizes:
     n_tr: jax.Array
     steps: jax.Array
     ho_batches: jax.Array
+    ho_rows: jax.Array  # rows per held-out read batch
     val_batches: jax.Array
 
 
@@ -138,6 +145,7 @@ class _Static:
     width: int  # M, positions per group
     steps: int
     ho_batches: int
+    read_rows: int  # rows of a held-out read batch
     val_batches: int
     fit_rows: int
     da: int
@@ -191,19 +199,20 @@ def _window(order: jax.Array, start, length: int) -> jax.Array:
     return jax.lax.dynamic_slice(padded, (start,), (length,))
 
 
-def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup, config: MIConfig, static):
-    """One batch of one group: its pairs at ``positions`` through the group's input maps, and the
-    negatives (int32[B, K] among the first ``n_valid`` rows)."""
-    bsz = config.batch_size
+def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup, config: MIConfig, static,
+           negatives: bool = True):
+    """One batch of one group: its pairs at ``positions`` (int32[R]) through the group's input maps,
+    and (if ``negatives``) the negatives int32[R, K] among the first ``n_valid`` rows."""
+    rows = positions.shape[0]
     k_pairs, k_u = jax.random.split(key)
-    widths = [config.negatives if config.negative_sampling == "sampled" else 0]
+    widths = [config.negatives if negatives and config.negative_sampling == "sampled" else 0]
     widths += [static.da, static.db] if config.preprocess == "rank" else [0, 0]
-    u = jax.random.uniform(k_u, (bsz, sum(widths))) if sum(widths) else jnp.zeros((bsz, 0))
+    u = jax.random.uniform(k_u, (rows, sum(widths))) if sum(widths) else jnp.zeros((rows, 0))
     u_neg, u_a, u_b = jnp.split(u, np.cumsum(widths[:2]), axis=1)
     a, b = sample_fn(shared, group_data, positions, k_pairs)
     a = apply_marginals(setup.ma, a, config.preprocess, u_a)
     b = apply_marginals(setup.mb, b, config.preprocess, u_b)
-    return a, b, negative_index(u_neg, bsz, n_valid, config)
+    return a, b, (negative_index(u_neg, rows, n_valid, config) if negatives else None)
 
 
 def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, config: MIConfig, static: _Static):
@@ -263,6 +272,31 @@ def _split_terms(params, order, n_split, n_batches, keys, group_data, shared, se
                            config, static)
         terms = batch_terms(params, a, b, neg, jnp.minimum(bsz, n_split), config, weight)
         return acc.at[positions].add(jnp.where(weight > 0, terms, 0.0)), None
+
+    acc, _ = jax.lax.scan(batch, jnp.zeros(order.shape, jnp.float32), jnp.arange(keys.shape[0]))
+    return acc, jnp.sum(acc) / jnp.maximum(n_split, 1)
+
+
+def _allpairs_terms(params, order, n_split, n_batches, rows, keys, group_data, shared, setup, *, sample_fn,
+                    config: MIConfig, static: _Static):
+    """Per-position all-pairs InfoNCE terms f32[M] of one pass over a split, and its read (nats).
+
+    The split's n positions (first in ``order``) are cut into ``n_batches`` batches of ``rows`` (the
+    last one possibly shorter); each row's negatives are all other rows of its batch.
+    """
+    r = static.read_rows
+
+    def batch(acc, h):
+        i = jnp.arange(r)
+        n_valid = jnp.where(h < n_batches, jnp.clip(n_split - h * rows, 0, rows), 0)
+        real = i < n_valid
+        positions = order[jnp.where(real, h * rows + i, 0)]
+        a, b, _ = _batch(sample_fn, shared, group_data, positions, n_valid, keys[h], setup, config, static,
+                         negatives=False)
+        a, b = jnp.where(real[:, None], a, 0), jnp.where(real[:, None], b, 0)
+        scores = critic_matrix(config.critic, params, a, b, jnp.dtype(config.dtype))
+        terms = infonce_all_pairs_terms(scores, jnp.maximum(n_valid, 1))
+        return acc.at[positions].add(jnp.where(real, terms, 0.0)), None
 
     acc, _ = jax.lax.scan(batch, jnp.zeros(order.shape, jnp.float32), jnp.arange(keys.shape[0]))
     return acc, jnp.sum(acc) / jnp.maximum(n_split, 1)
@@ -334,8 +368,12 @@ def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
         def one_pass(acc, p):
             keys = jax.random.split(jax.random.fold_in(setup.key_ho, p), static.ho_batches + 1)
             order = _ranks(keys[0], setup.heldout)
-            terms, _ = _split_terms(params, order, sizes.n_ho, sizes.ho_batches, keys[1:], group_data, shared, setup,
-                                    sample_fn=sample_fn, config=config, static=static)
+            if config.reads_all_pairs:
+                terms, _ = _allpairs_terms(params, order, sizes.n_ho, sizes.ho_batches, sizes.ho_rows, keys[1:],
+                                           group_data, shared, setup, sample_fn=sample_fn, config=config, static=static)
+            else:
+                terms, _ = _split_terms(params, order, sizes.n_ho, sizes.ho_batches, keys[1:], group_data, shared,
+                                        setup, sample_fn=sample_fn, config=config, static=static)
             return acc + terms, None
 
         acc, _ = jax.lax.scan(one_pass, jnp.zeros(setup.heldout.shape, jnp.float32), jnp.arange(config.heldout_passes))
@@ -345,7 +383,11 @@ def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
     read = validation if config.validation_fraction > 0 else trajectory
     rise, rise_se = trend(read, config.convergence_window)
     converged = convergence_verdict(rise, rise_se, config.convergence_tol, two_sided=config.select == "last")
-    return train_read, heldout, heldout_se, rise, rise_se, converged, carry.best_epoch, carry.state.lr
+    if config.reads_all_pairs:
+        heldout_cap = jnp.log(jnp.maximum(sizes.ho_rows, 1).astype(jnp.float32))
+    else:
+        heldout_cap = jnp.asarray(config.cap, jnp.float32)
+    return train_read, heldout, heldout_se, rise, rise_se, converged, carry.best_epoch, carry.state.lr, heldout_cap
 
 
 _STATIC = ("sample_fn", "config", "static")
@@ -405,8 +447,13 @@ def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[Sequence[s
                 "least 2: change those fractions or leave that group out"
             )
     bsz = config.batch_size
+    if config.reads_all_pairs:  # equal batches of at most read_batch_size rows
+        ho_batches = -(-n_ho // config.read_batch_size)
+        ho_rows = -(-n_ho // np.maximum(ho_batches, 1))
+    else:
+        ho_batches, ho_rows = -(-n_ho // bsz), np.full_like(n_ho, bsz)
     return dict(n_ho=n_ho, n_val=n_val, n_tr=n_tr, steps=batches_per_epoch(n_tr, bsz, config.batch_fraction),
-                ho_batches=-(-n_ho // bsz), val_batches=-(-n_val // bsz))
+                ho_batches=ho_batches, ho_rows=ho_rows, val_batches=-(-n_val // bsz))
 
 
 def check_groups(mask: np.ndarray, config: Optional[MIConfig] = None, group_names: Optional[Sequence[str]] = None,
@@ -495,6 +542,7 @@ def estimate_mi_sampled(
         raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
     static = _Static(
         width=valid.shape[1], steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
+        read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
         val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),
         da=int(da), db=int(db),
     )
@@ -515,11 +563,11 @@ def estimate_mi_sampled(
             progress(done, config.epochs)
     trajectory = jnp.concatenate(trajectory, axis=1)
     validation = jnp.concatenate(validation, axis=1)
-    train, heldout, heldout_se, rise, rise_se, converged, best_epoch, lr = _finish(
+    train, heldout, heldout_se, rise, rise_se, converged, best_epoch, lr, heldout_cap = _finish(
         carry, setup, sizes, group_data, shared, trajectory, validation, **kw)
     return MIResult(trajectory=trajectory, validation=validation, train=train, heldout=heldout, heldout_se=heldout_se,
                     best_epoch=best_epoch, trend=rise, trend_se=rise_se, converged=converged, final_lr=lr,
-                    cap=config.cap)
+                    heldout_cap=heldout_cap, cap=config.cap)
 
 
 def estimate_mi_groups(
