@@ -53,10 +53,11 @@ QUANTITIES = {
 }
 
 
-def _base_config(q: str):
+def _base_config(q: str, which: str = "default"):
     from ibjax import mi
 
-    return dataclasses.replace(mi.XT_CONFIG if q == "xt" else mi.TY_CONFIG, critic="concat", hidden=(128, 128))
+    configs = {"default": (mi.XT_CONFIG, mi.TY_CONFIG), "reference": (mi.XT_REFERENCE, mi.TY_REFERENCE)}[which]
+    return dataclasses.replace(configs[0] if q == "xt" else configs[1], critic="concat", hidden=(128, 128))
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -78,6 +79,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--measure-full", action="store_true",
                    help="run the whole 13-group estimate even on a CPU or with --quick (at the sizes in force)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline")
+    p.add_argument("--mi-config", default="default", choices=("default", "reference"),
+                   help="estimator settings: ibjax's defaults (XT_CONFIG / TY_CONFIG: held-out and validation "
+                   "splits, best critic, rank-Gaussianised inputs) or the authors' (XT_REFERENCE / TY_REFERENCE)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a = p.parse_args(argv)
@@ -96,7 +100,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def _config(args, q: str, epochs: Optional[int] = None):
-    base = _base_config(q)
+    base = _base_config(q, args.mi_config)
     return dataclasses.replace(
         base,
         batch_size=max(2, base.batch_size // args.batch_div),
@@ -106,18 +110,19 @@ def _config(args, q: str, epochs: Optional[int] = None):
     )
 
 
-def _group_sizes(args, g: int, batch: int, heldout_fraction: float) -> list[int]:
-    # Every group keeps at least one training batch after the held-out split.
-    floor = int(math.ceil(batch / (1.0 - heldout_fraction))) + 1
+def _group_sizes(args, g: int, cfg) -> list[int]:
+    # Every group keeps at least one training batch and two validation / held-out samples after the splits.
+    keep = (1.0 - cfg.heldout_fraction) * (1.0 - cfg.validation_fraction)
+    floor = int(math.ceil((cfg.batch_size + 2) / keep)) + 4
     return [max(floor, s // args.size_div) for s in REALISTIC_SIZES[:g]]
 
 
 def _schedule(sizes: Sequence[int], cfg) -> tuple[int, list[int]]:
     """(scan steps per epoch, useful steps per epoch of each group), as ibjax.mi schedules them."""
-    useful = []
-    for n in sizes:
-        n_tr = n - int(math.floor(cfg.heldout_fraction * n))
-        useful.append(max(1, int(math.floor((n_tr // cfg.batch_size) * cfg.batch_fraction))))
+    from ibjax import mi
+
+    n_tr = mi.split_sizes(np.asarray(sizes), cfg)[2]
+    useful = [int(u) for u in mi.batches_per_epoch(n_tr, cfg.batch_size, cfg.batch_fraction)]
     return max(useful), useful
 
 
@@ -134,21 +139,6 @@ def _features(seed: int, g: int, n: int, q: str):
     return jax.block_until_ready((jnp.asarray(a), jnp.asarray(b)))
 
 
-_INIT = None
-
-
-def _mi_init():
-    """``ibjax.mi.init`` jitted whole (it initialises op by op: many small compilations). Untimed set-up."""
-    global _INIT
-    if _INIT is None:
-        import jax
-
-        from ibjax import mi
-
-        _INIT = jax.jit(mi.init, static_argnames=("num_groups", "da", "db", "config"))
-    return _INIT
-
-
 def bench_update(args, q: str, g: int) -> dict:
     import jax
 
@@ -156,7 +146,7 @@ def bench_update(args, q: str, g: int) -> dict:
 
     spec, cfg = QUANTITIES[q], _config(args, q)
     key = jax.random.PRNGKey(args.seed)
-    state = _mi_init()(key, num_groups=g, da=spec["da"], db=spec["db"], config=cfg)
+    state = mi.init(key, g, spec["da"], spec["db"], cfg)  # jitted inside: untimed set-up
     pool = [_features(args.seed + 10 + i, g, cfg.batch_size, q) for i in range(4)]
     keys = [jax.random.fold_in(key, 1000 + s) for s in range(args.steps)]
     holder = {"state": state}
@@ -170,9 +160,9 @@ def bench_update(args, q: str, g: int) -> dict:
         return st, est
 
     jax.block_until_ready(run())  # compile + warm-up
-    compiled = C.jit_cache_size(getattr(mi, "_update", None))
+    compiled = C.jit_cache_size(getattr(mi.training, "_update", None))
     times = C.time_repeats(run, args.repeats, jax.block_until_ready)
-    recompiled = C.jit_cache_size(getattr(mi, "_update", None)) != compiled
+    recompiled = C.jit_cache_size(getattr(mi.training, "_update", None)) != compiled
     t = C.median(times)
     rate = g * args.steps / t
     return {
@@ -189,7 +179,7 @@ def bench_estimate(args, q: str, g: int) -> tuple[dict, float]:
     from ibjax import mi
 
     spec, cfg = QUANTITIES[q], _config(args, q)
-    sizes = _group_sizes(args, g, cfg.batch_size, cfg.heldout_fraction)
+    sizes = _group_sizes(args, g, cfg)
     m = max(sizes)
     key = jax.random.PRNGKey(args.seed + 1)
     a, b = _features(args.seed + 1, g, m, q)
@@ -201,9 +191,9 @@ def bench_estimate(args, q: str, g: int) -> tuple[dict, float]:
 
     res = run()
     jax.block_until_ready(res)  # compile + warm-up
-    compiled = C.jit_cache_size(getattr(mi, "_estimate_all", None))
+    compiled = C.jit_cache_size(getattr(mi.estimator, "_run_epochs", None))
     times = C.time_repeats(run, args.repeats, jax.block_until_ready)
-    recompiled = C.jit_cache_size(getattr(mi, "_estimate_all", None)) != compiled
+    recompiled = C.jit_cache_size(getattr(mi.estimator, "_run_epochs", None)) != compiled
     t = C.median(times)
     finite = bool(np.all(np.isfinite(np.asarray(res.train))))
     computed = g * scan_steps * cfg.epochs / t
@@ -225,7 +215,7 @@ def bench_full(args, quick_rate: Optional[float]) -> dict:
     from ibjax import mi
 
     cfg0 = _config(args, "xt")
-    sizes = _group_sizes(args, FULL_GROUPS, cfg0.batch_size, cfg0.heldout_fraction)
+    sizes = _group_sizes(args, FULL_GROUPS, cfg0)
     scan_steps, useful = _schedule(sizes, cfg0)
     epochs = int(math.ceil(FULL_STEPS / scan_steps))
     total_steps = epochs * scan_steps
@@ -365,7 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     notes.append("group-steps/s: useful critic steps (each group's own schedule) per second summed over groups; "
                  "computed: G x scan steps (padded groups run masked steps); the ratio uses useful")
     notes.append("estimate_mi_groups wall time includes its held-out read (heldout_passes forward passes over the "
-                 "held-out split) and per-epoch shuffles, not counted as steps; their share shrinks with --epochs")
+                 "held-out split), the validation read every epoch (ibjax's default), fitting the input maps and "
+                 "per-epoch shuffles, none counted as steps; the per-run parts' share shrinks with --epochs")
     notes.append("baseline: one group, its G-group aggregate is G sequential runs (the same rate); ibjax reads from "
                  "cached features, the baseline re-runs the CNN every step (as the reference does)")
     if args.quick or args.batch_div != 1 or args.size_div != 1:
@@ -401,6 +392,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "groups": args.groups, "quantities": args.quantities, "epochs": args.epochs, "steps": args.steps,
         "repeats": args.repeats, "batch_div": args.batch_div, "size_div": args.size_div, "cnn": args.cnn,
         "critic": "concat (128, 128)", "optimizer": "AdamW", "quick": args.quick, "torch": torch is not None,
+        "mi_config": args.mi_config,
     }
     return C.report(title="MI estimator throughput (group-steps/s)", module=MODULE, argv=argv, hw=hw, config=config,
                     columns=cols, rows=rows, notes=notes, json_path=args.json,

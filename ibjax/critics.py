@@ -30,17 +30,26 @@ __all__ = [
     "separable_critic_scores",
     "init_critic",
     "critic_scores",
+    "critic_matrix",
 ]
 
 
-def _dense_init(key: jax.Array, d_in: int, d_out: int) -> dict:
-    # PyTorch nn.Linear's default init (uniform +-1/sqrt(fan_in)), so critics start where the reference's do.
-    kw, kb = jax.random.split(key)
-    bound = 1.0 / jnp.sqrt(d_in)
-    return {
-        "w": jax.random.uniform(kw, (d_in, d_out), jnp.float32, -bound, bound),
-        "b": jax.random.uniform(kb, (d_out,), jnp.float32, -bound, bound),
-    }
+def _dense_layers(key: jax.Array, dims: Sequence[tuple[int, int]]) -> list[dict]:
+    """Dense layers ``{"w": f32[d_in, d_out], "b": f32[d_out]}`` for each (d_in, d_out), PyTorch
+    nn.Linear's default init (uniform +-1/sqrt(fan_in)), so critics start where the reference's do.
+
+    All layers come from one uniform draw, sliced: every separate PRNG call is one more threefry
+    kernel for XLA to compile, and compilation dominates short CPU runs.
+    """
+    sizes = [i * o + o for i, o in dims]
+    u = jax.random.uniform(key, (sum(sizes),), jnp.float32, -1.0, 1.0)
+    layers, start = [], 0
+    for (d_in, d_out), size in zip(dims, sizes):
+        bound = 1.0 / jnp.sqrt(float(d_in))
+        chunk = u[start : start + size] * bound
+        layers.append({"w": chunk[: d_in * d_out].reshape(d_in, d_out), "b": chunk[d_in * d_out :]})
+        start += size
+    return layers
 
 
 def _mlp(layers: Sequence[dict], h: jax.Array, dtype) -> jax.Array:
@@ -58,9 +67,7 @@ def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] =
     """
     if not hidden:
         raise ValueError("the concat critic needs at least one hidden layer")
-    keys = jax.random.split(key, len(hidden) + 1)
-    first = _dense_init(keys[0], da + db, hidden[0])
-    rest = [_dense_init(k, i, o) for k, i, o in zip(keys[1:], hidden, (*hidden[1:], 1))]
+    first, *rest = _dense_layers(key, [(da + db, hidden[0]), *zip(hidden, (*hidden[1:], 1))])
     return {"first": {"wa": first["w"][:da], "wb": first["w"][da:], "b": first["b"]}, "rest": rest}
 
 
@@ -109,13 +116,10 @@ def init_separable_critic(
     key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128), embed_dim: int = 64
 ) -> dict:
     """Parameters of f(a, b) = g(a) . h(b), g and h MLPs with ``hidden`` ReLU layers to ``embed_dim``."""
-    ka, kb = jax.random.split(key)
-
-    def mlp(k, d_in):
-        dims = (d_in, *hidden, embed_dim)
-        return [_dense_init(kk, i, o) for kk, i, o in zip(jax.random.split(k, len(dims) - 1), dims[:-1], dims[1:])]
-
-    return {"g": mlp(ka, da), "h": mlp(kb, db)}
+    dims_g, dims_h = (da, *hidden, embed_dim), (db, *hidden, embed_dim)
+    pairs = lambda dims: list(zip(dims[:-1], dims[1:]))  # noqa: E731
+    layers = _dense_layers(key, pairs(dims_g) + pairs(dims_h))
+    return {"g": layers[: len(dims_g) - 1], "h": layers[len(dims_g) - 1 :]}
 
 
 def _embed(layers, x, dtype):
@@ -138,6 +142,31 @@ def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[in
     if kind == "separable":
         return init_separable_critic(key, da, db, hidden, embed_dim)
     raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+
+
+def critic_matrix(kind: str, params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32, block_rows: int = 128
+                  ) -> jax.Array:
+    """All B x B scores ``f32[B, B]``, ``[i, j] = f(a_i, b_j)``, of a batch a f[B, da], b f[B, db].
+
+    The concat critic is evaluated ``block_rows`` rows at a time (its first layer still split into two
+    projections), so memory stays O(block_rows * B * width) for large B; the separable critic is one
+    matmul.
+    """
+    if kind == "separable":
+        return (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
+    if kind != "concat":
+        raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+    first = params["first"]
+    pa = a.astype(dtype) @ first["wa"].astype(dtype)
+    pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)
+    n = a.shape[0]
+    blocks = -(-n // block_rows)
+    pa = jnp.pad(pa, ((0, blocks * block_rows - n), (0, 0))).reshape(blocks, block_rows, -1)
+
+    def rows(block):
+        return _mlp(params["rest"], block[:, None, :] + pb[None, :, :], dtype)[..., 0].astype(jnp.float32)
+
+    return jax.lax.map(rows, pa).reshape(blocks * block_rows, n)[:n]
 
 
 def critic_scores(kind: str, params: dict, a, b, neg_index, dtype=jnp.float32):

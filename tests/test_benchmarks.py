@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for plain `pytest` too
 
-from benchmarks import _common, estimator_throughput, train_throughput  # noqa: E402
+from benchmarks import _common, estimator_throughput, ground_truth, train_throughput  # noqa: E402
 
 TRAIN_ARGS = ["--quick", "--model", "small_cnn", "--dtypes", "float32"]
 EST_ARGS = ["--quick", "--groups", "2", "--batch-div", "16", "--size-div", "64", "--steps", "2", "--repeats", "2",
@@ -104,6 +104,21 @@ def test_estimator_throughput_quick_with_torch(tmp_path, capsys):
     _check_estimator(doc, out, with_torch=True)
     base = [r for r in doc["rows"] if r["implementation"].startswith("PyTorch")]
     assert all(r["ratio_vs_reference_style"] == pytest.approx(1.0) for r in base)
+
+
+def test_ground_truth_quick_reports_every_task_and_variant(tmp_path, capsys):
+    path = tmp_path / "gt.json"
+    doc = ground_truth.main(["--quick", "--variants", "plain", "--tasks", "0,1,5", "--json", str(path)])
+    out = capsys.readouterr().out
+    assert json.loads(path.read_text())["summary"] == json.loads(json.dumps(doc["summary"]))
+    assert [(r["variant"], r["task"]) for r in doc["rows"]] == [
+        ("plain", "independent"), ("plain", "gaussian dense"), ("plain", "cube")]
+    for r in doc["rows"]:
+        assert math.isfinite(r["heldout"]) and r["heldout_se"] > 0
+        assert r["error"] == pytest.approx(r["heldout"] - r["truth"])
+    assert [s["variant"] for s in doc["summary"]] == ["plain"]
+    assert all(math.isfinite(s["mae"]) for s in doc["summary"])
+    assert doc["command"] in out and "| variant | task |" in out and "MAE (nats)" in out
 
 
 def test_missing_torch_fails_with_a_clear_message(monkeypatch):

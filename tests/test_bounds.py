@@ -54,3 +54,25 @@ def test_all_pairs_infonce_equals_infonce_with_the_other_rows_as_negatives():
     off = jnp.stack([jnp.delete(scores[i], i) for i in range(9)])
     np.testing.assert_allclose(bounds.infonce_all_pairs(scores), bounds.infonce(jnp.diagonal(scores), off), rtol=1e-5)
     assert bounds.infonce_all_pairs(100 * jnp.eye(9)) == pytest.approx(np.log(9), abs=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(bounds.BOUNDS))
+def test_per_row_terms_average_to_the_bound(name):
+    kp, kn = jax.random.split(jax.random.PRNGKey(11))
+    pos, neg = 2 * jax.random.normal(kp, (10,)), jax.random.normal(kn, (10, 7))
+    w = (jnp.arange(10) < 6).astype(jnp.float32)
+    terms = bounds.bound_terms(name)(pos, neg, w)
+    assert terms.shape == (10,)
+    np.testing.assert_allclose(jnp.sum(terms * w) / 6, bounds.get_bound(name)(pos, neg, w), rtol=1e-5, atol=1e-6)
+
+
+def test_infonce_equals_the_authors_batch_mean_form():
+    # The authors' compute_infoNCE (util/cal.py): diffs = t_pos - mean_i(logsumexp_i) + log(K + 1),
+    # estimate = mean(diffs). Re-derived here in float64 NumPy from the same scores.
+    rng = np.random.default_rng(0)
+    for k in (1, 16, 255):
+        pos, neg = rng.normal(size=32) * 3, rng.normal(size=(32, k)) * 3
+        logits = np.concatenate([pos[:, None], neg], axis=1)
+        lse = np.log(np.sum(np.exp(logits - logits.max(1, keepdims=True)), axis=1)) + logits.max(1)
+        authors = np.mean(pos - lse.mean() + np.log(k + 1))
+        np.testing.assert_allclose(bounds.infonce(jnp.asarray(pos), jnp.asarray(neg)), authors, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,624 @@
+"""The offline estimator: every group's critic trained and read in one batched, jitted computation.
+
+The reference (SPEC.md, "MI estimation") trains one critic per sample group, in separate processes.
+Here all G groups' critics and optimiser states are stacked along a leading group axis and trained
+by one ``vmap``-ed step inside ``lax.scan`` (steps) inside ``lax.scan`` (epochs). The epochs run in
+chunks from Python (one compiled chunk of epochs, called ``epochs / chunk`` times), so a plain
+``progress(done, total)`` callback can report between chunks; chunking does not change the result.
+
+Per group, with its own key:
+
+1. Split: ``heldout_fraction`` of the group is held out from everything; ``validation_fraction`` of
+   the rest is read every epoch (for selecting the critic, the plateau rule if asked, and the
+   convergence verdict); the critic trains on the remainder.
+2. ``preprocess``: a per-coordinate map of a and b fitted on training pairs (:mod:`ibjax.mi.transform`).
+3. Epochs: the training split is shuffled into a loader of ceil(n / B) batches (the last partial),
+   of which the first ``batches_per_epoch`` are used (the authors' rule); the epoch's estimate is
+   the plain mean of its batches' estimates; the learning rate follows the authors' plateau rule.
+4. Reads: ``train`` (the authors' number: mean of the last ``read_epochs`` epochs' estimates, on pairs
+   the critic trained on), ``heldout`` with its standard error (per-row bound terms of the selected
+   critic on the held-out split, all other rows of a read batch as negatives, averaged over
+   ``heldout_passes`` shuffles) and a convergence verdict (:mod:`ibjax.mi.reliability`).
+
+Every random choice of group g derives from that group's own key (``jax.random.split(key, G)[g]``) and,
+per sample, from ``fold_in(key_g, position)``, so group g of a batched call equals the same group
+estimated alone with that key, and padding a group does not change its result.
+
+Not reproduced from the authors: their critic runs under CUDA fp16 autocast with a GradScaler
+(ibjax computes in float32 unless ``dtype="bfloat16"``), and they skip a batch whose loss is NaN or
+inf (ibjax has no such branch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ibjax.bounds import infonce_all_pairs_terms
+from ibjax.critics import critic_matrix
+from ibjax.mi.config import MIConfig, batches_per_epoch, resolve_config, split_sizes
+from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
+from ibjax.mi.training import CriticState, batch_terms, init_one, negative_index, plateau_state, step_indexed
+from ibjax.mi.transform import Marginals, apply_marginals, fit_marginals
+
+__all__ = [
+    "MIResult",
+    "check_groups",
+    "estimate_mi",
+    "estimate_mi_groups",
+    "estimate_mi_sampled",
+    "gather_pairs",
+    "bank_pairs",
+    "default_chunk",
+    "loader_batches",
+]
+
+
+@struct.dataclass
+class MIResult:
+    """Estimates in nats, with a leading group axis G (absent from :func:`estimate_mi`'s result).
+
+    Attributes:
+      trajectory: f32[G, epochs], mean training-batch estimate of every epoch.
+      validation: f32[G, epochs], the validation split's read every epoch (nan without one).
+      train: f32[G], the authors' read: mean of the last ``read_epochs`` epochs' training-batch
+        estimates (on the samples the critic trained on: the whole group when heldout_fraction = 0).
+      heldout: f32[G], the bound on the held-out split with the selected critic (nan without a split).
+      heldout_se: f32[G], its standard error (see :mod:`ibjax.mi.reliability`).
+      best_epoch: int32[G], 0-based epoch of the critic the held-out read used.
+      trend, trend_se: f32[G], the verdict's read (validation if any, else training) rise over the
+        last ``config.convergence_window`` epochs, and its standard error (nats).
+      converged: bool[G], the convergence verdict.
+      final_lr: f32[G], the critic's learning rate after the last epoch.
+      heldout_cap: f32[G], the largest value the held-out read can take (log of its read batch's rows
+        for the all-pairs read, else as ``cap``).
+      cap: the largest value the training bound can read (log(K + 1) for InfoNCE): the ceiling of
+        ``trajectory``, ``validation`` and ``train``.
+    """
+
+    trajectory: jax.Array
+    validation: jax.Array
+    train: jax.Array
+    heldout: jax.Array
+    heldout_se: jax.Array
+    best_epoch: jax.Array
+    trend: jax.Array
+    trend_se: jax.Array
+    converged: jax.Array
+    final_lr: jax.Array
+    heldout_cap: jax.Array
+    cap: float = struct.field(pytree_node=False)
+
+    def to_dict(self, group_names: Optional[Sequence[str]] = None):
+        """Plain-Python view, per group: ``{"trajectory", "validation", "train", "heldout",
+        "heldout_se", "converged", "cap", "heldout_cap", "best_epoch", "trend", "trend_se", "final_lr"}``.
+
+        With a group axis: a list of those dicts, or ``{name: dict}`` given ``group_names``; without
+        one (from :func:`estimate_mi`): one dict.
+        """
+        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cap"}
+
+        def one(g):
+            d = {}
+            for name, x in arrays.items():
+                v = x if g is None else x[g]
+                d[name] = v.tolist()
+            d["converged"] = bool(d["converged"])
+            d["best_epoch"] = int(d["best_epoch"])
+            d["cap"] = self.cap
+            return d
+
+        if arrays["train"].ndim == 0:
+            return one(None)
+        groups = [one(g) for g in range(arrays["train"].shape[0])]
+        if group_names is None:
+            return groups
+        if len(group_names) != len(groups):
+            raise ValueError(f"{len(group_names)} group names for {len(groups)} groups")
+        return dict(zip(group_names, groups))
+
+
+@struct.dataclass
+class _Sizes:
+    """Per-group sample and batch counts, int32[G] each (int32 scalars inside the group vmap)."""
+
+    n_ho: jax.Array
+    n_val: jax.Array
+    n_tr: jax.Array
+    steps: jax.Array
+    ho_batches: jax.Array
+    ho_rows: jax.Array  # rows per held-out read batch
+    val_batches: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+    """Scan lengths shared by all groups (the largest over the groups); hashable, a static argument."""
+
+    width: int  # M, positions per group
+    steps: int
+    ho_batches: int
+    read_rows: int  # rows of a held-out read batch
+    val_batches: int
+    fit_rows: int
+    da: int
+    db: int
+
+
+@struct.dataclass
+class _Setup:
+    """What each group fixes once (leading group axis): keys, its split and fitted input maps, and the
+    validation pass (the same batches and negatives every epoch)."""
+
+    key_epochs: jax.Array
+    key_ho: jax.Array
+    heldout: jax.Array  # bool[M]
+    train: jax.Array  # bool[M]
+    val_order: jax.Array  # int32[M], validation positions first
+    val_keys: jax.Array  # one key per validation batch
+    ma: Marginals
+    mb: Marginals
+
+
+@struct.dataclass
+class _Carry:
+    """What the epochs update (leading group axis): critic, and the best critic by validation."""
+
+    state: CriticState
+    best_params: Any  # None unless select == "best"
+    best_val: jax.Array
+    best_epoch: jax.Array
+
+
+# Every separate PRNG call is one more threefry kernel for XLA to compile, and on a CPU compilation
+# dominates short runs; so each batch's randomness comes from two calls (a split and one uniform
+# draw) and keys are split in bulk.
+
+
+def _ranks(key: jax.Array, include: jax.Array) -> jax.Array:
+    """A random order of the positions where ``include`` holds, as int32[M] positions (rest last).
+
+    Position j's sort key is element j of one uniform draw; with JAX's default partitionable
+    threefry that element does not depend on the draw's length, so the order of the included
+    positions does not depend on how much padding follows them.
+    """
+    u = jax.random.uniform(key, include.shape)
+    return jnp.argsort(jnp.where(include, u, jnp.inf)).astype(jnp.int32)
+
+
+def _window(order: jax.Array, start, length: int) -> jax.Array:
+    """order[start : start + length], zero-padded past the end (dynamic_slice would clamp the start)."""
+    padded = jnp.concatenate([order, jnp.zeros((length,), order.dtype)])
+    return jax.lax.dynamic_slice(padded, (start,), (length,))
+
+
+def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup, config: MIConfig, static,
+           negatives: bool = True):
+    """One batch of one group: its pairs at ``positions`` (int32[R]) through the group's input maps,
+    and (if ``negatives``) the negatives int32[R, K] among the first ``n_valid`` rows."""
+    rows = positions.shape[0]
+    k_pairs, k_u = jax.random.split(key)
+    widths = [config.negatives if negatives and config.negative_sampling == "sampled" else 0]
+    widths += [static.da, static.db] if config.preprocess == "rank" else [0, 0]
+    u = jax.random.uniform(k_u, (rows, sum(widths))) if sum(widths) else jnp.zeros((rows, 0))
+    u_neg, u_a, u_b = jnp.split(u, np.cumsum(widths[:2]), axis=1)
+    a, b = sample_fn(shared, group_data, positions, k_pairs)
+    a = apply_marginals(setup.ma, a, config.preprocess, u_a)
+    b = apply_marginals(setup.mb, b, config.preprocess, u_b)
+    return a, b, (negative_index(u_neg, rows, n_valid, config) if negatives else None)
+
+
+def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, config: MIConfig, static: _Static):
+    k_init, k_split, k_epochs, k_ho, k_val, k_fit = jax.random.split(key, 6)
+    split_order = _ranks(k_split, valid)
+    rank = jnp.zeros_like(split_order).at[split_order].set(jnp.arange(split_order.shape[0], dtype=jnp.int32))
+    heldout = valid & (rank < sizes.n_ho)
+    validation = valid & (rank >= sizes.n_ho) & (rank < sizes.n_ho + sizes.n_val)
+    train = valid & (rank >= sizes.n_ho + sizes.n_val)
+    k_val_order, k_val_batches = jax.random.split(k_val)
+
+    kind = config.preprocess
+    if kind == "none":
+        ma = fit_marginals(jnp.zeros((1, static.da)), jnp.ones((1,), bool), "none")
+        mb = fit_marginals(jnp.zeros((1, static.db)), jnp.ones((1,), bool), "none")
+    else:
+        bsz = config.batch_size
+        chunks = -(-static.fit_rows // bsz)
+        positions = _window(split_order, sizes.n_ho + sizes.n_val, chunks * bsz).reshape(chunks, bsz)
+        fit_keys = jax.random.split(k_fit, chunks)
+
+        def draw(_, c):
+            return None, sample_fn(shared, group_data, positions[c], fit_keys[c])
+
+        _, (a, b) = jax.lax.scan(draw, None, jnp.arange(chunks))
+        a = a.reshape(chunks * bsz, -1)[: static.fit_rows]
+        b = b.reshape(chunks * bsz, -1)[: static.fit_rows]
+        rows = jnp.arange(static.fit_rows) < sizes.n_tr
+        ma, mb = fit_marginals(a, rows, kind), fit_marginals(b, rows, kind)
+
+    setup = _Setup(key_epochs=k_epochs, key_ho=k_ho, heldout=heldout, train=train,
+                   val_order=_ranks(k_val_order, validation),
+                   val_keys=jax.random.split(k_val_batches, max(static.val_batches, 1)), ma=ma, mb=mb)
+    state = init_one(k_init, static.da, static.db, config)
+    best = state.params if config.select == "best" else None
+    carry = _Carry(state=state, best_params=best, best_val=jnp.asarray(-jnp.inf, jnp.float32),
+                   best_epoch=jnp.asarray(config.epochs - 1, jnp.int32))
+    return setup, carry
+
+
+def _split_terms(params, order, n_split, n_batches, keys, group_data, shared, setup, *, sample_fn,
+                 config: MIConfig, static: _Static):
+    """Per-position bound terms f32[M] of one pass over a split (0 off the split), and its read (nats).
+
+    ``order`` int32[M] lists the split's n_split positions first, in the pass's order; batch h uses
+    ``keys[h]``. The split is cut into ceil(n / B) batches; the last one is filled up with rows from
+    the start of the pass (counted once: only the new rows' terms are kept), so every read sees B
+    rows of negatives.
+    """
+    bsz = config.batch_size
+
+    def batch(acc, h):
+        j = h * bsz + jnp.arange(bsz)
+        positions = order[j % jnp.maximum(n_split, 1)]
+        weight = ((j < n_split) & (h < n_batches)).astype(jnp.float32)
+        a, b, neg = _batch(sample_fn, shared, group_data, positions, jnp.minimum(bsz, n_split), keys[h], setup,
+                           config, static)
+        terms = batch_terms(params, a, b, neg, jnp.minimum(bsz, n_split), config, weight)
+        return acc.at[positions].add(jnp.where(weight > 0, terms, 0.0)), None
+
+    acc, _ = jax.lax.scan(batch, jnp.zeros(order.shape, jnp.float32), jnp.arange(keys.shape[0]))
+    return acc, jnp.sum(acc) / jnp.maximum(n_split, 1)
+
+
+def _allpairs_terms(params, order, n_split, n_batches, rows, keys, group_data, shared, setup, *, sample_fn,
+                    config: MIConfig, static: _Static):
+    """Per-position all-pairs InfoNCE terms f32[M] of one pass over a split, and its read (nats).
+
+    The split's n positions (first in ``order``) are cut into ``n_batches`` batches of ``rows`` (the
+    last one possibly shorter); each row's negatives are all other rows of its batch.
+    """
+    r = static.read_rows
+
+    def batch(acc, h):
+        i = jnp.arange(r)
+        n_valid = jnp.where(h < n_batches, jnp.clip(n_split - h * rows, 0, rows), 0)
+        real = i < n_valid
+        positions = order[jnp.where(real, h * rows + i, 0)]
+        a, b, _ = _batch(sample_fn, shared, group_data, positions, n_valid, keys[h], setup, config, static,
+                         negatives=False)
+        a, b = jnp.where(real[:, None], a, 0), jnp.where(real[:, None], b, 0)
+        scores = critic_matrix(config.critic, params, a, b, jnp.dtype(config.dtype))
+        terms = infonce_all_pairs_terms(scores, jnp.maximum(n_valid, 1))
+        return acc.at[positions].add(jnp.where(real, terms, 0.0)), None
+
+    acc, _ = jax.lax.scan(batch, jnp.zeros(order.shape, jnp.float32), jnp.arange(keys.shape[0]))
+    return acc, jnp.sum(acc) / jnp.maximum(n_split, 1)
+
+
+def loader_batches(order: jax.Array, n: jax.Array, batch_size: int, used: jax.Array, max_steps: int):
+    """The batches an epoch uses from a shuffled loader over ``n`` samples (the authors' indexing).
+
+    ``order`` int32[M] lists the samples' positions in the epoch's shuffled order (the n real ones
+    first). The loader's batch i is ``order[i*B : (i+1)*B]``, the last one partial (ceil(n / B)
+    batches, ``drop_last=False``); the first ``used`` of them are taken (:func:`batches_per_epoch`).
+
+    Returns ``(positions int32[S, B], n_valid int32[S], active bool[S])`` for S = ``max_steps`` (the
+    scan length shared by all groups): step s reads the first ``n_valid[s]`` rows of
+    ``positions[s]`` (positions past them are 0, never read) and is skipped where ``active`` is False.
+    """
+    steps = jnp.arange(max_steps)
+    positions = _window(order, 0, max_steps * batch_size).reshape(max_steps, batch_size)
+    n_valid = jnp.clip(n - steps * batch_size, 0, batch_size).astype(jnp.int32)
+    active = (steps < used) & (n_valid > 0)
+    positions = jnp.where(jnp.arange(batch_size)[None, :] < n_valid[:, None], positions, 0)
+    return positions, n_valid, active
+
+
+def _epochs_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, start, *, sample_fn,
+                config: MIConfig, static: _Static, length: int):
+    bsz = config.batch_size
+    use_val = config.validation_fraction > 0
+
+    def epoch(carry: _Carry, e):
+        keys = jax.random.split(jax.random.fold_in(setup.key_epochs, e), static.steps + 1)
+        batches = loader_batches(_ranks(keys[0], setup.train), sizes.n_tr, bsz, sizes.steps, static.steps)
+
+        def step(state, xs):
+            positions, n_valid, active, key = xs
+            n_valid = jnp.maximum(n_valid, 1)  # an inactive step still computes (masked): keep it finite
+            a, b, neg = _batch(sample_fn, shared, group_data, positions, n_valid, key, setup, config, static)
+            state, est = step_indexed(state, a, b, neg, active, config, n_valid)
+            return state, jnp.where(active, est, 0.0)
+
+        state, ests = jax.lax.scan(step, carry.state, (*batches, keys[1:]))
+        est = jnp.sum(ests) / sizes.steps
+        if use_val:
+            # The same batches and negatives every epoch (common random numbers): epoch-to-epoch
+            # changes of this read are the critic's, not the draw's.
+            _, val = _split_terms(state.params, setup.val_order, sizes.n_val, sizes.val_batches, setup.val_keys,
+                                  group_data, shared, setup, sample_fn=sample_fn, config=config, static=static)
+        else:
+            val = jnp.asarray(jnp.nan, jnp.float32)
+        state = plateau_state(state, -(val if config.plateau_on == "validation" else est), config)
+        if config.select == "best":
+            better = val > carry.best_val
+            carry = carry.replace(
+                best_params=jax.tree.map(lambda n, o: jnp.where(better, n, o), state.params, carry.best_params),
+                best_val=jnp.where(better, val, carry.best_val),
+                best_epoch=jnp.where(better, e, carry.best_epoch).astype(jnp.int32),
+            )
+        return carry.replace(state=state), (est, val)
+
+    carry, (est, val) = jax.lax.scan(epoch, carry, start + jnp.arange(length))
+    return carry, est, val
+
+
+def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, trajectory, validation, *, sample_fn,
+                config: MIConfig, static: _Static):
+    train_read = jnp.mean(trajectory[-config.read_epochs:])
+    params = carry.best_params if config.select == "best" else carry.state.params
+    if config.heldout_fraction > 0:
+        def one_pass(acc, p):
+            keys = jax.random.split(jax.random.fold_in(setup.key_ho, p), static.ho_batches + 1)
+            order = _ranks(keys[0], setup.heldout)
+            if config.reads_all_pairs:
+                terms, _ = _allpairs_terms(params, order, sizes.n_ho, sizes.ho_batches, sizes.ho_rows, keys[1:],
+                                           group_data, shared, setup, sample_fn=sample_fn, config=config, static=static)
+            else:
+                terms, _ = _split_terms(params, order, sizes.n_ho, sizes.ho_batches, keys[1:], group_data, shared,
+                                        setup, sample_fn=sample_fn, config=config, static=static)
+            return acc + terms, None
+
+        acc, _ = jax.lax.scan(one_pass, jnp.zeros(setup.heldout.shape, jnp.float32), jnp.arange(config.heldout_passes))
+        heldout, heldout_se = mean_and_se(acc / config.heldout_passes, setup.heldout.astype(jnp.float32))
+    else:
+        heldout = heldout_se = jnp.asarray(jnp.nan, jnp.float32)
+    read = validation if config.validation_fraction > 0 else trajectory
+    rise, rise_se = trend(read, config.convergence_window)
+    converged = convergence_verdict(rise, rise_se, config.convergence_tol, two_sided=config.select == "last")
+    if config.reads_all_pairs:
+        heldout_cap = jnp.log(jnp.maximum(sizes.ho_rows, 1).astype(jnp.float32))
+    else:
+        heldout_cap = jnp.asarray(config.cap, jnp.float32)
+    return train_read, heldout, heldout_se, rise, rise_se, converged, carry.best_epoch, carry.state.lr, heldout_cap
+
+
+_STATIC = ("sample_fn", "config", "static")
+_IN_AXES_DATA = (0, None)  # group_data per group, shared broadcast
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _prepare(keys, valid, sizes, group_data, shared, *, sample_fn, config, static):
+    fn = functools.partial(_prepare_one, sample_fn=sample_fn, config=config, static=static)
+    return jax.vmap(fn, in_axes=(0, 0, 0, *_IN_AXES_DATA))(keys, valid, sizes, group_data, shared)
+
+
+@functools.partial(jax.jit, static_argnames=(*_STATIC, "length"), donate_argnums=(0,))
+def _run_epochs(carry, setup, sizes, group_data, shared, start, *, sample_fn, config, static, length):
+    fn = functools.partial(_epochs_one, sample_fn=sample_fn, config=config, static=static, length=length)
+    return jax.vmap(fn, in_axes=(0, 0, 0, *_IN_AXES_DATA, None))(carry, setup, sizes, group_data, shared, start)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _finish(carry, setup, sizes, group_data, shared, trajectory, validation, *, sample_fn, config, static):
+    fn = functools.partial(_finish_one, sample_fn=sample_fn, config=config, static=static)
+    return jax.vmap(fn, in_axes=(0, 0, 0, *_IN_AXES_DATA, 0, 0))(
+        carry, setup, sizes, group_data, shared, trajectory, validation)
+
+
+def _typed_key(key) -> jax.Array:
+    key = jnp.asarray(key)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)  # raw uint32 key data of the default PRNG implementation
+
+
+def _group_keys(key: jax.Array, num_groups: int) -> jax.Array:
+    key = _typed_key(key)
+    if key.shape == ():
+        return jax.random.split(key, num_groups)
+    if key.shape == (num_groups,):
+        return key
+    raise ValueError(f"key must be one PRNG key or one per group ({num_groups}), got {key.shape[0]} keys")
+
+
+def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[Sequence[str]] = None) -> dict:
+    """Per-group counts (int64 arrays), computed once on the host so the device loop and the scan
+    lengths agree; raises ValueError naming the first group too small for ``config``."""
+    n = valid.sum(axis=1)
+    n_ho, n_val, n_tr = split_sizes(n, config)
+    needs = [("training", n_tr, True), ("held-out", n_ho, config.heldout_fraction > 0),
+             ("validation", n_val, config.validation_fraction > 0)]
+    for what, count, required in needs:
+        small = np.flatnonzero(required & (count < 2))
+        if small.size:
+            g = int(small[0])
+            label = names[g] if names else f"group {g}"
+            raise ValueError(
+                f"{label} has {int(count[g])} {what} samples (of {int(n[g])}; heldout_fraction "
+                f"{config.heldout_fraction}, validation_fraction {config.validation_fraction}); InfoNCE needs at "
+                "least 2: change those fractions or leave that group out"
+            )
+    bsz = config.batch_size
+    if config.reads_all_pairs:  # equal batches of at most read_batch_size rows
+        ho_batches = -(-n_ho // config.read_batch_size)
+        ho_rows = -(-n_ho // np.maximum(ho_batches, 1))
+    else:
+        ho_batches, ho_rows = -(-n_ho // bsz), np.full_like(n_ho, bsz)
+    return dict(n_ho=n_ho, n_val=n_val, n_tr=n_tr, steps=batches_per_epoch(n_tr, bsz, config.batch_fraction),
+                ho_batches=ho_batches, ho_rows=ho_rows, val_batches=-(-n_val // bsz))
+
+
+def check_groups(mask: np.ndarray, config: Optional[MIConfig] = None, group_names: Optional[Sequence[str]] = None,
+                 **overrides) -> None:
+    """Raise ValueError now if any group of ``mask`` bool[G, N] is too small for ``config``.
+
+    Callers that estimate MI late in a long run (after training epochs) call this first, so that a
+    bad combination of group sizes and split fractions fails before any work starts.
+    """
+    _group_sizes(np.asarray(mask, bool), resolve_config(config, **overrides), group_names)
+
+
+def default_chunk(epochs: int, updates: int = 20) -> int:
+    """Epochs per compiled chunk: the largest divisor of ``epochs`` at most ceil(epochs / updates), so
+    every chunk has the same length (one compilation) and progress is reported about ``updates`` times."""
+    limit = max(1, math.ceil(epochs / updates))
+    return max(d for d in range(1, limit + 1) if epochs % d == 0)
+
+
+def gather_pairs(shared, group_data, positions, key):
+    """``sample_fn`` for per-group arrays: group_data = (a f[M, da], b f[M, db])."""
+    del shared, key
+    a, b = group_data
+    return a[positions], b[positions]
+
+
+def bank_pairs(shared, group_data, positions, key):
+    """``sample_fn`` for a cached bank of R noise draws per sample.
+
+    shared = (a_bank f[N, R, da], b f[N, db] or b_bank f[N, R, db]); group_data = index int32[M] into
+    the N samples. Each pair takes one of its sample's R draws at random (the same draw for a and b
+    when both are banks, e.g. Y_pred and T of one noisy forward pass), as a fresh noise draw would.
+    """
+    a_bank, b_all = shared
+    idx = group_data[positions]
+    r = jax.random.randint(key, idx.shape, 0, a_bank.shape[1])
+    b = b_all[idx, r] if b_all.ndim == 3 else b_all[idx]
+    return a_bank[idx, r], b
+
+
+def estimate_mi_sampled(
+    key: jax.Array,
+    sample_fn: Callable,
+    shared: Any,
+    group_data: Any,
+    valid: np.ndarray,
+    da: int,
+    db: int,
+    *,
+    config: Optional[MIConfig] = None,
+    group_names: Optional[Sequence[str]] = None,
+    progress: Optional[Callable[[int, int], None]] = None,
+    chunk_epochs: Optional[int] = None,
+    **overrides,
+) -> MIResult:
+    """Estimate MI for G groups whose pairs come from ``sample_fn``; the general form.
+
+    Args:
+      key: one PRNG key (split into G) or G keys.
+      sample_fn: ``(shared, group_data_g, positions int32[B], key) -> (a f[B, da], b f[B, db])``: the
+        pairs at positions of group g. A static argument of the compiled estimator, so it must hash
+        by value: a module-level function (:func:`gather_pairs`, :func:`bank_pairs`) or a frozen
+        dataclass with ``__call__`` (e.g. one holding the model and trigger that draws a fresh noisy
+        forward pass per step, the reference's behaviour); a new closure per call would recompile.
+      shared: a pytree every group reads (network variables, a feature bank); not vmapped.
+      group_data: a pytree with leading axis G (per-group arrays or index tables).
+      valid: bool[G, M], real positions of every group (concrete: it sets the scan lengths).
+      da, db: feature sizes of a and b.
+      config / overrides: :class:`MIConfig` and keyword options.
+      group_names: names for error messages.
+      progress: optional ``progress(done_epochs, total_epochs)``, called from Python after each
+        chunk of epochs has finished on the device.
+      chunk_epochs: epochs per compiled chunk (default :func:`default_chunk`); any value gives the
+        same result up to float rounding.
+
+    Returns:
+      :class:`MIResult` with a leading group axis.
+    """
+    config = resolve_config(config, **overrides)
+    valid = np.asarray(valid, bool)
+    if valid.ndim != 2:
+        raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
+    counts = _group_sizes(valid, config, group_names)
+    chunk = default_chunk(config.epochs) if chunk_epochs is None else int(chunk_epochs)
+    if chunk < 1:
+        raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
+    static = _Static(
+        width=valid.shape[1], steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
+        read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
+        val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),
+        da=int(da), db=int(db),
+    )
+    sizes = _Sizes(**{k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
+    keys = _group_keys(key, valid.shape[0])
+    kw = dict(sample_fn=sample_fn, config=config, static=static)
+    setup, carry = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
+    trajectory, validation, done = [], [], 0
+    while done < config.epochs:
+        length = min(chunk, config.epochs - done)
+        carry, est, val = _run_epochs(carry, setup, sizes, group_data, shared, jnp.asarray(done, jnp.int32),
+                                      length=length, **kw)
+        trajectory.append(est)
+        validation.append(val)
+        done += length
+        if progress is not None:
+            jax.block_until_ready(est)
+            progress(done, config.epochs)
+    trajectory = jnp.concatenate(trajectory, axis=1)
+    validation = jnp.concatenate(validation, axis=1)
+    train, heldout, heldout_se, rise, rise_se, converged, best_epoch, lr, heldout_cap = _finish(
+        carry, setup, sizes, group_data, shared, trajectory, validation, **kw)
+    return MIResult(trajectory=trajectory, validation=validation, train=train, heldout=heldout, heldout_se=heldout_se,
+                    best_epoch=best_epoch, trend=rise, trend_se=rise_se, converged=converged, final_lr=lr,
+                    heldout_cap=heldout_cap, cap=config.cap)
+
+
+def estimate_mi_groups(
+    key: jax.Array, a: jax.Array, b: jax.Array, mask: Optional[np.ndarray] = None, *, config: Optional[MIConfig] = None,
+    progress: Optional[Callable[[int, int], None]] = None, chunk_epochs: Optional[int] = None, **overrides
+) -> MIResult:
+    """Estimate I(A;B) for G groups of paired samples in one call.
+
+    Args:
+      key: one PRNG key (split into G; group g uses ``split(key, G)[g]``) or G keys.
+      a: f[G, N, da]; b: f[G, N, db]: row n of group g is a pair (a, b) drawn from that group's joint.
+      mask: bool[G, N] marks real samples, so groups of different sizes share one call (padding rows
+        are never read). Default: all real.
+      config / overrides: :class:`MIConfig` and keyword options (``epochs``, ``batch_size``,
+        ``negatives``, ``lr``, ``critic``, ``hidden``, ``bound``, ``heldout_fraction``, ...).
+      progress, chunk_epochs: as :func:`estimate_mi_sampled`.
+
+    Returns:
+      :class:`MIResult` (nats, leading group axis).
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 3 or b.ndim != 3 or a.shape[:2] != b.shape[:2]:
+        raise ValueError(f"a and b must be (G, N, da) and (G, N, db) with equal G, N; got {a.shape} and {b.shape}")
+    mask = np.ones(a.shape[:2], bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != a.shape[:2]:
+        raise ValueError(f"mask must have shape {a.shape[:2]}, got {mask.shape}")
+    # Padding rows are never read, but move real rows to the front so that positions count real
+    # samples: a group then reads the same whichever rows of the padded array hold it.
+    if not all(np.all(np.diff(row.astype(int)) <= 0) for row in mask):
+        order = np.argsort(~mask, axis=1, kind="stable")
+        a = jnp.take_along_axis(a, jnp.asarray(order)[..., None], axis=1)
+        b = jnp.take_along_axis(b, jnp.asarray(order)[..., None], axis=1)
+        mask = np.take_along_axis(mask, order, axis=1)
+    return estimate_mi_sampled(key, gather_pairs, None, (a, b), mask, a.shape[-1], b.shape[-1], config=config,
+                               progress=progress, chunk_epochs=chunk_epochs, **overrides)
+
+
+def estimate_mi(key: jax.Array, a: jax.Array, b: jax.Array, *, config: Optional[MIConfig] = None,
+                progress: Optional[Callable[[int, int], None]] = None, chunk_epochs: Optional[int] = None,
+                **overrides) -> MIResult:
+    """Estimate I(A;B) from paired samples a f[N, da], b f[N, db]; the result has no group axis.
+
+    Equals group g of :func:`estimate_mi_groups` called with G keys whose g-th is ``key``.
+    """
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must be (N, da) and (N, db) with equal N; got {a.shape} and {b.shape}")
+    res = estimate_mi_groups(key[None] if _is_single_key(key) else key, a[None], b[None], config=config,
+                             progress=progress, chunk_epochs=chunk_epochs, **overrides)
+    return jax.tree.map(lambda x: x[0], res)
+
+
+def _is_single_key(key) -> bool:
+    return _typed_key(key).shape == ()

@@ -1,0 +1,159 @@
+"""The batched offline estimator: equivalences it promises (batching, padding, chunking), ground-truth
+anchors from SPEC.md, its result's shape, and its errors."""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ibjax import groundtruth, mi, poison, triggers
+from ibjax.mi import estimator
+
+# Shared with test_mi_reference.py / test_mi_reliability.py (equal configs share compiled programs).
+LIGHT = mi.MIConfig(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
+                    heldout_fraction=0.25, validation_fraction=0.25, select="best", preprocess="rank",
+                    plateau_patience=1)
+# ibjax's default levers with a critic a CPU test can afford (separable, all-pairs InfoNCE: one B x B
+# matmul per batch) for the accuracy anchors.
+ANCHOR = mi.MIConfig(epochs=20, batch_size=256, critic="separable", negative_sampling="all", hidden=(64, 64),
+                     embed_dim=32, lr=1e-3, batch_fraction=1.0, heldout_fraction=0.2, validation_fraction=0.2,
+                     select="best", preprocess="rank")
+
+
+def _three_groups():
+    """G = 3 groups of M = 300 positions (d = 2): group 0 full, group 1 of 40 samples (its training
+    split is smaller than one batch), group 2 of 250 samples; padding is NaN (must never be read)."""
+    truth = np.array([0.3, 1.0, 2.0])
+    x = jnp.stack([groundtruth.gaussian(jax.random.PRNGKey(g), 300, dx=2, dy=2, mi=m)[0] for g, m in enumerate(truth)])
+    y = jnp.stack([groundtruth.gaussian(jax.random.PRNGKey(g), 300, dx=2, dy=2, mi=m)[1] for g, m in enumerate(truth)])
+    mask = np.ones((3, 300), bool)
+    mask[1, 40:] = False
+    mask[2, 250:] = False
+    x = jnp.where(jnp.asarray(mask)[..., None], x, jnp.nan)
+    return x, y, mask
+
+
+def test_group_of_a_batched_padded_call_equals_the_group_estimated_alone():
+    x, y, mask = _three_groups()
+    keys = jax.random.split(jax.random.PRNGKey(8), 3)
+    batched = mi.estimate_mi_groups(keys, x, y, mask, config=LIGHT)
+    alone = mi.estimate_mi(keys[2], x[2, :250], y[2, :250], config=LIGHT)
+    for field in ("trajectory", "validation", "train", "heldout", "heldout_se"):
+        np.testing.assert_allclose(getattr(batched, field)[2], getattr(alone, field), rtol=1e-4, atol=1e-5, err_msg=field)
+    assert int(batched.best_epoch[2]) == int(alone.best_epoch)
+    for field in ("trajectory", "validation", "heldout", "heldout_se", "train"):
+        assert np.isfinite(np.asarray(getattr(batched, field))).all(), field  # NaN padding never read
+    # One key for all groups means split(key, G).
+    one_key = mi.estimate_mi_groups(jax.random.PRNGKey(8), x, y, mask, config=LIGHT)
+    np.testing.assert_allclose(one_key.heldout, batched.heldout, rtol=1e-6)
+    # Real rows scattered through the padded array (in the same order) read as when packed at the front.
+    rng = np.random.default_rng(0)
+    xs, ys, ms = np.full(x.shape, np.nan, np.float32), np.zeros(y.shape, np.float32), np.zeros(mask.shape, bool)
+    for g in range(3):
+        n = int(mask[g].sum())
+        where = np.sort(rng.choice(300, n, replace=False))
+        xs[g, where], ys[g, where], ms[g, where] = x[g, :n], y[g, :n], True
+    scattered = mi.estimate_mi_groups(keys, xs, ys, ms, config=LIGHT)
+    np.testing.assert_allclose(scattered.heldout, batched.heldout, rtol=1e-4, atol=1e-5)
+
+
+def test_chunked_epochs_give_the_same_result_and_report_progress_between_chunks():
+    x, y, mask = _three_groups()
+    whole = mi.estimate_mi_groups(jax.random.PRNGKey(9), x, y, mask, config=LIGHT)
+    calls = []
+    chunked = mi.estimate_mi_groups(jax.random.PRNGKey(9), x, y, mask, config=LIGHT, chunk_epochs=4,
+                                    progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(4, 12), (8, 12), (12, 12)]
+    for field in ("trajectory", "validation", "train", "heldout", "heldout_se", "final_lr"):
+        np.testing.assert_allclose(getattr(chunked, field), getattr(whole, field), rtol=1e-4, atol=1e-5, err_msg=field)
+    assert mi.default_chunk(350) == 14 and mi.default_chunk(250) == 10 and mi.default_chunk(37) == 1
+
+
+def test_a_second_call_with_the_same_config_does_not_recompile():
+    x, y, mask = _three_groups()
+    mi.estimate_mi_groups(jax.random.PRNGKey(1), x, y, mask, config=LIGHT)
+    fns = (estimator._prepare, estimator._run_epochs, estimator._finish)
+    sizes = [f._cache_size() for f in fns]
+    res = mi.estimate_mi_groups(jax.random.PRNGKey(2), x + 1.0, y, mask, config=dataclasses.replace(LIGHT))
+    jax.block_until_ready(res)
+    assert [f._cache_size() for f in fns] == sizes
+
+
+def test_ground_truth_and_spec_gaussian_anchor_in_one_batched_call():
+    # SPEC: Y ~ N(0, 3 I_5), X = Y[:, :3] + N(0, 0.5 I_3): I(X;Y) = 1.5 ln 7 = 2.919 nats; with it, Gaussian
+    # tasks of the same dimensions and known MI, and X of the anchor cubed (same MI).
+    n = 4000
+    ky, kn = jax.random.split(jax.random.PRNGKey(0))
+    yy = jnp.sqrt(3.0) * jax.random.normal(ky, (n, 5))
+    xx = yy[:, :3] + jnp.sqrt(0.5) * jax.random.normal(kn, (n, 3))
+    tasks = [groundtruth.gaussian(jax.random.PRNGKey(i), n, dx=3, dy=5, mi=m) for i, m in enumerate((0.0, 0.5, 1.5))]
+    x = jnp.stack([xx, xx**3] + [t[0] for t in tasks])
+    y = jnp.stack([yy, yy] + [t[1] for t in tasks])
+    truth = np.array([1.5 * np.log(7)] * 2 + [0.0, 0.5, 1.5])
+    res = mi.estimate_mi_groups(jax.random.PRNGKey(1), x, y, config=ANCHOR)
+    err = np.asarray(res.heldout) - truth
+    assert np.all(np.abs(err) < np.maximum(0.1 * truth, 0.05)), err
+    assert np.all(np.asarray(res.heldout) <= ANCHOR.cap + 1e-5)
+    assert np.all(np.asarray(res.heldout_se) > 0) and np.all(np.asarray(res.heldout_se) < 0.1)
+
+
+def test_spec_backdoor_flag_anchors():
+    # SPEC: with the backdoor flag B of a 10% poison plan, I(X;B) -> H(B) = 0.3251 nats (the trigger
+    # makes B a function of X) and I(B;Y) = 0.1936 nats, Y = "labelled as the target" (B = 1 implies
+    # Y = 1; a clean sample is in the target class with probability 0.1). One call: Y is padded with
+    # constant coordinates to X's width (they carry no information).
+    labels = np.tile(np.arange(10), 600).astype(np.int32)
+    plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(), jax.random.PRNGKey(0))
+    images = jax.random.uniform(jax.random.PRNGKey(1), (6000, 6, 6, 3))
+    flag = jnp.asarray(plan.poisoned)
+    x = jnp.where(flag[:, None, None, None], triggers.badnets(images, triggers.BadNetsParams(size=3)), images)
+    b = jax.nn.one_hot(plan.poisoned.astype(int), 2)
+    y = jax.nn.one_hot((plan.labels == plan.target).astype(int), 2)
+    y = jnp.concatenate([y, jnp.zeros((6000, x[0].size - 2))], axis=1)
+    res = mi.estimate_mi_groups(jax.random.PRNGKey(2), jnp.stack([b, b]), jnp.stack([x.reshape(6000, -1), y]),
+                                config=ANCHOR)
+    assert float(res.heldout[0]) == pytest.approx(0.3251, abs=0.03)
+    assert float(res.heldout[1]) == pytest.approx(0.1936, abs=0.03)
+
+
+def test_to_dict_gives_every_group_its_reads_and_reliability():
+    x, y, mask = _three_groups()
+    res = mi.estimate_mi_groups(jax.random.PRNGKey(3), x, y, mask, config=LIGHT)
+    d = res.to_dict(("a", "b", "c"))
+    assert list(d) == ["a", "b", "c"]
+    for g in d.values():
+        assert {"trajectory", "validation", "train", "heldout", "heldout_se", "converged", "cap", "best_epoch", "trend",
+                "trend_se", "final_lr"} <= set(g)
+        assert len(g["trajectory"]) == LIGHT.epochs and isinstance(g["converged"], bool)
+        assert g["cap"] == pytest.approx(math.log(LIGHT.negatives + 1))
+        assert 0 <= g["best_epoch"] < LIGHT.epochs
+    assert res.to_dict()[1] == d["b"]
+    single = mi.estimate_mi(jax.random.PRNGKey(3), x[0], y[0], config=LIGHT).to_dict()
+    assert isinstance(single["heldout"], float)
+    with pytest.raises(ValueError, match="group names"):
+        res.to_dict(("a",))
+
+
+def test_clear_errors_for_bad_input():
+    x = jnp.zeros((2, 100, 3))
+    with pytest.raises(TypeError, match="unknown MI option"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, epoch=3)
+    with pytest.raises(ValueError, match="at least 2"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, heldout_fraction=0.99)
+    with pytest.raises(ValueError, match="validation samples"):
+        mi.check_groups(np.ones((1, 20), bool), validation_fraction=0.05, select="best")
+    with pytest.raises(ValueError, match=r"\(G, N, da\)"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x[0], x[0])
+    with pytest.raises(ValueError, match="bound"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, bound="jsd", batch_size=8)
+    with pytest.raises(ValueError, match="validation_fraction > 0"):
+        mi.MIConfig(select="best").validate()
+    with pytest.raises(ValueError, match="preprocess"):
+        mi.MIConfig(preprocess="whiten").validate()
+    with pytest.raises(ValueError, match="one per group"):
+        mi.estimate_mi_groups(jax.random.split(jax.random.PRNGKey(0), 3), x, x)
+    with pytest.raises(ValueError, match="chunk_epochs"):
+        mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, chunk_epochs=0)
