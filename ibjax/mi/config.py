@@ -15,7 +15,7 @@ Two families of configurations, for the two quantities of the study:
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class MIConfig:
     epochs: int = 350
     batch_size: int = 128
     negatives: int = 512
-    negative_sampling: str = "sampled"
+    negative_sampling: Literal["sampled", "all"] = "sampled"
     lr: float = 3e-4
     weight_decay: float = 1e-4
     grad_clip: float = 5.0
@@ -102,23 +102,23 @@ class MIConfig:
     plateau_factor: float = 0.5
     plateau_threshold: float = 1e-4
     plateau_eps: float = 1e-8
-    plateau_on: str = "train"
+    plateau_on: Literal["train", "validation"] = "train"
     batch_fraction: float = 0.5
-    critic: str = "concat"
+    critic: Literal["concat", "separable"] = "concat"
     hidden: tuple[int, ...] = (128, 128)
     embed_dim: int = 64
-    bound: str = "infonce"
+    bound: Literal["infonce", "nwj", "dv"] = "infonce"
     heldout_fraction: float = 0.2
     validation_fraction: float = 0.0
-    select: str = "last"
-    preprocess: str = "none"
+    select: Literal["last", "best"] = "last"
+    preprocess: Literal["none", "standardize", "rank"] = "none"
     fit_samples: int = 4096
     heldout_passes: int = 4
     read_batch_size: int = 1024
     read_epochs: int = 5
     convergence_fraction: float = 0.25
     convergence_tol: float = 0.02
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"
 
     @property
     def num_negatives(self) -> int:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ibjax.mi import TY_CONFIG, XT_CONFIG, MIConfig
+from ibjax.mi import TY_REFERENCE, XT_CONFIG, XT_REFERENCE
 from ibjax.models import ModelConfig
 from ibjax.poison import REFERENCE_POISON, PoisonConfig
 from ibjax.study.config import StudyConfig
@@ -27,10 +27,8 @@ from ibjax.train import TrainConfig
 
 __all__ = ["PRESETS", "preset", "preset_names"]
 
-XT_REFERENCE = dataclasses.replace(XT_CONFIG, heldout_fraction=0.0)  # replaced by ibjax.mi's when it lands
-TY_REFERENCE = dataclasses.replace(TY_CONFIG, heldout_fraction=0.0)
-
-_CPU_MI = MIConfig(epochs=30, batch_size=64, negatives=128, hidden=(64, 64), lr=1e-3, read_epochs=5)
+# ibjax's estimator (held-out and validation splits, best critic, rank inputs) at light sizes.
+_CPU_MI = dataclasses.replace(XT_CONFIG, epochs=30, batch_size=64, negatives=128, hidden=(64, 64), lr=1e-3, read_epochs=5)
 
 PRESETS: dict[str, StudyConfig] = {
     "default": StudyConfig(),

@@ -239,11 +239,7 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
 
 def per_group(res: ibmi.MIResult, names) -> dict:
     """``{group name: record}`` from a batched result (one record per group, as mi.json stores it)."""
-    d = res.to_dict()
-    out = {}
-    for g, name in enumerate(names):
-        out[name] = {k: (v[g] if isinstance(v, list) and len(v) == len(names) else v) for k, v in d.items()}
-    return out
+    return res.to_dict(list(names))
 
 
 def representation_clustering(key: jax.Array, variables: dict, setup: StudySetup, points: int) -> tuple[dict, dict]:
