@@ -11,6 +11,8 @@
 - :mod:`~ibjax.study.runner`: :func:`run_study`, the recording layer (checkpoints, files, logs), and
   :func:`finalize`; :mod:`~ibjax.study.rundir` the run directory's safety rules;
   :mod:`~ibjax.study.report` the plots and summary.md.
+- :mod:`~ibjax.study.population`: compatible runs (seed, poison ratio, noise level) as one vmapped
+  population, :func:`run_population`, and :func:`run_many` (populations where they fit, else one by one).
 """
 
 from ibjax.study.config import (
@@ -22,6 +24,7 @@ from ibjax.study.config import (
     config_to_dict,
     load_config,
 )
+from ibjax.study.population import run_many, run_population
 from ibjax.study.presets import PRESETS, preset
 from ibjax.study.runner import RESUMABLE_CHANGES, finalize, run_study
 from ibjax.study.setup import build_setup
@@ -48,6 +51,8 @@ __all__ = [
     "estimate_network_mi",
     "representation_clustering",
     "run_study",
+    "run_population",
+    "run_many",
     "finalize",
     "RESUMABLE_CHANGES",
 ]
