@@ -139,6 +139,9 @@ def gather_batch(data: DeviceData, index: jax.Array, trigger) -> tuple[jax.Array
     Returns:
       ``(images f32[B, H, W, C] in [0, 1], labels int32[B], poisoned bool[B])``.
     """
+    if not callable(trigger):
+        raise TypeError(f"trigger must be a per-image callable such as attack.train_trigger, got {type(trigger).__name__}: "
+                        "pass get_attack(name).train_trigger (or .test_trigger)")
     x = data.images[index].astype(jnp.float32) / 255.0
     x = jnp.clip(x + data.perturbations[data.perturbation_row[index]].astype(jnp.float32), 0.0, 1.0)
     if getattr(trigger, "uses_key", True):
@@ -153,8 +156,8 @@ def gather_batch(data: DeviceData, index: jax.Array, trigger) -> tuple[jax.Array
 
 def epoch_batches(key: jax.Array, n: int, batch_size: int) -> np.ndarray:
     """A shuffled epoch of full batches, int32[steps, batch_size] (the remainder is dropped)."""
-    if batch_size > n:
-        raise ValueError(f"batch size {batch_size} exceeds the {n} training samples")
+    if not 0 < batch_size <= n:
+        raise ValueError(f"batch size must lie in [1, {n}] (the training samples), got {batch_size}")
     perm = np.asarray(jax.random.permutation(key, n), np.int32)
     steps = n // batch_size
     return perm[: steps * batch_size].reshape(steps, batch_size)

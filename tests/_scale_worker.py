@@ -273,25 +273,68 @@ def subprocess_env(**extra) -> dict:
     return env
 
 
-_MULTIDEVICE: dict = {}
+MULTIDEVICE_ENV = "IBJAX_TEST_MULTIDEVICE_OUT"
+"""Set by conftest.py when it starts the 8-device worker in the background at session start."""
 
 
-def multidevice_results() -> str:
-    """Run :func:`multidevice` once per test session (both test modules read it) and return its OUT.
+def _multidevice_command(out: str) -> tuple[list, dict]:
+    flags = (f"--xla_force_host_platform_device_count=8 --xla_dump_to={os.path.join(out, 'hlo')} "
+             "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(" + "|".join(ESTIMATOR_MODULES) + ").*")
+    return [sys.executable, os.path.abspath(__file__), "multidevice-recorded", out], subprocess_env(XLA_FLAGS=flags)
 
-    Raises AssertionError with the worker's output if it failed.
+
+def start_multidevice(out: str) -> subprocess.Popen:
+    """Start :func:`multidevice` in the background (it records its status in OUT/worker_status.json)."""
+    os.makedirs(out, exist_ok=True)
+    cmd, env = _multidevice_command(out)
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def multidevice_recorded(out: str) -> None:
+    """:func:`multidevice`, recording its exit status and the end of its stderr for the tests."""
+    import traceback
+
+    status = {"returncode": 0, "stderr": ""}
+    try:
+        multidevice(out)
+    except BaseException:  # noqa: BLE001 - every failure goes to the tests' assertion message
+        status = {"returncode": 1, "stderr": traceback.format_exc()[-4000:]}
+    with open(os.path.join(out, "worker_status.json.tmp"), "w") as f:
+        json.dump(status, f)
+    os.replace(os.path.join(out, "worker_status.json.tmp"), os.path.join(out, "worker_status.json"))
+
+
+def multidevice_results(timeout: float = 1500) -> str:
+    """The OUT directory of the session's one :func:`multidevice` run, waiting for it to finish.
+
+    test_parallel.py and test_study_population.py both read it, possibly from different pytest-xdist
+    workers. conftest.py starts it in the background when the session begins (so no worker sits
+    idle waiting for it); a session that did not (e.g. ``pytest -p no:cacheprovider`` from elsewhere)
+    runs it here, once, under a lock. Raises AssertionError with the worker's output if it failed.
     """
-    if "out" not in _MULTIDEVICE:
-        out = tempfile.mkdtemp(prefix="ibjax-multidevice-")
-        flags = (f"--xla_force_host_platform_device_count=8 --xla_dump_to={os.path.join(out, 'hlo')} "
-                 "--xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*(" + "|".join(ESTIMATOR_MODULES) + ").*")
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "multidevice", out], cwd=ROOT,
-                              env=subprocess_env(XLA_FLAGS=flags), capture_output=True, text=True, timeout=1200)
-        _MULTIDEVICE["out"], _MULTIDEVICE["proc"] = out, proc
-    proc = _MULTIDEVICE["proc"]
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return _MULTIDEVICE["out"]
+    import fcntl
+    import time
+
+    out = os.environ.get(MULTIDEVICE_ENV)
+    if out is None:
+        session = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"pid{os.getpid()}"
+        out = os.path.join(tempfile.gettempdir(), f"ibjax-multidevice-{session}")
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not os.path.exists(os.path.join(out, "worker_status.json")):
+                cmd, env = _multidevice_command(out)
+                subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    status = os.path.join(out, "worker_status.json")
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(status):
+        assert time.monotonic() < deadline, f"the 8-device worker did not finish in {timeout} s ({out})"
+        time.sleep(1.0)
+    result = json.load(open(status))
+    assert result["returncode"] == 0, result["stderr"]
+    return out
 
 
 if __name__ == "__main__":
-    {"multidevice": multidevice, "distributed": distributed, "sweep": sweep_share}[sys.argv[1]](sys.argv[2])
+    {"multidevice": multidevice, "multidevice-recorded": multidevice_recorded, "distributed": distributed,
+     "sweep": sweep_share}[sys.argv[1]](sys.argv[2])

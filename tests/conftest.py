@@ -11,8 +11,58 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_CACHE = tempfile.mkdtemp(prefix="ibjax-xla-cache-")
+# Compile faster: these programs run for milliseconds to seconds, so XLA's expensive optimisation
+# passes cost far more than they save (about a third of the default compile time). Every side of
+# every comparison in the suite runs under the same flags; subprocesses inherit them.
+_FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = " ".join(x for x in (os.environ.get("XLA_FLAGS", ""), _FAST_COMPILE) if x)
+# One cache for the whole session: pytest-xdist workers (and their subprocesses) reuse each other's
+# executables for the configurations many tests share.
+_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+if _SESSION:
+    _CACHE = os.path.join(tempfile.gettempdir(), f"ibjax-xla-cache-{_SESSION}")
+    os.makedirs(_CACHE, exist_ok=True)
+else:
+    _CACHE = tempfile.mkdtemp(prefix="ibjax-xla-cache-")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("IBJAX_CACHE", tempfile.mkdtemp(prefix="ibjax-data-cache-"))
+
+_BACKGROUND: list = []
+_NEEDS_MULTIDEVICE = ("test_parallel.py", "test_study_population.py")
+
+
+def pytest_configure(config):
+    """Start the 8-device worker (tests/_scale_worker.py) in the background when the session will
+    read it, in the controlling process only: under pytest-xdist the workers run other tests
+    meanwhile instead of waiting for it."""
+    if hasattr(config, "workerinput") or os.environ.get("IBJAX_TEST_MULTIDEVICE_OUT"):
+        return
+    here = os.path.dirname(os.path.abspath(__file__))
+    args = [os.path.abspath(a.split("::")[0]) for a in config.args] or [here]
+    wanted = any((os.path.isdir(a) and os.path.samefile(a, here)) or os.path.basename(a) in _NEEDS_MULTIDEVICE
+                 for a in args if os.path.exists(a))
+    if not wanted:
+        return
+    import sys
+
+    sys.path.insert(0, here)
+    from _scale_worker import MULTIDEVICE_ENV, start_multidevice
+
+    out = tempfile.mkdtemp(prefix="ibjax-multidevice-")
+    _BACKGROUND.append(start_multidevice(out))
+    os.environ[MULTIDEVICE_ENV] = out  # inherited by pytest-xdist workers, which start after this
+
+
+def pytest_unconfigure(config):
+    for proc in _BACKGROUND:
+        if proc.poll() is None:
+            proc.terminate()
+
+
+def pytest_collection_modifyitems(config, items):
+    # The tests that read the background 8-device worker go last, so that no worker sits waiting for
+    # it while other tests are left (stable sort: the order is otherwise unchanged, and the same on
+    # every pytest-xdist worker, as xdist requires).
+    items.sort(key=lambda item: os.path.basename(str(item.fspath)) in _NEEDS_MULTIDEVICE)

@@ -41,8 +41,12 @@ def test_group_of_a_batched_padded_call_equals_the_group_estimated_alone():
     keys = jax.random.split(jax.random.PRNGKey(8), 3)
     batched = mi.estimate_mi_groups(keys, x, y, mask, config=LIGHT)
     alone = mi.estimate_mi(keys[2], x[2, :250], y[2, :250], config=LIGHT)
+    # Two programs (G = 3 vs no group axis): float32 sums differ in order, and Adam amplifies those
+    # roundings epoch by epoch (1.4e-4 relative after 12 epochs seen under fast-compile flags). A wrong
+    # key, split or padding would change every epoch entirely (the first epoch is held tighter).
+    np.testing.assert_allclose(batched.trajectory[2, 0], alone.trajectory[0], rtol=1e-4, atol=1e-5)
     for field in ("trajectory", "validation", "train", "heldout", "heldout_se"):
-        np.testing.assert_allclose(getattr(batched, field)[2], getattr(alone, field), rtol=1e-4, atol=1e-5, err_msg=field)
+        np.testing.assert_allclose(getattr(batched, field)[2], getattr(alone, field), rtol=2e-3, atol=1e-4, err_msg=field)
     assert int(batched.best_epoch[2]) == int(alone.best_epoch)
     for field in ("trajectory", "validation", "heldout", "heldout_se", "train"):
         assert np.isfinite(np.asarray(getattr(batched, field))).all(), field  # NaN padding never read

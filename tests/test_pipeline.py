@@ -81,8 +81,10 @@ def test_epoch_and_test_batches():
     idx, valid = pipeline.test_batches(np.arange(23), 10)
     assert idx.shape == (3, 10) and valid.sum() == 23
     assert sorted(idx[valid].tolist()) == list(range(23))
-    with pytest.raises(ValueError, match="exceeds"):
+    with pytest.raises(ValueError, match=r"batch size must lie in \[1, "):
         pipeline.epoch_batches(jax.random.PRNGKey(0), 5, 10)
+    with pytest.raises(ValueError, match=r"got 0"):
+        pipeline.epoch_batches(jax.random.PRNGKey(0), 5, 0)
 
 
 def test_bad_inputs_are_rejected():
@@ -91,3 +93,6 @@ def test_bad_inputs_are_rejected():
         pipeline.put_train_data(images.astype(np.float32), plan, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match="perturbations"):
         pipeline.put_train_data(images, plan, jax.random.PRNGKey(0), np.zeros((3, 12, 12, 3)))
+    data = pipeline.put_train_data(images, plan, jax.random.PRNGKey(0))
+    with pytest.raises(TypeError, match="train_trigger"):
+        pipeline.gather_batch(data, np.arange(4), "badnets")  # a name, not the trigger

@@ -16,4 +16,5 @@ def test_api_tour_runs():
     exec(compile(blocks[0], "README.md", "exec"), namespace)
     res, truth = namespace["res"], namespace["truth"]
     assert np.all(np.abs(np.asarray(res.heldout) - truth) < 0.25)
+    assert np.all(np.asarray(res.heldout_se) > 0) and np.asarray(res.converged).shape == (3,)
     assert namespace["est"].shape == (3,)

@@ -8,7 +8,7 @@ Two families of configurations, for the two quantities of the study:
   mean of the last 5 epochs' training estimates (``MIResult.train``). No held-out split, none of
   ibjax's accuracy levers.
 - ``XT_CONFIG`` / ``TY_CONFIG``: ibjax's defaults at the same sizes (B, K, learning rates, epochs),
-  with the levers that measurably improve the held-out read (see ``docs_mi.md`` and
+  with the levers that measurably improve the held-out read (see README.md, "Reading the numbers", and
   ``benchmarks/ground_truth.py`` for the measurements behind each).
 """
 
@@ -187,7 +187,7 @@ TY_REFERENCE = MIConfig(epochs=250, batch_size=512, negatives=256, lr=5e-4, held
 """The authors' I(T;Y_pred) estimator exactly: B 512, K 256, AdamW 5e-4, 250 epochs, otherwise as XT."""
 
 # ibjax's defaults at the reference sizes. Each lever is measured in benchmarks/ground_truth.py
-# (table in docs_mi.md): a validation split with best-critic selection keeps the held-out read near
+# (table in README.md): a validation split with best-critic selection keeps the held-out read near
 # the truth at the full 350-epoch length (the last critic of a memorising run reads far below it),
 # and rank-Gaussianisation removes the shortfall under nonlinear marginals.
 _IBJAX_LEVERS = dict(heldout_fraction=0.2, validation_fraction=0.2, select="best", preprocess="rank")

@@ -75,10 +75,11 @@ def build_attack(config: StudyConfig, image_shape: Optional[tuple[int, ...]] = N
 
 def _clean_model(key, config: StudyConfig, train_set: Dataset, plan: PoisonPlan, progress: bool):
     """A network trained on the clean labels (up to 20 epochs of the run's recipe): the victim that
-    label-consistent perturbations and TrojanNN patterns are computed against.
-    Returns ``(model, variables)``."""
+    label-consistent perturbations and TrojanNN patterns are computed against. It has no noise
+    layers (gamma_xt = gamma_ty = 0): the authors compute their perturbations against a plain clean
+    ResNet-18, and noise in the victim would make PGD's gradients random. Returns ``(model, variables)``."""
     clean_plan = plan.replace(poisoned=np.zeros_like(plan.poisoned), labels=plan.clean_labels)
-    model = make_model(dataclasses.replace(config.model, num_classes=train_set.num_classes))
+    model = make_model(dataclasses.replace(config.model, num_classes=train_set.num_classes, gamma_xt=0.0, gamma_ty=0.0))
     data = put_train_data(train_set.images, clean_plan, key)
     epochs = max(1, min(config.train.epochs, 20))
     cfg: TrainConfig = dataclasses.replace(config.train, schedule="cosine" if config.train.schedule == "cosine" else "constant")
