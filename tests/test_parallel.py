@@ -76,6 +76,29 @@ def test_placement_and_host_views():
     assert par.put_batch(np.arange(4), None).shape == (4,)
 
 
+def test_estimator_on_a_mesh_takes_typed_and_raw_keys_alike():
+    # Embedding code may hold new-style typed keys (jax.random.key); they name the same stream as
+    # their raw uint32 data, so the sharded estimator must give the same result for both.
+    from ibjax import mi as ibmi
+    from ibjax.study.steps import estimate_mi_on_mesh
+
+    rng = np.random.default_rng(0)
+    n, r = 64, 2
+    t = rng.normal(size=(n, r, 3)).astype(np.float32)
+    x = (t[:, 0, :2] + 0.1 * rng.normal(size=(n, 2))).astype(np.float32)
+    index = np.stack([np.arange(n), rng.permutation(n)]).astype(np.int32)
+    valid = np.ones_like(index, bool)
+    cfg = ibmi.MIConfig(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1)
+    mesh = par.make_mesh(1)
+    shared = par.put_replicated((t, x), mesh)
+    run = lambda key: estimate_mi_on_mesh(key, ibmi.bank_pairs, shared, index, valid, 3, 2,  # noqa: E731
+                                          config=cfg, mesh=mesh)
+    raw, typed = run(jax.random.PRNGKey(5)), run(jax.random.key(5))
+    assert np.asarray(raw.trajectory).shape == (2, 2)
+    np.testing.assert_allclose(np.asarray(typed.trajectory), np.asarray(raw.trajectory), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(typed.heldout), np.asarray(raw.heldout), rtol=1e-5, atol=1e-6)
+
+
 def test_collectives_are_counted_in_hlo_text():
     text = ("%all-reduce.1 = f32[] all-reduce(f32[] %x), replica_groups={}\n"
             "%ag = f32[8] all-gather-start(f32[1] %y)\n %z = f32[] add(%a, %b)")

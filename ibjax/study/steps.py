@@ -226,6 +226,8 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
         res = ibmi.estimate_mi_sampled(key, sample_fn, shared, jax.tree.map(jnp.asarray, group_data), valid, da, db,
                                        config=config, group_names=group_names, progress=progress)
         return jax.tree.map(np.asarray, res)
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # typed keys (jax.random.key) as raw uint32 data
+        key = jax.random.key_data(key)
     key = np.asarray(key)
     keys = np.asarray(jax.random.split(key, g)) if key.shape == (2,) else key
     gp = pad_groups(g, mesh)
