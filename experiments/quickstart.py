@@ -1,4 +1,4 @@
-"""The README's main job: the whole study in miniature, offline, on 2 CPU cores in about a minute.
+"""The README's main job: the whole study in miniature, offline, on 2 CPU cores in under 3 minutes.
 
 ``python -m experiments.quickstart [--out runs/quickstart] [--fresh] [--quiet]``
 

@@ -2,7 +2,7 @@
 
 Every field of :class:`ibjax.study.StudyConfig` is a flag with its default (``--help``); presets:
 default (SPEC.md's protocol with ibjax's estimator), reference (the authors' code exactly), fast (a
-GPU), cpu (mnist5k in about a minute). ``--resume RUN_DIR`` continues an interrupted run.
+GPU), cpu (mnist5k in under 3 minutes on 2 CPU cores). ``--resume RUN_DIR`` continues an interrupted run.
 
 The run is data-parallel over every device (``--devices N`` for fewer); in a distributed runtime
 (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or ``--distributed on`` on a

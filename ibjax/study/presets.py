@@ -11,7 +11,7 @@
   per sample instead of a fresh network pass per critic step (``experiments.feature_modes``: with
   R >= 4 draws the held-out reads stay within the seed-to-seed spread of fresh draws, see README),
   and bfloat16 network compute.
-- ``cpu``: a meaningful mnist5k run on 2 CPU cores in about a minute (the quickstart): small noisy
+- ``cpu``: a meaningful mnist5k run on 2 CPU cores in under 3 minutes (the quickstart): small noisy
   CNN, 8 epochs, light estimators on a bank of 4 draws, MI at epochs 1, 4 and 8.
 """
 
