@@ -213,7 +213,8 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
     one device (group g keeps key ``split(key, G)[g]``). Without a mesh this is the plain call.
 
     Args:
-      key: one PRNG key (split into G) or G keys ``[G, 2]``.
+      key: one PRNG key (split into G) or G keys, raw (``uint32[2]`` / ``[G, 2]``) or typed
+        (``jax.random.key``).
       group_data: host arrays with leading axis G (index tables).
       valid: bool[G, M].
 
