@@ -420,7 +420,9 @@ def _typed_key(key) -> jax.Array:
     return jax.random.wrap_key_data(key)  # raw uint32 key data of the default PRNG implementation
 
 
-def _group_keys(key: jax.Array, num_groups: int) -> jax.Array:
+def group_keys(key: jax.Array, num_groups: int) -> jax.Array:
+    """Typed keys ``[G]`` of the G groups: ``split(key, G)`` of one key (raw ``uint32[2]`` or typed), or
+    G keys as given (raw ``[G, 2]`` or typed ``[G]``); ValueError for another count."""
     key = _typed_key(key)
     if key.shape == ():
         return jax.random.split(key, num_groups)
@@ -547,7 +549,7 @@ def estimate_mi_sampled(
         da=int(da), db=int(db),
     )
     sizes = _Sizes(**{k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
-    keys = _group_keys(key, valid.shape[0])
+    keys = group_keys(key, valid.shape[0])
     kw = dict(sample_fn=sample_fn, config=config, static=static)
     setup, carry = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
     trajectory, validation, done = [], [], 0

@@ -23,6 +23,7 @@ import numpy as np
 
 from ibjax import metrics as ibmetrics
 from ibjax import mi as ibmi
+from ibjax.mi.estimator import group_keys
 from ibjax.parallel import pad_groups, pad_rows, put_groups, put_replicated, to_host
 from ibjax.pipeline import DeviceData, gather_batch
 from ibjax.poison import group_index_table
@@ -227,10 +228,7 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
         res = ibmi.estimate_mi_sampled(key, sample_fn, shared, jax.tree.map(jnp.asarray, group_data), valid, da, db,
                                        config=config, group_names=group_names, progress=progress)
         return jax.tree.map(np.asarray, res)
-    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # typed keys (jax.random.key) as raw uint32 data
-        key = jax.random.key_data(key)
-    key = np.asarray(key)
-    keys = np.asarray(jax.random.split(key, g)) if key.shape == (2,) else key
+    keys = np.asarray(jax.random.key_data(group_keys(key, g)))  # raw [G, 2]: padded and placed as host rows
     gp = pad_groups(g, mesh)
     names = None if group_names is None else tuple(group_names) + (group_names[0],) * (gp - g)
     res = ibmi.estimate_mi_sampled(
