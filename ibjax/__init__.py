@@ -2,15 +2,15 @@
 
 Modules, one concern each: ``data`` (data sets), ``triggers`` (attacks as pure jnp transforms, one
 registry), ``poison`` (poisoning plans and MI sample groups), ``pipeline`` (on-device batches),
-``models`` (noisy Flax CNNs), ``train`` (pure train/eval steps), ``critics`` / ``bounds`` / ``mi``
-(batched InfoNCE estimation with held-out reads, standard errors and convergence verdicts),
+``models`` (noisy Flax CNNs), ``rng`` (random draws that compile fast on CPU), ``train`` (pure
+train/eval steps), ``critics`` / ``bounds`` / ``mi`` (batched InfoNCE estimation with held-out reads, standard errors and convergence verdicts),
 ``groundtruth`` (MI tasks with known truth), ``metrics`` (stealthiness, clustering, run comparison),
 ``parallel`` (meshes and shardings), ``checkpoint``, ``plots``, ``study`` (one run of the protocol,
 populations of runs) and ``cli``. ``__all__`` lists the public API; ``plots``, ``study``,
 ``checkpoint`` and ``cli`` load on first use, so ``import ibjax`` stays light.
 """
 
-from ibjax import bounds, critics, data, groundtruth, metrics, mi, models, parallel, pipeline, poison, train, triggers
+from ibjax import bounds, critics, data, groundtruth, metrics, mi, models, parallel, pipeline, poison, rng, train, triggers
 from ibjax.bounds import dv, infonce, infonce_all_pairs, nwj
 from ibjax.critics import concat_critic, concat_critic_scores, init_concat_critic, init_critic, separable_critic_scores
 from ibjax.data import DataUnavailableError, Dataset, load_dataset
@@ -75,7 +75,7 @@ _LAZY = ("plots", "study", "checkpoint", "cli")
 __all__ = [
     # modules
     "bounds", "critics", "data", "groundtruth", "metrics", "mi", "models", "parallel", "pipeline", "poison",
-    "train", "triggers", *_LAZY,
+    "rng", "train", "triggers", *_LAZY,
     # MI estimation
     "MIConfig", "MIResult", "XT_CONFIG", "TY_CONFIG", "XT_REFERENCE", "TY_REFERENCE", "resolve_config",
     "estimate_mi", "estimate_mi_groups", "estimate_mi_sampled", "CriticState", "PairBuffer", "rank_gaussianize",

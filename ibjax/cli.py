@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.metadata
 import io
 import json
 import logging
 import os
 import re
 import sys
-from typing import Annotated, Any, Literal, Optional, Sequence
+from typing import Annotated, Any, Literal, MutableMapping, Optional, Sequence
 
 import tyro
 
@@ -40,7 +41,7 @@ from ibjax.study.config import StudyConfig, config_from_dict, config_to_dict
 from ibjax.study.presets import PRESETS
 
 __all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir",
-           "start_runtime"]
+           "start_runtime", "FAST_CPU_COMPILE_FLAGS", "fast_cpu_compile_flags", "fast_cpu_compile"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -210,3 +211,67 @@ def cli_errors():
         fail(str(e))
     except FloatingPointError as e:
         fail(str(e), code=1)
+
+
+FAST_CPU_COMPILE_FLAGS = (
+    "--xla_cpu_use_fusion_emitters=false",
+    "--xla_backend_optimization_level=1",
+    "--xla_llvm_disable_expensive_passes=true",
+)
+"""XLA flags under which XLA:CPU compiles ibjax's programs several times faster, with no measured loss
+of speed once compiled: XLA's older LLVM fusion emitters instead of its MLIR ones, and LLVM's cheaper
+optimisation passes. On 2 cores (2026-11-23) the quickstart compiled its 60 programs in 13.7 s
+instead of 36.4 s, and ran in 142 s instead of 155 s end to end; a tiny one-epoch study took 18-22 s
+instead of 31 s. CPU runs are compile-bound (a run's programs execute for seconds); a GPU run is not
+touched (see :func:`fast_cpu_compile_flags`)."""
+
+_FAST_COMPILE_JAXLIB = ((0, 10),)
+"""jaxlib (major, minor) versions the flags were checked with: XLA aborts on a flag it does not know,
+and the fusion-emitter flag goes when the older emitters do, so other versions get XLA's defaults."""
+
+
+def _accelerator_plugin_installed() -> bool:
+    """Whether a PJRT plugin for a GPU or TPU is installed (JAX would then prefer that device)."""
+    if importlib.metadata.entry_points(group="jax_plugins"):
+        return True
+    names = {(d.metadata["Name"] or "").lower().replace("_", "-") for d in importlib.metadata.distributions()}
+    return any(n.startswith(("jax-cuda", "jax-rocm", "libtpu")) for n in names)
+
+
+def _jaxlib_version() -> tuple[int, int]:
+    major, minor = importlib.metadata.version("jaxlib").split(".")[:2]
+    return int(major), int(minor)
+
+
+def fast_cpu_compile_flags(env: MutableMapping[str, str] = os.environ) -> tuple[str, ...]:
+    """The :data:`FAST_CPU_COMPILE_FLAGS` a process with environment ``env`` should add to XLA_FLAGS.
+
+    None when ``IBJAX_FAST_CPU_COMPILE=0``, when the process may compute on an accelerator (JAX_PLATFORMS
+    names another platform than cpu, or is unset and a GPU/TPU plugin is installed), or when jaxlib is
+    not a version they were checked with; otherwise those whose XLA option XLA_FLAGS does not set yet
+    (the user's own setting wins).
+    """
+    if env.get("IBJAX_FAST_CPU_COMPILE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return ()
+    platforms = [p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms and platforms != ["cpu"]:
+        return ()
+    if not platforms and _accelerator_plugin_installed():
+        return ()
+    if _jaxlib_version() not in _FAST_COMPILE_JAXLIB:
+        return ()
+    present = env.get("XLA_FLAGS", "")
+    return tuple(f for f in FAST_CPU_COMPILE_FLAGS if f.split("=")[0] not in present)
+
+
+def fast_cpu_compile(env: MutableMapping[str, str] = os.environ) -> tuple[str, ...]:
+    """Add :func:`fast_cpu_compile_flags` to ``env["XLA_FLAGS"]`` and return them.
+
+    XLA reads the flags when JAX starts its backend, so the command-line entry points call this first,
+    before any JAX computation; a library embedding ibjax decides its XLA flags itself.
+    """
+    flags = fast_cpu_compile_flags(env)
+    if flags:
+        env["XLA_FLAGS"] = " ".join(x for x in (env.get("XLA_FLAGS", "").strip(), *flags) if x)
+        logging.getLogger("ibjax").debug("XLA:CPU fast-compile flags added: %s", " ".join(flags))
+    return flags

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import digamma, gammaln
 
+from ibjax import rng
+
 __all__ = [
     "Task",
     "SUITE",
@@ -98,9 +100,9 @@ def student_t_mi(gaussian_part: float, dof: float, dx: int, dy: int) -> float:
 def _gaussian_pair(key: jax.Array, n: int, a: np.ndarray) -> tuple[jax.Array, jax.Array]:
     dy, dx = a.shape
     kx, ke = jax.random.split(key)
-    x = jax.random.normal(kx, (n, dx))
+    x = rng.normal(kx, (n, dx))
     scale = np.sqrt(1.0 + np.sum(a**2, axis=1))  # Var(Y_j) = 1 + |A_j|^2: rescale to unit variance
-    y = (x @ jnp.asarray(a.T, jnp.float32) + jax.random.normal(ke, (n, dy))) / jnp.asarray(scale, jnp.float32)
+    y = (x @ jnp.asarray(a.T, jnp.float32) + rng.normal(ke, (n, dy))) / jnp.asarray(scale, jnp.float32)
     return x, y
 
 
@@ -167,11 +169,11 @@ def embedded(key: jax.Array, n: int, *, dx: int, dy: int, latent: int, mi: float
         raise ValueError(f"latent ({latent}) exceeds dx ({dx}) or dy ({dy})")
     kl, kx, ky = jax.random.split(key, 3)
     x, y = gaussian(kl, n, dx=latent, dy=latent, mi=mi, seed=seed)
-    x = jnp.concatenate([x, jax.random.normal(kx, (n, dx - latent))], axis=1)
-    y = jnp.concatenate([y, jax.random.normal(ky, (n, dy - latent))], axis=1)
-    rng = np.random.default_rng(seed + 1)
-    qx = np.linalg.qr(rng.standard_normal((dx, dx)))[0]
-    qy = np.linalg.qr(rng.standard_normal((dy, dy)))[0]
+    x = jnp.concatenate([x, rng.normal(kx, (n, dx - latent))], axis=1)
+    y = jnp.concatenate([y, rng.normal(ky, (n, dy - latent))], axis=1)
+    gen = np.random.default_rng(seed + 1)
+    qx = np.linalg.qr(gen.standard_normal((dx, dx)))[0]
+    qy = np.linalg.qr(gen.standard_normal((dy, dy)))[0]
     return x @ jnp.asarray(qx, jnp.float32), y @ jnp.asarray(qy, jnp.float32)
 
 

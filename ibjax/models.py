@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ibjax import rng
+
 Dtype = Any
 
 __all__ = [
@@ -43,6 +45,21 @@ __all__ = [
     "NOISE_FIELDS",
     "with_noise_levels",
 ]
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2, ``f32[B, H, W, C] -> f32[B, H // 2, W // 2, C]``.
+
+    The same function as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped),
+    written as a reshape and a max: with XLA:CPU's ``reduce_window`` / ``select_and_scatter`` pair a
+    noise-free small-CNN training step (batch 64, 28x28) took 57 ms on 2 cores, with this form 25 ms
+    (the noisy ``small_cnn`` step: 70 ms -> 53 ms).
+    Where a window holds equal maxima the gradient is split between them instead of going to the
+    first; after the models' additive noise such ties have probability zero.
+    """
+    b, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
 def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype) -> nn.Conv:
@@ -69,7 +86,7 @@ def _noise(x: jax.Array, std, module: nn.Module) -> jax.Array:
     """
     if isinstance(std, (int, float)) and std <= 0.0:
         return x
-    eps = jax.random.normal(module.make_rng("noise"), x.shape, jnp.float32)
+    eps = rng.normal(module.make_rng("noise"), x.shape)
     return x + (std * eps).astype(x.dtype)
 
 
@@ -181,7 +198,7 @@ class VGG16(nn.Module):
             if v == "M":
                 # Small inputs (e.g. 28x28) reach 1x1 before the last pool; skip pools that cannot halve.
                 if x.shape[1] >= 2 and x.shape[2] >= 2:
-                    x = nn.max_pool(x, (2, 2), (2, 2))
+                    x = max_pool_2x2(x)
                 continue
             x = _conv(v, 3, 1, f"conv{k}", self.dtype)(x)
             x = nn.relu(norm(f"bn{k}")(x))
@@ -208,7 +225,7 @@ class SmallCNN(nn.Module):
         x = x.astype(self.dtype)
         for i, w in enumerate(self.widths):
             if i > 0:
-                x = nn.max_pool(x, (2, 2), (2, 2))
+                x = max_pool_2x2(x)
             x = _conv(w, 3, 1, f"conv{i}", self.dtype)(x)
             x = nn.relu(norm(f"bn{i}")(x))
             x = _noise(x, self.gamma_xt, self)

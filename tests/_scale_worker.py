@@ -22,9 +22,8 @@ sys.path.insert(0, HERE)
 
 from tiny_config import TINY, short  # noqa: E402
 
-FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
-"""XLA flags of the test subprocesses: a third of the compile time of the default on these tiny
-programs, which run for seconds (both sides of every comparison use them)."""
+from ibjax.cli import fast_cpu_compile  # noqa: E402
+
 
 ONE = short(TINY, 1)
 TWO = dataclasses.replace(short(TINY, 2), mi_epochs=(1,), stealth_epochs=(1,))
@@ -209,12 +208,15 @@ def sweep_share(out: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # comparing two run directories
 
-METRIC_TOL = {"train_loss": ("rel", 1e-4), "test_loss": ("abs", 1e-3), "train_accuracy": ("abs", 2.5e-3),
-              "test_accuracy": ("abs", 2.5e-3), "asr": ("abs", 2.5e-3), "lr": ("rel", 1e-6), "lr_last": ("rel", 1e-6)}
+METRIC_TOL = {"train_loss": ("rel", 1e-4), "test_loss": ("abs", 1.5e-3), "train_accuracy": ("abs", 2.5e-3),
+              "test_accuracy": ("abs", 0.015), "asr": ("abs", 0.015), "lr": ("rel", 1e-6), "lr_last": ("rel", 1e-6)}
 """Same run, different programs (device counts, vmapped members): float32 sums in another order. Over
-one or two epochs of 18 SGD steps the training loss moved by at most 5e-6 (relative 2e-6) and the
-test loss by 1.5e-4 nats; an accuracy may flip one sample (1/900 ASR). The tolerances are 20-50x
-those, and far below what another seed changes (checked by the tests)."""
+one or two epochs of 18 SGD steps the training loss moved by at most 2e-5 relative and the test loss
+by 5e-4 nats (1.4e-4 after one epoch): those are the sharp checks, 3-5x that drift and 3x below what
+another seed changes after one epoch (2.9e-3 relative, 4.4e-3 nats; a wrong noise draw is another seed). Test accuracy and ASR count predictions, and a tiny network after two
+epochs has many near ties: a population member resumed alone flipped 3 of 1,000 test predictions
+and 9 of 900 triggered ones against the run made alone (2026-11-23, under the fast-compile flags),
+so they get 1.5% (another seed moves them by up to 0.4)."""
 MI_TOL = 0.005
 """nats, for MI reads of the same run computed by different programs. The critics train on features
 that differ by float rounding, and Adam turns sign flips of near-zero gradient components into
@@ -269,7 +271,8 @@ def run_differences(a_dir: str, b_dir: str, epochs) -> list[str]:
 def subprocess_env(**extra) -> dict:
     """The environment of a worker: CPU, this checkout first, the fast-compile flags (plus ``extra``)."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": ROOT, **extra}
-    env["XLA_FLAGS"] = " ".join(x for x in (FAST_COMPILE, extra.get("XLA_FLAGS", "")) if x)
+    env["XLA_FLAGS"] = extra.get("XLA_FLAGS", "")
+    fast_cpu_compile(env)  # the suite's own flags (conftest.py): both sides of every comparison use them
     return env
 
 

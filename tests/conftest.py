@@ -11,11 +11,12 @@ import os
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# Compile faster: these programs run for milliseconds to seconds, so XLA's expensive optimisation
-# passes cost far more than they save (about a third of the default compile time). Every side of
-# every comparison in the suite runs under the same flags; subprocesses inherit them.
-_FAST_COMPILE = "--xla_backend_optimization_level=1 --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = " ".join(x for x in (os.environ.get("XLA_FLAGS", ""), _FAST_COMPILE) if x)
+# Compile faster: these programs run for milliseconds to seconds, so compiling is most of the suite's
+# time. The command-line entry points' fast-compile XLA flags (ibjax.cli.FAST_CPU_COMPILE_FLAGS); every
+# side of every comparison in the suite runs under the same flags, and subprocesses inherit them.
+from ibjax.cli import fast_cpu_compile  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
+
+fast_cpu_compile(os.environ)
 # One cache for the whole session: pytest-xdist workers (and their subprocesses) reuse each other's
 # executables for the configurations many tests share.
 _SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID")

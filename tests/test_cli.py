@@ -157,3 +157,31 @@ def test_sweep_after_a_failed_run_uses_the_corrected_flags(tmp_path, capsys):
     sweep.main(["--attacks", "badnets", "--seeds", "0", "--root", root, "--config", cfg, "--quiet"])
     saved = json.load(open(os.path.join(root, "badnets_0.1_s0", "config.json")))
     assert saved["train"]["lr"] == TINY.train.lr and saved["train"]["schedule"] == "plateau"
+
+
+def test_fast_cpu_compile_flags_only_for_cpu_runs_and_never_over_the_users_own(monkeypatch):
+    from ibjax import cli
+
+    monkeypatch.setattr(cli, "_jaxlib_version", lambda: cli._FAST_COMPILE_JAXLIB[0])
+    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
+    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=3"}
+    added = cli.fast_cpu_compile(env)
+    assert "--xla_backend_optimization_level=1" not in added and "--xla_cpu_use_fusion_emitters=false" in added
+    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=3", *added]  # the user's setting kept
+    assert cli.fast_cpu_compile(env) == () and env["XLA_FLAGS"].split()[0] == "--xla_backend_optimization_level=3"
+    assert cli.fast_cpu_compile_flags({}) == cli.FAST_CPU_COMPILE_FLAGS  # no accelerator installed: CPU
+    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cuda"}) == ()
+    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu", "IBJAX_FAST_CPU_COMPILE": "0"}) == ()
+    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: True)
+    assert cli.fast_cpu_compile_flags({}) == ()  # JAX would pick the GPU: XLA's defaults
+    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu"}) == cli.FAST_CPU_COMPILE_FLAGS
+    monkeypatch.setattr(cli, "_jaxlib_version", lambda: (99, 0))  # XLA would abort on an unknown flag
+    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu"}) == ()
+
+
+def test_the_suite_runs_under_the_fast_compile_flags():
+    # conftest.py applies them, so the comparisons in the suite and its subprocesses share one setting.
+    from ibjax import cli
+
+    for flag in cli.FAST_CPU_COMPILE_FLAGS:
+        assert flag in os.environ["XLA_FLAGS"].split()

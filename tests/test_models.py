@@ -80,3 +80,17 @@ def test_bad_model_configs_are_rejected():
         models.make_model(models.ModelConfig(name="resnet50"))
     with pytest.raises(ValueError, match="dtype"):
         models.make_model(models.ModelConfig(dtype="int8"))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 2), (1, 2, 2, 1)])
+def test_max_pool_2x2_is_flax_max_pool_in_value_and_gradient(shape):
+    import flax.linen as nn
+
+    # Continuous random values: no ties in a window, so the gradients are defined the same way.
+    x = jax.random.normal(jax.random.PRNGKey(sum(shape)), shape)
+    ref = nn.max_pool(x, (2, 2), (2, 2))
+    np.testing.assert_array_equal(models.max_pool_2x2(x), ref)
+    w = jax.random.normal(jax.random.PRNGKey(1), ref.shape)
+    g = jax.grad(lambda v: jnp.sum(models.max_pool_2x2(v) * w))(x)
+    g_ref = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), (2, 2)) * w))(x)
+    np.testing.assert_allclose(g, g_ref, atol=1e-6)

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ibjax import rng
 from ibjax.metrics.history import _check_read, _matrix, available_epochs, clean_groups
 from ibjax.metrics.names import DEFAULT_STEALTH_EPOCHS, NORMALISATIONS, QUANTITIES, STEALTH_TARGET_GROUPS
 
@@ -167,8 +168,8 @@ def stealth_bootstrap(key: jax.Array, targets: jax.Array, clean: jax.Array, targ
     targets_se = jnp.broadcast_to(jnp.asarray(targets_se, jnp.float32), targets.shape)
     clean_se = jnp.broadcast_to(jnp.asarray(clean_se, jnp.float32), clean.shape)
     kt, kc = jax.random.split(key)
-    t = targets + targets_se * jax.random.normal(kt, (draws, *targets.shape))
-    c = clean + clean_se * jax.random.normal(kc, (draws, *clean.shape))
+    t = targets + targets_se * rng.normal(kt, (draws, *targets.shape))
+    c = clean + clean_se * rng.normal(kc, (draws, *clean.shape))
     per_target = jax.vmap(lambda ti, ci: stealth_distance(ti, ci, normalise, eps), in_axes=(0, None))
     return jax.vmap(per_target)(t, c)
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ibjax import rng
 from ibjax.bounds import infonce_all_pairs_terms
 from ibjax.critics import critic_matrix
 from ibjax.mi.config import MIConfig, batches_per_epoch, resolve_config, split_sizes
@@ -207,7 +208,7 @@ def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup
     k_pairs, k_u = jax.random.split(key)
     widths = [config.negatives if negatives and config.negative_sampling == "sampled" else 0]
     widths += [static.da, static.db] if config.preprocess == "rank" else [0, 0]
-    u = jax.random.uniform(k_u, (rows, sum(widths))) if sum(widths) else jnp.zeros((rows, 0))
+    u = rng.uniform(k_u, (rows, sum(widths))) if sum(widths) else jnp.zeros((rows, 0))
     u_neg, u_a, u_b = jnp.split(u, np.cumsum(widths[:2]), axis=1)
     a, b = sample_fn(shared, group_data, positions, k_pairs)
     a = apply_marginals(setup.ma, a, config.preprocess, u_a)
@@ -491,7 +492,7 @@ def bank_pairs(shared, group_data, positions, key):
     """
     a_bank, b_all = shared
     idx = group_data[positions]
-    r = jax.random.randint(key, idx.shape, 0, a_bank.shape[1])
+    r = rng.randint(key, idx.shape, 0, a_bank.shape[1])
     b = b_all[idx, r] if b_all.ndim == 3 else b_all[idx]
     return a_bank[idx, r], b
 

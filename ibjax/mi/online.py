@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ibjax import rng
 from ibjax.bounds import get_bound
 from ibjax.critics import critic_scores
 from ibjax.mi.config import MIConfig, resolve_config
@@ -70,7 +71,7 @@ def _fresh_read(params, buf_a, buf_b, count, a, b, member, key, config: MIConfig
     rows = a.shape[0]
     all_a = jnp.concatenate([a[order].astype(buf_a.dtype), buf_a])
     all_b = jnp.concatenate([b[order].astype(buf_b.dtype), buf_b])
-    u = jax.random.uniform(key, (all_a.shape[0], config.num_negatives))
+    u = rng.uniform(key, (all_a.shape[0], config.num_negatives))
     neg = rows + jnp.minimum(jnp.floor(u * count), count - 1).astype(jnp.int32)
     pos, neg_scores = critic_scores(config.critic, params, all_a, all_b, neg, jnp.dtype(config.dtype))
     real = jnp.arange(all_a.shape[0]) < n_new

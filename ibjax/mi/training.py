@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from ibjax import rng
 from ibjax.bounds import bound_terms, get_bound
 from ibjax.critics import critic_scores, init_critic
 from ibjax.mi.config import MIConfig, resolve_config
@@ -91,7 +92,7 @@ def negative_uniforms(key: jax.Array, batch: int, config: MIConfig) -> Optional[
     """The uniforms f32[B, K] :func:`negative_index` draws negatives from (None for all-pairs)."""
     if config.negative_sampling == "all":
         return None
-    return jax.random.uniform(key, (batch, config.negatives))
+    return rng.uniform(key, (batch, config.negatives))
 
 
 def batch_scores(params, a, b, neg_index, n_valid, config: MIConfig):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from ibjax import rng
 from ibjax.triggers.common import (
     _check_class_indices,
     _check_range,
@@ -106,7 +107,7 @@ def pgd_l2(
     if params.random_start:
         if key is None:
             raise ValueError("PGD with random_start=True needs a PRNG key: pgd_l2(..., key=key)")
-        start = jax.random.uniform(key, x0.shape, jnp.float32)
+        start = rng.uniform(key, x0.shape)
         delta0 = jnp.clip(x0 + _into_ball(start - x0, params.eps), 0.0, 1.0) - x0
     else:
         delta0 = jnp.zeros_like(x0)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ibjax import rng
 from ibjax.triggers.common import (
     StaticArray,
     _check_range,
@@ -154,7 +155,7 @@ def adaptive_blend_mask(
     """
     n = params.grid * params.grid
     n_masked = int(n * params.mask_fraction)
-    scores = jax.random.uniform(key, tuple(batch_shape) + (n,))
+    scores = rng.uniform(key, tuple(batch_shape) + (n,))
     ranks = jnp.argsort(jnp.argsort(scores, axis=-1), axis=-1)
     keep = jnp.concatenate([ranks >= n_masked, jnp.ones(tuple(batch_shape) + (1,), bool)], axis=-1)
     step_h, step_w = height // params.grid, width // params.grid

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ibjax import rng
 from ibjax.triggers.common import _check_range, _finish, _image_shape, _jit_static_params, _Params, _prepare
 
 __all__ = ["WaNetParams", "wanet", "wanet_field", "bilinear_sample"]
@@ -205,7 +206,7 @@ def wanet(
     upper = 2.0 * half  # (W - 1, H - 1)
     pos = jnp.clip(pos, 0.0, upper)
     if key is not None:
-        noise = jax.random.uniform(
+        noise = rng.uniform(
             key, x.shape[:-3] + (h, w, 2), minval=-1.0, maxval=1.0, dtype=jnp.float32
         )
         pos = jnp.clip(pos + noise * (params.noise_scale / h) * half, 0.0, upper)
