@@ -17,18 +17,22 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 from ibjax.cli import fast_cpu_compile  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
 
 fast_cpu_compile(os.environ)
-# One cache for the whole session: pytest-xdist workers (and their subprocesses) reuse each other's
-# executables for the configurations many tests share.
-_SESSION = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-if _SESSION:
-    _CACHE = os.path.join(tempfile.gettempdir(), f"ibjax-xla-cache-{_SESSION}")
-    os.makedirs(_CACHE, exist_ok=True)
-else:
-    _CACHE = tempfile.mkdtemp(prefix="ibjax-xla-cache-")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+# One cache for the whole session: pytest-xdist workers (and their subprocesses) inherit the
+# controlling process's environment, so they reuse each other's executables for the configurations
+# many tests share. The directories are the session's own and go when it ends (_CREATED).
+_CREATED: list = []
+
+
+def _session_dir(variable: str, prefix: str) -> None:
+    if not os.environ.get(variable):
+        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+        _CREATED.append(os.environ[variable])
+
+
+_session_dir("JAX_COMPILATION_CACHE_DIR", "ibjax-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-os.environ.setdefault("IBJAX_CACHE", tempfile.mkdtemp(prefix="ibjax-data-cache-"))
+_session_dir("IBJAX_CACHE", "ibjax-data-cache-")
 
 _BACKGROUND: list = []
 _NEEDS_MULTIDEVICE = ("test_parallel.py", "test_study_population.py")
@@ -52,14 +56,22 @@ def pytest_configure(config):
     from _scale_worker import MULTIDEVICE_ENV, start_multidevice
 
     out = tempfile.mkdtemp(prefix="ibjax-multidevice-")
+    _CREATED.append(out)
     _BACKGROUND.append(start_multidevice(out))
     os.environ[MULTIDEVICE_ENV] = out  # inherited by pytest-xdist workers, which start after this
 
 
 def pytest_unconfigure(config):
+    import shutil
+
     for proc in _BACKGROUND:
         if proc.poll() is None:
             proc.terminate()
+        proc.wait()
+    # Only the process that made them removes them (under pytest-xdist: the controller, after its
+    # workers have ended), so no test loses a directory it still reads.
+    for path in _CREATED:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
