@@ -53,7 +53,7 @@ class StudyCommand:
     Attributes:
       study: the run's configuration.
       preset: the named configuration the flags start from: default (SPEC.md's protocol with ibjax's
-        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, ~1 min).
+        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, under 3 min on 2 cores).
       config: a JSON file with a whole or partial StudyConfig, applied on top of the preset.
       out: run directory of a new run (default runs/<dataset>_<attack>_<ratio>_s<seed>).
       resume: run directory to continue from its last checkpoint; its saved config is the starting
@@ -218,12 +218,13 @@ FAST_CPU_COMPILE_FLAGS = (
     "--xla_backend_optimization_level=1",
     "--xla_llvm_disable_expensive_passes=true",
 )
-"""XLA flags under which XLA:CPU compiles ibjax's programs several times faster, with no measured loss
-of speed once compiled: XLA's older LLVM fusion emitters instead of its MLIR ones, and LLVM's cheaper
-optimisation passes. On 2 cores (2026-11-23) the quickstart compiled its 60 programs in 13.7 s
-instead of 36.4 s, and ran in 142 s instead of 155 s end to end; a tiny one-epoch study took 18-22 s
-instead of 31 s. CPU runs are compile-bound (a run's programs execute for seconds); a GPU run is not
-touched (see :func:`fast_cpu_compile_flags`)."""
+"""XLA flags under which XLA:CPU compiles ibjax's programs several times faster: XLA's older LLVM
+fusion emitters instead of its MLIR ones, and LLVM's cheaper optimisation passes. On 2 cores
+(2026-11-23) the quickstart compiled its 60 programs in 13.7 s instead of 36.4 s and ran in 162 s
+instead of 165 s back to back (the cores' speed drifts ~15% between runs); the 13-group estimator
+compiled in 4.5 s instead of 9 s and ran as fast, the small CNN's training step ran 0-10% slower;
+the test suite took 566 s instead of 709 s. Short CPU runs are compile-bound; a long one may prefer
+``IBJAX_FAST_CPU_COMPILE=0``; a GPU run is not touched (see :func:`fast_cpu_compile_flags`)."""
 
 _FAST_COMPILE_JAXLIB = ((0, 10),)
 """jaxlib (major, minor) versions the flags were checked with: XLA aborts on a flag it does not know,

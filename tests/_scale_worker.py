@@ -213,10 +213,11 @@ METRIC_TOL = {"train_loss": ("rel", 1e-4), "test_loss": ("abs", 1.5e-3), "train_
 """Same run, different programs (device counts, vmapped members): float32 sums in another order. Over
 one or two epochs of 18 SGD steps the training loss moved by at most 2e-5 relative and the test loss
 by 5e-4 nats (1.4e-4 after one epoch): those are the sharp checks, 3-5x that drift and 3x below what
-another seed changes after one epoch (2.9e-3 relative, 4.4e-3 nats; a wrong noise draw is another seed). Test accuracy and ASR count predictions, and a tiny network after two
-epochs has many near ties: a population member resumed alone flipped 3 of 1,000 test predictions
-and 9 of 900 triggered ones against the run made alone (2026-11-23, under the fast-compile flags),
-so they get 1.5% (another seed moves them by up to 0.4)."""
+another seed changes after one epoch (2.9e-3 relative, 4.4e-3 nats; a wrong noise draw is another
+seed). Test accuracy and ASR count predictions, and a tiny network after two epochs has many near
+ties: a population member resumed alone flipped 3 of 1,000 test predictions and 9 of 900 triggered
+ones against the run made alone (2026-11-23, under the fast-compile flags), so they get 1.5% (another
+seed moves them by up to 0.4)."""
 MI_TOL = 0.005
 """nats, for MI reads of the same run computed by different programs. The critics train on features
 that differ by float rounding, and Adam turns sign flips of near-zero gradient components into
