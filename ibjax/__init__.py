@@ -3,11 +3,12 @@
 Modules, one concern each: ``data`` (data sets), ``triggers`` (attacks as pure jnp transforms, one
 registry), ``poison`` (poisoning plans and MI sample groups), ``pipeline`` (on-device batches),
 ``models`` (noisy Flax CNNs), ``rng`` (random draws that compile fast on CPU), ``train`` (pure
-train/eval steps), ``critics`` / ``bounds`` / ``mi`` (batched InfoNCE estimation with held-out reads, standard errors and convergence verdicts),
-``groundtruth`` (MI tasks with known truth), ``metrics`` (stealthiness, clustering, run comparison),
-``parallel`` (meshes and shardings), ``checkpoint``, ``plots``, ``study`` (one run of the protocol,
-populations of runs) and ``cli``. ``__all__`` lists the public API; ``plots``, ``study``,
-``checkpoint`` and ``cli`` load on first use, so ``import ibjax`` stays light.
+train/eval steps), ``critics`` / ``bounds`` / ``mi`` (batched InfoNCE estimation with held-out reads,
+standard errors and convergence verdicts), ``groundtruth`` (MI tasks with known truth), ``metrics``
+(stealthiness, clustering, run comparison), ``parallel`` (meshes and shardings), ``checkpoint``,
+``plots``, ``study`` (one run of the protocol, populations of runs) and ``cli``. ``__all__`` lists the
+public API; ``plots``, ``study``, ``checkpoint`` and ``cli`` load on first use, so ``import ibjax``
+stays light.
 """
 
 from ibjax import bounds, critics, data, groundtruth, metrics, mi, models, parallel, pipeline, poison, rng, train, triggers
