@@ -208,13 +208,16 @@ def sweep_share(out: str) -> None:
 # --------------------------------------------------------------------------------------------------
 # comparing two run directories
 
-METRIC_TOL = {"train_loss": ("rel", 1e-4), "test_loss": ("abs", 1.5e-3), "train_accuracy": ("abs", 2.5e-3),
+METRIC_TOL = {"train_loss": ("rel", 3e-4), "test_loss": ("abs", 2.5e-3), "train_accuracy": ("abs", 2.5e-3),
               "test_accuracy": ("abs", 0.015), "asr": ("abs", 0.015), "lr": ("rel", 1e-6), "lr_last": ("rel", 1e-6)}
-"""Same run, different programs (device counts, vmapped members): float32 sums in another order. Over
-one or two epochs of 18 SGD steps the training loss moved by at most 2e-5 relative and the test loss
-by 5e-4 nats (1.4e-4 after one epoch): those are the sharp checks, 3-5x that drift and 3x below what
-another seed changes after one epoch (2.9e-3 relative, 4.4e-3 nats; a wrong noise draw is another
-seed). Test accuracy and ASR count predictions, and a tiny network after two epochs has many near
+"""Same run, different programs (device counts, vmapped members): float32 sums in another order. After
+one epoch of 18 SGD steps the training loss moved by at most 1e-6 relative and the test loss by
+9e-5 nats; after the second epoch of a population member resumed alone (its first epoch's rounding
+amplified by training) by 1.1e-4 relative and 1.3e-3 nats (2026-11-23, Philox noise, fast-compile
+flags; 2e-5 and 5e-4 the day before with Threefry noise). The tolerances are 2-3x that and still
+10x (training loss) below what another seed changes after one epoch (2.9e-3 relative; a wrong
+noise draw is another seed, and the 8-device worker also compares banks of noisy features built both ways, to
+1e-6). Test accuracy and ASR count predictions, and a tiny network after two epochs has many near
 ties: a population member resumed alone flipped 3 of 1,000 test predictions and 9 of 900 triggered
 ones against the run made alone (2026-11-23, under the fast-compile flags), so they get 1.5% (another
 seed moves them by up to 0.4)."""

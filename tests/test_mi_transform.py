@@ -6,6 +6,7 @@ import numpy as np
 from scipy import stats
 
 from ibjax import mi
+from ibjax.mi import transform
 
 
 def _fit_apply(x, kind, key=0):
@@ -60,6 +61,18 @@ def test_standardize_centres_and_scales_and_leaves_constants_at_zero():
     np.testing.assert_allclose(z[:, :2].mean(0), 0, atol=1e-5)
     np.testing.assert_allclose(z[:, :2].std(0), 1, atol=1e-4)
     np.testing.assert_allclose(z[:, 2], 0, atol=1e-5)
+
+
+def test_standardize_floors_the_scale_of_a_nearly_constant_coordinate():
+    # Column 2 is lit in one fitted row of 500: its plain std (0.045) would map an unseen 1.0 to 22
+    # standard deviations. The floor is STD_FLOOR times the rms of the side's stds.
+    x = jax.random.normal(jax.random.PRNGKey(2), (500, 3)).at[:, 2].set(0.0).at[0, 2].set(1.0)
+    m = mi.fit_marginals(x, jnp.ones((500,), bool), "standardize")
+    std = np.asarray(x).std(0)
+    floor = transform.STD_FLOOR * np.sqrt(np.mean(std**2))
+    np.testing.assert_allclose(np.asarray(m.scale), [std[0], std[1], floor], rtol=1e-4)
+    z = np.asarray(mi.apply_marginals(m, jnp.asarray([[0.0, 0.0, 1.0]]), "standardize"))
+    assert abs(z[0, 2]) < 1.0 / floor + 1e-3 < 5
 
 
 def test_rank_preprocessed_estimate_is_invariant_to_monotone_marginal_maps():

@@ -30,8 +30,9 @@ def test_study_models_return_logits_and_512d_representation(name):
     assert abs(n_params - expected) / expected < 0.02  # the published parameter counts
 
 
-def test_noise_makes_t_a_random_function_of_x_and_is_on_in_eval():
-    model = models.SmallCNN(widths=(8, 16), gamma_xt=0.4, gamma_ty=0.4)
+@pytest.mark.parametrize("generator", ["threefry", "philox"])
+def test_noise_makes_t_a_random_function_of_x_and_is_on_in_eval(generator):
+    model = models.SmallCNN(widths=(8, 16), gamma_xt=0.4, gamma_ty=0.4, noise_generator=generator)
     x = jnp.ones((4, 16, 16, 3)) * 0.5
     variables = jax.jit(model.init)({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(0)}, x)
     apply = jax.jit(lambda k: model.apply(variables, x, train=False, rngs={"noise": k}))
@@ -65,6 +66,12 @@ def test_t_is_read_before_the_gamma_ty_noise_and_the_classifier_reads_it_noisy()
     w, b = variables["params"]["classifier"]["kernel"], variables["params"]["classifier"]["bias"]
     resid = np.asarray(logits - (t1 @ w + b))
     np.testing.assert_allclose(np.std(resid, axis=0), np.sqrt(np.sum(np.asarray(w) ** 2, axis=0)), rtol=0.1)
+    # Philox noise: the same law.
+    philox = models.SmallCNN(widths=(8,), gamma_xt=0.0, gamma_ty=1.0, noise_generator="philox")
+    logits_p, _ = jax.jit(lambda v, x, k: philox.apply(v, x, rngs={"noise": k}))(variables, x, jax.random.PRNGKey(4))
+    resid_p = np.asarray(logits_p - (t1 @ w + b))
+    np.testing.assert_allclose(np.std(resid_p, axis=0), np.sqrt(np.sum(np.asarray(w) ** 2, axis=0)), rtol=0.1)
+    assert not np.allclose(resid_p, resid)
 
 
 def test_bfloat16_compute_keeps_float32_params_and_outputs():
@@ -80,6 +87,9 @@ def test_bad_model_configs_are_rejected():
         models.make_model(models.ModelConfig(name="resnet50"))
     with pytest.raises(ValueError, match="dtype"):
         models.make_model(models.ModelConfig(dtype="int8"))
+    with pytest.raises(ValueError, match="noise_generator"):
+        models.make_model(models.ModelConfig(noise_generator="mt19937"))
+    assert models.make_model(models.ModelConfig(name="small_cnn", noise_generator="philox")).noise_generator == "philox"
 
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (3, 7, 5, 2), (1, 2, 2, 1)])

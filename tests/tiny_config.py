@@ -14,7 +14,9 @@ TINY = StudyConfig(
     per_class_limit=60,
     attack="badnets",
     poison=PoisonConfig(ratio=0.1),
-    model=ModelConfig(name="small_cnn", gamma_xt=0.2, gamma_ty=0.2),
+    # Philox noise, as the cpu preset (the quickstart): the study, population and device-count tests
+    # run it through vmapped members and sharded batches (tests/test_rng.py covers both generators).
+    model=ModelConfig(name="small_cnn", gamma_xt=0.2, gamma_ty=0.2, noise_generator="philox"),
     train=TrainConfig(epochs=3, batch_size=32, lr=0.05, schedule="plateau", eval_batch_size=500),
     mi_epochs=(1, 3),
     xt=TINY_MI,

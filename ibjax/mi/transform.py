@@ -5,7 +5,12 @@ task the critic has to learn, not the quantity it estimates. A map is fitted on 
 pairs (:func:`fit_marginals`) and applied to every batch of that group, training, validation and
 held-out alike (:func:`apply_marginals`, given the batch's tie-breaking uniforms); pure functions of arrays, vmappable over the group axis.
 
-- ``"standardize"``: (x - mean) / std per coordinate.
+- ``"standardize"``: (x - mean) / scale per coordinate, scale = max(std, std_floor * rms), rms the
+  root mean square of the side's coordinate stds. The floor keeps a coordinate that is nearly
+  constant on the fitted rows (an MNIST pixel near the border, zero in nearly every image) from
+  mapping an unseen value to tens of its standard deviations: with the plain std, held-out I(X;T) reads of MNIST groups fell
+  to -3.9 and -9.2 nats (the critic scores such rows wildly) where the floored map read 1.0 to 1.9
+  (``cpu`` preset, 13 groups, 2 seeds, 2026-11-23). Still an invertible affine map: MI unchanged.
 - ``"rank"``: rank-Gaussianisation, z = Phi^-1(F(x)) with F the empirical CDF of the fitted sample
   (Q knots per coordinate), linearly interpolated between knots so that it is strictly increasing on
   the fitted range (values beyond it are clamped to the extreme knots). Ties (pixel data: many equal
@@ -31,7 +36,8 @@ class Marginals:
     """A fitted per-coordinate map of one side (a or b) of one group.
 
     Attributes:
-      loc, scale: f32[d], the fitted mean and standard deviation ("standardize"; 0 and 1 otherwise).
+      loc, scale: f32[d], the fitted mean and floored standard deviation ("standardize"; 0 and 1
+        otherwise).
       knots: f32[Q, d], the fitted sample sorted per coordinate, unused rows +inf ("rank"; Q = 0
         otherwise).
       count: int32 scalar, the number of fitted rows (real knots).
@@ -41,6 +47,10 @@ class Marginals:
     scale: jax.Array
     knots: jax.Array
     count: jax.Array
+
+
+STD_FLOOR = 0.5
+"""``"standardize"`` divides a coordinate by at least this fraction of the side's rms coordinate std."""
 
 
 def fit_marginals(x: jax.Array, valid: jax.Array, kind: str) -> Marginals:
@@ -55,8 +65,10 @@ def fit_marginals(x: jax.Array, valid: jax.Array, kind: str) -> Marginals:
         m = jnp.maximum(count, 1).astype(jnp.float32)
         loc = jnp.sum(w * x, axis=0) / m
         std = jnp.sqrt(jnp.sum(w * (x - loc) ** 2, axis=0) / m)
-        # A constant coordinate maps to ~0 (its float32 std is rounding noise, not spread).
-        scale = jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(loc), 1.0), std, 1.0)
+        # A constant coordinate's float32 std is rounding noise, not spread.
+        std = jnp.where(std > 1e-6 * jnp.maximum(jnp.abs(loc), 1.0), std, 0.0)
+        rms = jnp.sqrt(jnp.mean(std**2))
+        scale = jnp.where(rms > 0, jnp.maximum(std, STD_FLOOR * rms), 1.0)
     elif kind == "rank":
         knots = jnp.sort(jnp.where(valid[:, None], x.astype(jnp.float32), jnp.inf), axis=0)
     elif kind != "none":
