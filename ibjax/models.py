@@ -168,7 +168,8 @@ class _ResNet(nn.Module):
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = block(w, strides, self.gamma_xt, self.dtype, norm, self.noise_generator, name=f"stage{i}_block{j}")(x)
+                x = block(w, strides, self.gamma_xt, self.dtype, norm, self.noise_generator,
+                          name=f"stage{i}_block{j}")(x)
         if self.preact:
             x = nn.relu(norm("final_bn")(x))
         return _pooled_head(self, x)

@@ -13,7 +13,7 @@ the same arguments as their ``jax.random`` namesakes and return the same values 
 a standard normal value in about 7 ns against Threefry's 10 to 20 ns (2 cores, 2026-11-23, draws
 of 0.25M to 16M values), and a noisy network draws a value per activation, so the ``cpu`` preset's
 networks use it (``ModelConfig.noise_generator``). The numbers differ from Threefry's (the same
-distribution, another stream); Philox is counter-based and its stream is the same on every backend.
+distribution, another stream).
 Under ``vmap`` each key draws exactly what it draws alone (a population member equals its run alone).
 """
 

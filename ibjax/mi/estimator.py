@@ -599,7 +599,8 @@ def estimate_mi_sampled(
     if chunk < 1:
         raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
     static = _Static(
-        group_batch=_resolve_group_batch(group_batch, valid.shape[0]), width=valid.shape[1], steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
+        group_batch=_resolve_group_batch(group_batch, valid.shape[0]), width=valid.shape[1],
+        steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
         read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
         val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),
         da=int(da), db=int(db),
