@@ -205,8 +205,8 @@ def bench_estimate(args, q: str, g: int, group_batch="auto") -> tuple[dict, floa
     def run():
         return mi.estimate_mi_groups(key, a, b, mask, config=cfg, group_batch=group_batch)
 
-    resolved = mi.default_group_batch() if group_batch == "auto" else group_batch
-    looped = resolved != "all" and resolved < g
+    resolved = mi.estimator._resolve_group_batch(group_batch, g) or "all"
+    looped = resolved != "all"
     res = run()
     jax.block_until_ready(res)  # compile + warm-up
     compiled = C.jit_cache_size(getattr(mi.estimator, "_run_epochs", None))

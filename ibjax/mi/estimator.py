@@ -508,10 +508,22 @@ def default_group_batch() -> Union[int, str]:
     return 1 if jax.default_backend() == "cpu" else "all"
 
 
-def _resolve_group_batch(group_batch: Union[int, str], num_groups: int) -> int:
-    """``group_batch`` as :class:`_Static` holds it: 0 for all groups at once, else k >= 1."""
+def _spans_devices(tree) -> bool:
+    """Whether a concrete array of ``tree`` is placed on more than one device (tracers: unknown, False)."""
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) and len(x.sharding.device_set) > 1:
+            return True
+    return False
+
+
+def _resolve_group_batch(group_batch: Union[int, str], num_groups: int, per_group=()) -> int:
+    """``group_batch`` as :class:`_Static` holds it: 0 for all groups at once, else k >= 1.
+
+    ``"auto"`` is 0 when an array of ``per_group`` (keys, group data) spans several devices: a loop
+    over a sharded group axis would gather it; otherwise :func:`default_group_batch`.
+    """
     if group_batch == "auto":
-        group_batch = default_group_batch()
+        group_batch = "all" if _spans_devices(per_group) else default_group_batch()
     if group_batch == "all":
         return 0
     if isinstance(group_batch, bool) or not isinstance(group_batch, (int, np.integer)) or group_batch < 1:
@@ -583,9 +595,10 @@ def estimate_mi_sampled(
       chunk_epochs: epochs per compiled chunk (default :func:`default_chunk`); any value gives the
         same result up to float rounding.
       group_batch: how many groups are computed side by side: ``"all"`` (one ``vmap`` over the
-        groups: accelerators, and a group axis sharded over devices, which a loop would gather), an
-        int k >= 1 (a loop over the groups, k at a time), or ``"auto"`` (:func:`default_group_batch`:
-        1 on a CPU backend, else all). Any choice gives the same result up to float rounding.
+        groups), an int k >= 1 (a loop over the groups, k at a time), or ``"auto"``: all when the
+        keys or ``group_data`` are placed on several devices (a loop over a sharded group axis would
+        gather it), else :func:`default_group_batch` (1 on a CPU backend, else all). Any choice
+        gives the same result up to float rounding.
 
     Returns:
       :class:`MIResult` with a leading group axis.
@@ -599,7 +612,7 @@ def estimate_mi_sampled(
     if chunk < 1:
         raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
     static = _Static(
-        group_batch=_resolve_group_batch(group_batch, valid.shape[0]), width=valid.shape[1],
+        group_batch=_resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
         read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
         val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),

@@ -211,9 +211,9 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
     :func:`ibjax.parallel.group_sharding`; ``shared`` (a bank, or the network and data) must be
     replicated on the mesh. Each group's critic reads only its own row, so XLA keeps the estimator
     partitioned over groups with no communication, and every group's result is the one it has on
-    one device (group g keeps key ``split(key, G)[g]``). Over several devices the groups are vmapped
-    (``group_batch="all"``: a loop over a sharded axis would gather it); on one device, and without a
-    mesh (the plain call), the estimator's default applies (a loop on a CPU).
+    one device (group g keeps key ``split(key, G)[g]``). Placed over several devices, the groups are
+    vmapped (the estimator's ``group_batch="auto"`` sees the sharding); on one device, as without a
+    mesh (the plain call), they run in a loop on a CPU.
 
     Args:
       key: one PRNG key (split into G) or G keys, raw (``uint32[2]`` / ``[G, 2]``) or typed
@@ -236,8 +236,7 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
     res = ibmi.estimate_mi_sampled(
         put_groups(pad_rows(keys, gp), mesh), sample_fn, shared,
         put_groups(jax.tree.map(lambda x: pad_rows(np.asarray(x), gp), group_data), mesh), pad_rows(valid, gp),
-        da, db, config=config, group_names=names, progress=progress,
-        group_batch="all" if mesh.devices.size > 1 else "auto")
+        da, db, config=config, group_names=names, progress=progress)
     return jax.tree.map(lambda x: to_host(x)[:g], res)
 
 
