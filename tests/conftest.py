@@ -2,9 +2,10 @@
 data cache of the session's own.
 
 Compilation dominates these small CPU tests; the cache lets the study subprocesses (resume test) and
-tests that build identical programs reuse compiled executables. Both caches live in temporary
-directories of this session only, so no stale state leaks between runs and the user's data cache
-($IBJAX_CACHE or ~/.cache/ibjax) is never written by the tests.
+tests that build identical programs reuse compiled executables. It lives in a temporary directory of
+this session unless JAX_COMPILATION_CACHE_DIR is set (executables are keyed by their program, so a
+shared one only saves time). The data cache is always the session's own: the user's ($IBJAX_CACHE or
+~/.cache/ibjax) is never written by the tests, even when IBJAX_CACHE is set.
 """
 
 import os
@@ -23,16 +24,24 @@ fast_cpu_compile(os.environ)
 _CREATED: list = []
 
 
-def _session_dir(variable: str, prefix: str) -> None:
-    if not os.environ.get(variable):
-        os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
-        _CREATED.append(os.environ[variable])
+_SESSION_MARK = "IBJAX_TEST_SESSION_"
+
+
+def _session_dir(variable: str, prefix: str, replace_users: bool = False) -> None:
+    """Point ``variable`` at a new temporary directory, unless it already holds this session's (an
+    xdist worker inherits the controller's: the mark says so) or, with ``replace_users`` False, the
+    user's own setting."""
+    value = os.environ.get(variable)
+    if value and (os.environ.get(_SESSION_MARK + variable) == value or not replace_users):
+        return
+    os.environ[variable] = os.environ[_SESSION_MARK + variable] = tempfile.mkdtemp(prefix=prefix)
+    _CREATED.append(os.environ[variable])
 
 
 _session_dir("JAX_COMPILATION_CACHE_DIR", "ibjax-xla-cache-")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-_session_dir("IBJAX_CACHE", "ibjax-data-cache-")
+_session_dir("IBJAX_CACHE", "ibjax-data-cache-", replace_users=True)
 
 _BACKGROUND: list = []
 _NEEDS_MULTIDEVICE = ("test_parallel.py", "test_study_population.py")
