@@ -90,13 +90,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a = p.parse_args(argv)
-    try:
-        a.group_batch = [v if v in ("auto", "all") else int(v) for v in (t.strip() for t in a.group_batch.split(","))
-                         if v]
-    except ValueError:
+    settings = [t.strip() for t in a.group_batch.split(",") if t.strip()]
+    if not settings or not all(v in ("auto", "all") or (v.isdigit() and int(v) >= 1) for v in settings):
         p.error("--group-batch takes auto, all or positive integers, comma-separated")
-    if not a.group_batch or any(isinstance(v, int) and v < 1 for v in a.group_batch):
-        p.error("--group-batch takes auto, all or positive integers, comma-separated")
+    a.group_batch = [v if v in ("auto", "all") else int(v) for v in settings]
     a.groups = [int(g) for g in a.groups.split(",") if g.strip()]
     if not a.groups or min(a.groups) < 1 or max(a.groups) > len(REALISTIC_SIZES):
         p.error(f"--groups must lie in 1..{len(REALISTIC_SIZES)}")

@@ -125,7 +125,8 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
         for g, (task, r) in enumerate(zip(chunk, res.to_dict())):
             # The Gaussian model fitted to as many pairs as the critic trains on, read on as many as it
             # is read on: on Gaussian tasks, the shortfall that the sample size alone explains.
-            fit = groundtruth.gaussian_fit_read(x[g, :n_tr], y[g, :n_tr], x[g, -n_ho:], y[g, -n_ho:]) if n_ho > 1 else None
+            fit = (groundtruth.gaussian_fit_read(x[g, :n_tr], y[g, :n_tr], x[g, -n_ho:], y[g, -n_ho:])
+                   if n_ho > 1 else None)
             # The reference has no held-out split: its number is the training read.
             read = r["train"] if cfg.heldout_fraction == 0 else r["heldout"]
             err = read - task.mi

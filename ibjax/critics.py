@@ -72,13 +72,14 @@ def init_concat_critic(key: jax.Array, da: int, db: int, hidden: Sequence[int] =
     if rank < 0:
         raise ValueError(f"rank must be >= 0 (0: no bottleneck), got {rank}")
     ra, rb = (min(rank, da), min(rank, db)) if rank else (da, db)
-    layers = _dense_layers(key, [*(((da, ra), (db, rb)) if rank else ()), (ra + rb, hidden[0]),
-                                 *zip(hidden, (*hidden[1:], 1))])
-    proj, (first, *rest) = (layers[:2], layers[2:]) if rank else ((), layers)
-    params = {"first": {"wa": first["w"][:ra], "wb": first["w"][ra:], "b": first["b"]}, "rest": rest}
-    if rank:
-        params["proj"] = {"a": proj[0]["w"], "b": proj[1]["w"]}
-    return params
+    dims = [(ra + rb, hidden[0]), *zip(hidden, (*hidden[1:], 1))]
+    if not rank:
+        first, *rest = _dense_layers(key, dims)
+        return {"first": {"wa": first["w"][:da], "wb": first["w"][da:], "b": first["b"]}, "rest": rest}
+    # The projections are linear without an offset (the first layer has one): their biases go unused.
+    proj_a, proj_b, first, *rest = _dense_layers(key, [(da, ra), (db, rb), *dims])
+    return {"proj": {"a": proj_a["w"], "b": proj_b["w"]},
+            "first": {"wa": first["w"][:ra], "wb": first["w"][ra:], "b": first["b"]}, "rest": rest}
 
 
 def _bottleneck(params: dict, a: jax.Array, b: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
