@@ -18,7 +18,7 @@ import json
 import jax
 import numpy as np
 
-from ibjax.cli import fast_cpu_compile
+from ibjax.cli import prepare_cpu_process
 from ibjax.study import build_setup, estimate_network_mi, init_run_state, preset, run_epoch
 
 
@@ -32,7 +32,7 @@ def main(argv=None) -> dict:
     p.add_argument("--draws", default="1,4,16", help="bank sizes R to compare (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=2, help="fresh-draw estimates with different seeds (default: %(default)s)")
     a = p.parse_args(argv)
-    fast_cpu_compile()  # before JAX starts its backend
+    prepare_cpu_process()  # before JAX starts its backend
     base = preset("cpu")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=a.epochs), mi_epochs=(a.epochs,),
                                  embed_epochs=(a.epochs,), stealth_epochs=(a.epochs,))

@@ -17,7 +17,7 @@ import argparse
 import json
 import time
 
-from ibjax.cli import cli_errors, fast_cpu_compile, setup_logging
+from ibjax.cli import cli_errors, prepare_cpu_process, setup_logging
 from ibjax.study import preset, run_study
 
 QUICKSTART = preset("cpu")
@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quiet", action="store_true", help="log warnings and errors only")
     a = p.parse_args(argv)
     setup_logging(a.quiet)
-    fast_cpu_compile()  # before JAX starts its backend
+    prepare_cpu_process()  # before JAX starts its backend
     t0 = time.perf_counter()
     with cli_errors():
         summary = run_study(QUICKSTART, a.out, resume="auto", fresh=a.fresh, progress=not a.quiet)

@@ -16,14 +16,14 @@ import json
 
 import jax
 
-from ibjax.cli import cli_errors, default_run_dir, fast_cpu_compile, parse_study_command, setup_logging, start_runtime
+from ibjax.cli import cli_errors, default_run_dir, prepare_cpu_process, parse_study_command, setup_logging, start_runtime
 from ibjax.study import run_study
 
 
 def main(argv=None) -> dict:
     cmd = parse_study_command(argv)
     setup_logging(cmd.quiet)
-    fast_cpu_compile()  # before JAX starts its backend
+    prepare_cpu_process()  # before JAX starts its backend
     start_runtime(cmd)
     run_dir = cmd.resume or cmd.out or default_run_dir(cmd.study)
     with cli_errors():

@@ -29,7 +29,7 @@ import dataclasses
 import os
 
 from experiments import compare
-from ibjax.cli import cli_errors, fail, fast_cpu_compile, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, fail, prepare_cpu_process, parse_study_command, setup_logging
 from ibjax.parallel import process_share
 from ibjax.progress import LOGGER
 from ibjax.study import check_config
@@ -69,7 +69,7 @@ def main(argv=None):
         fail("a sweep divides its runs over independent processes (--process-index/--process-count) and does not "
              "join a distributed runtime: drop --distributed on (one study across hosts: experiments.study)")
     setup_logging(cmd.quiet)
-    fast_cpu_compile()  # before JAX starts its backend
+    prepare_cpu_process()  # before JAX starts its backend
     base = cmd.study
     plan = [(attack, ratio, seed) for attack in _list(a.attacks, str) for ratio in _list(a.ratios, float)
             for seed in _list(a.seeds, int)]

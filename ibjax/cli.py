@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import dataclasses
 import importlib.metadata
 import io
 import json
 import logging
 import os
+import platform
 import re
 import sys
 from typing import Annotated, Any, Literal, MutableMapping, Optional, Sequence
@@ -41,7 +43,8 @@ from ibjax.study.config import StudyConfig, config_from_dict, config_to_dict
 from ibjax.study.presets import PRESETS
 
 __all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir",
-           "start_runtime", "FAST_CPU_COMPILE_FLAGS", "fast_cpu_compile_flags", "fast_cpu_compile"]
+           "start_runtime", "FAST_CPU_COMPILE_FLAGS", "fast_cpu_compile_flags", "fast_cpu_compile",
+           "CPU_MALLOC_SETTINGS", "cpu_malloc_settings", "tune_cpu_malloc", "prepare_cpu_process"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
@@ -53,7 +56,7 @@ class StudyCommand:
     Attributes:
       study: the run's configuration.
       preset: the named configuration the flags start from: default (SPEC.md's protocol with ibjax's
-        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, about 65 s on 2 cores).
+        estimator), reference (the authors' code exactly), fast (for a GPU), cpu (mnist5k, about 57 s on 2 cores).
       config: a JSON file with a whole or partial StudyConfig, applied on top of the preset.
       out: run directory of a new run (default runs/<dataset>_<attack>_<ratio>_s<seed>).
       resume: run directory to continue from its last checkpoint; its saved config is the starting
@@ -213,22 +216,43 @@ def cli_errors():
         fail(str(e), code=1)
 
 
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 FAST_CPU_COMPILE_FLAGS = (
     "--xla_cpu_use_fusion_emitters=false",
     "--xla_backend_optimization_level=1",
     "--xla_llvm_disable_expensive_passes=true",
+    f"--xla_cpu_parallel_codegen_split_count={min(32, _usable_cores())}",
 )
 """XLA flags under which XLA:CPU compiles ibjax's programs several times faster: XLA's older LLVM
-fusion emitters instead of its MLIR ones, and LLVM's cheaper optimisation passes. On 2 cores
-(2026-11-23) the quickstart compiled its 60 programs in 13.7 s instead of 36.4 s and ran in 162 s
-instead of 165 s back to back (the cores' speed drifts ~15% between runs); the 13-group estimator
-compiled in 4.5 s instead of 9 s and ran as fast, the small CNN's training step ran 0-10% slower;
-the test suite took 566 s instead of 709 s. Short CPU runs are compile-bound; a long one may prefer
-``IBJAX_FAST_CPU_COMPILE=0``; a GPU run is not touched (see :func:`fast_cpu_compile_flags`)."""
+fusion emitters instead of its MLIR ones, LLVM's cheaper optimisation passes, and a program's LLVM
+module cut into as many parts as there are cores to compile them in parallel (XLA's default: 32). On 2
+cores (2026-11-23) the first three compiled the quickstart's 60 programs in 13.7 s instead of 36.4 s
+and ran it in 162 s instead of 165 s back to back (the cores' speed drifts ~15% between runs); the
+13-group estimator compiled in 4.5 s instead of 9 s and ran as fast, the small CNN's training step ran
+0-10% slower; the test suite took 566 s instead of 709 s. Two parts instead of 32 on 2 cores
+(2026-11-24): the quickstart in 58.1 / 59.0 s instead of 59.8 / 60.3 s, alternating, same results
+(with :data:`CPU_MALLOC_SETTINGS` in both).
+Short CPU runs are compile-bound; a long one may prefer ``IBJAX_FAST_CPU_COMPILE=0``; a GPU run is
+not touched (see :func:`fast_cpu_compile_flags`)."""
 
 _FAST_COMPILE_JAXLIB = ((0, 10),)
 """jaxlib (major, minor) versions the flags were checked with: XLA aborts on a flag it does not know,
 and the fusion-emitter flag goes when the older emitters do, so other versions get XLA's defaults."""
+
+
+def _switched_off(env: MutableMapping[str, str], variable: str) -> bool:
+    return env.get(variable, "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _computes_on_cpu(env: MutableMapping[str, str]) -> bool:
+    """Whether JAX will compute on the CPU: JAX_PLATFORMS is cpu, or unset with no GPU/TPU plugin."""
+    platforms = [p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
+    if platforms:
+        return platforms == ["cpu"]
+    return not _accelerator_plugin_installed()
 
 
 def _accelerator_plugin_installed() -> bool:
@@ -252,12 +276,7 @@ def fast_cpu_compile_flags(env: MutableMapping[str, str] = os.environ) -> tuple[
     not a version they were checked with; otherwise those whose XLA option XLA_FLAGS does not set yet
     (the user's own setting wins).
     """
-    if env.get("IBJAX_FAST_CPU_COMPILE", "1").strip().lower() in ("0", "false", "no", "off"):
-        return ()
-    platforms = [p.strip().lower() for p in env.get("JAX_PLATFORMS", "").split(",") if p.strip()]
-    if platforms and platforms != ["cpu"]:
-        return ()
-    if not platforms and _accelerator_plugin_installed():
+    if _switched_off(env, "IBJAX_FAST_CPU_COMPILE") or not _computes_on_cpu(env):
         return ()
     if _jaxlib_version() not in _FAST_COMPILE_JAXLIB:
         return ()
@@ -276,3 +295,57 @@ def fast_cpu_compile(env: MutableMapping[str, str] = os.environ) -> tuple[str, .
         env["XLA_FLAGS"] = " ".join(x for x in (env.get("XLA_FLAGS", "").strip(), *flags) if x)
         logging.getLogger("ibjax").debug("XLA:CPU fast-compile flags added: %s", " ".join(flags))
     return flags
+
+
+CPU_MALLOC_SETTINGS = {"M_MMAP_MAX": 0, "M_ARENA_MAX": 1, "M_TRIM_THRESHOLD": 1 << 30}
+"""glibc malloc settings under which XLA:CPU reuses its freed buffers instead of returning them to the
+kernel. XLA:CPU allocates each execution's temporary buffer afresh (the quickstart's training step:
+35.7 MB, its evaluation and feature programs: 138 MB), and glibc serves allocations above 32 MB with
+mmap and unmaps them on free, so every step touched its whole buffer as new pages: 5.5 to 6.5 million
+page faults and 14 to 16 s of kernel time in a 65 s quickstart. No mmap (big blocks come from the
+heap), one arena (XLA's worker threads otherwise grow and drop heaps of their own) and up to 1 GiB of
+free heap kept (256 MiB let the evaluation's blocks be trimmed in some runs): 0.22 to 0.26 million
+faults, 1.9 s of kernel time, the same peak RSS (0.95 to 1.12 GB against 1.03). With the codegen split
+count of :data:`FAST_CPU_COMPILE_FLAGS`, side by side: the quickstart in 57.0 s instead of 64.7 s, same
+results (2-core AMD EPYC, 2026-11-24, README "Measured results")."""
+
+_MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4, "M_ARENA_MAX": -8}  # glibc's <malloc.h>
+
+
+def cpu_malloc_settings(env: MutableMapping[str, str] = os.environ) -> dict[str, int]:
+    """The :data:`CPU_MALLOC_SETTINGS` a process with environment ``env`` should apply.
+
+    None when ``IBJAX_CPU_MALLOC=0``, when the process may compute on an accelerator (as for
+    :func:`fast_cpu_compile_flags`), when the C library is not glibc, or when the user tunes malloc
+    already (GLIBC_TUNABLES names a malloc setting, or a MALLOC_* variable is set).
+    """
+    if _switched_off(env, "IBJAX_CPU_MALLOC") or not _computes_on_cpu(env):
+        return {}
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return {}
+    if "malloc" in env.get("GLIBC_TUNABLES", "") or any(k.startswith("MALLOC_") for k in env):
+        return {}
+    return dict(CPU_MALLOC_SETTINGS)
+
+
+def tune_cpu_malloc(env: MutableMapping[str, str] = os.environ) -> dict[str, int]:
+    """Apply :func:`cpu_malloc_settings` to this process with glibc's ``mallopt``; return those applied.
+
+    Process-wide, so only the command-line entry points call it, first (before JAX starts its worker
+    threads, which would otherwise each take an arena); a library embedding ibjax leaves its
+    process's allocator alone.
+    """
+    settings = cpu_malloc_settings(env)
+    if not settings:
+        return {}
+    libc = ctypes.CDLL(None)
+    applied = {name: value for name, value in settings.items() if libc.mallopt(_MALLOPT_PARAMS[name], value) == 1}
+    logging.getLogger("ibjax").debug("glibc malloc settings applied: %s", applied)
+    return applied
+
+
+def prepare_cpu_process(env: MutableMapping[str, str] = os.environ) -> None:
+    """What every command-line entry point does first, before JAX starts its backend: on a CPU-only
+    run, :func:`fast_cpu_compile`'s XLA flags and :func:`tune_cpu_malloc`'s allocator settings."""
+    fast_cpu_compile(env)
+    tune_cpu_malloc(env)

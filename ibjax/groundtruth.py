@@ -35,7 +35,6 @@ from typing import Any, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import digamma, gammaln, logsumexp
 
 from ibjax import rng
 
@@ -92,6 +91,8 @@ def gaussian_mi(a: np.ndarray) -> float:
 
 
 def _f(z: float) -> float:
+    from scipy.special import digamma, gammaln  # here: SciPy's import costs every command 0.16 s
+
     return float(gammaln(z / 2.0) - z / 2.0 * digamma(z / 2.0))
 
 
@@ -295,4 +296,6 @@ def gaussian_fit_read(x_fit, y_fit, x_read, y_read, rank: Optional[int] = None) 
     # alone (InfoNCE cancels them).
     s = -0.5 * np.sum(np.log1p(-p2)) + (a * rho / (1 - p2)) @ b.T - 0.5 * ((b**2) @ (p2 / (1 - p2)))[None, :]
     n = s.shape[0]
+    from scipy.special import logsumexp
+
     return float(np.mean(np.diag(s) - logsumexp(s, axis=1)) + np.log(n))

@@ -14,10 +14,11 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compile faster: these programs run for milliseconds to seconds, so compiling is most of the suite's
 # time. The command-line entry points' fast-compile XLA flags (ibjax.cli.FAST_CPU_COMPILE_FLAGS); every
-# side of every comparison in the suite runs under the same flags, and subprocesses inherit them.
-from ibjax.cli import fast_cpu_compile  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
+# side of every comparison in the suite runs under the same flags, and subprocesses inherit them. Their
+# malloc settings too (ibjax.cli.CPU_MALLOC_SETTINGS: XLA's freed buffers reused, not faulted in again).
+from ibjax.cli import prepare_cpu_process  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
 
-fast_cpu_compile(os.environ)
+prepare_cpu_process(os.environ)
 # One cache for the whole session: pytest-xdist workers (and their subprocesses) inherit the
 # controlling process's environment, so they reuse each other's executables for the configurations
 # many tests share. The directories are the session's own and go when it ends (_CREATED).

@@ -185,3 +185,58 @@ def test_the_suite_runs_under_the_fast_compile_flags():
 
     for flag in cli.FAST_CPU_COMPILE_FLAGS:
         assert flag in os.environ["XLA_FLAGS"].split()
+
+
+def test_cpu_malloc_settings_only_for_cpu_runs_on_glibc_and_never_over_the_users_own(monkeypatch):
+    from ibjax import cli
+
+    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
+    monkeypatch.setattr(cli.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(cli.sys, "platform", "linux")
+    assert cli.cpu_malloc_settings({}) == cli.CPU_MALLOC_SETTINGS
+    assert cli.cpu_malloc_settings({"JAX_PLATFORMS": "cpu"}) == cli.CPU_MALLOC_SETTINGS
+    assert cli.cpu_malloc_settings({"JAX_PLATFORMS": "cuda"}) == {}
+    assert cli.cpu_malloc_settings({"IBJAX_CPU_MALLOC": "0"}) == {}
+    assert cli.cpu_malloc_settings({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == {}  # the user's own
+    assert cli.cpu_malloc_settings({"MALLOC_ARENA_MAX": "4"}) == {}
+    assert cli.cpu_malloc_settings({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}) == cli.CPU_MALLOC_SETTINGS
+    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: True)
+    assert cli.cpu_malloc_settings({}) == {}  # JAX would pick the GPU
+    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
+    monkeypatch.setattr(cli.platform, "libc_ver", lambda: ("", ""))  # musl, or not Linux: no mallopt
+    assert cli.cpu_malloc_settings({}) == {}
+
+
+_REUSE_PROBE = """
+import ctypes, json, resource, sys
+from ibjax.cli import tune_cpu_malloc
+applied = tune_cpu_malloc()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+size = 40 << 20  # above glibc's largest dynamic mmap threshold (32 MiB), as XLA's temporary buffers are
+faults = []
+for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    p = libc.malloc(size)
+    ctypes.memset(p, 1, size)
+    libc.free(p)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(json.dumps({"applied": applied, "faults": faults}))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux" or __import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_tuned_malloc_reuses_a_freed_large_buffer_instead_of_faulting_it_in_again():
+    def probe(switch):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+        env.update(JAX_PLATFORMS="cpu", IBJAX_CPU_MALLOC=switch)
+        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env=env, capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    tuned, plain = probe("1"), probe("0")
+    pages = (40 << 20) // 4096
+    assert plain["applied"] == {} and tuned["applied"] == {"M_MMAP_MAX": 0, "M_ARENA_MAX": 1,
+                                                           "M_TRIM_THRESHOLD": 1 << 30}
+    assert min(plain["faults"][1:]) > pages // 2  # glibc's default: mmap per allocation, every page new
+    assert max(tuned["faults"][1:]) < pages // 10  # the freed block is reused from the heap

@@ -11,7 +11,7 @@
   per sample instead of a fresh network pass per critic step (``experiments.feature_modes``: with
   R >= 4 draws the held-out reads stay within the seed-to-seed spread of fresh draws, see README),
   and bfloat16 network compute.
-- ``cpu``: a meaningful mnist5k run on 2 CPU cores in about 65 s (the quickstart): small noisy
+- ``cpu``: a meaningful mnist5k run on 2 CPU cores in about 57 s (the quickstart): small noisy
   CNN (Philox noise: half Threefry's cost on XLA:CPU), 8 epochs, light estimators on a bank of 2
   draws (4 draws cost 12 s more and moved no finding, see README), MI at epochs 1, 4 and 8.
 """
