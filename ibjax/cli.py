@@ -315,7 +315,7 @@ _MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4, "M_ARENA_MAX": -8} 
 def cpu_malloc_settings(env: MutableMapping[str, str] = os.environ) -> dict[str, int]:
     """The :data:`CPU_MALLOC_SETTINGS` a process with environment ``env`` should apply.
 
-    None when ``IBJAX_CPU_MALLOC=0``, when the process may compute on an accelerator (as for
+    Empty when ``IBJAX_CPU_MALLOC=0``, when the process may compute on an accelerator (as for
     :func:`fast_cpu_compile_flags`), when the C library is not glibc, or when the user tunes malloc
     already (GLIBC_TUNABLES names a malloc setting, or a MALLOC_* variable is set).
     """
