@@ -307,7 +307,8 @@ heap), one arena (XLA's worker threads otherwise grow and drop heaps of their ow
 free heap kept (256 MiB let the evaluation's blocks be trimmed in some runs): 0.22 to 0.26 million
 faults, 1.9 s of kernel time, the same peak RSS (0.95 to 1.12 GB against 1.03). With the codegen split
 count of :data:`FAST_CPU_COMPILE_FLAGS`, side by side: the quickstart in 57.0 s instead of 64.7 s, same
-results (2-core AMD EPYC, 2026-11-24, README "Measured results")."""
+results (2-core AMD EPYC, 2026-11-24, README "Measured results"). One arena serialises malloc across
+threads: on a many-core host, compare with ``IBJAX_CPU_MALLOC=0`` (not measured there)."""
 
 _MALLOPT_PARAMS = {"M_TRIM_THRESHOLD": -1, "M_MMAP_MAX": -4, "M_ARENA_MAX": -8}  # glibc's <malloc.h>
 
