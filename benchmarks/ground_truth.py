@@ -45,6 +45,10 @@ VARIANTS = {
     "rank-lr1e-3": dict(lr=1e-3),
     "rank-narrow": dict(hidden=(64, 64)),
     "rank-deep": dict(hidden=(128, 128, 128)),
+    # Model selection: per task, the candidate whose kept critic reads highest on the validation split
+    # (ibjax.mi.select_by_validation); the candidates share each task's key and so its splits.
+    "select": (dict(), dict(critic_rank=4, lr=1e-3), dict(critic_rank=8, lr=1e-3),
+               dict(critic="separable", lr=1e-3, weight_decay=1.0)),
 }
 
 
@@ -91,14 +95,29 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return a
 
 
-def _config(args, variant: str):
+def _candidates(variant: str) -> tuple[dict, ...]:
+    levers = VARIANTS[variant]
+    return levers if isinstance(levers, tuple) else (levers,)
+
+
+def _describe(variant: str, args) -> str:
+    parts = [", ".join(f"{k}={v}" for k, v in {**c, **dict(args.set)}.items()) or "(ibjax default)"
+             for c in _candidates(variant)]
+    return parts[0] if len(parts) == 1 else "best on validation of: " + " | ".join(parts)
+
+
+def _configs(args, variant: str) -> list:
+    """The variant's MIConfig, or its candidates' (a selection variant), at the run's sizes."""
     from ibjax import mi
 
-    over = dict(epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives)
-    over.update(VARIANTS[variant])
-    over.update(dict(args.set))
-    over["read_epochs"] = min(over.get("read_epochs", mi.XT_CONFIG.read_epochs), args.epochs)
-    return mi.resolve_config(mi.XT_CONFIG, **over)
+    out = []
+    for levers in _candidates(variant):
+        over = dict(epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives)
+        over.update(levers)
+        over.update(dict(args.set))
+        over["read_epochs"] = min(over.get("read_epochs", mi.XT_CONFIG.read_epochs), args.epochs)
+        out.append(mi.resolve_config(mi.XT_CONFIG, **over))
+    return out
 
 
 def full_protocol_tasks():
@@ -116,11 +135,13 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
 
     from ibjax import groundtruth, mi
 
-    cfg = _config(args, variant)
+    configs = _configs(args, variant)
+    cfg = configs[0]
     rows, t0 = [], time.perf_counter()
     for chunk, chunk_ids, x, y in groundtruth.sample_tasks(jax.random.PRNGKey(args.seed), args.n, tasks, ids):
         keys = jnp.stack([jax.random.fold_in(jax.random.PRNGKey(args.seed + 1), i) for i in chunk_ids])
-        res = mi.estimate_mi_groups(keys, x, y, config=cfg)
+        results = [mi.estimate_mi_groups(keys, x, y, config=c) for c in configs]
+        res, choice = mi.select_by_validation(results) if len(results) > 1 else (results[0], np.zeros(len(chunk), int))
         n_ho, _, n_tr = (int(v) for v in mi.split_sizes(args.n, cfg))
         for g, (task, r) in enumerate(zip(chunk, res.to_dict())):
             # The Gaussian model fitted to as many pairs as the critic trains on, read on as many as it
@@ -134,7 +155,7 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
                 "variant": variant, "task": task.name, "dims": f"{task.dx}x{task.dy}", "truth": task.mi,
                 "heldout": r["heldout"], "heldout_se": r["heldout_se"], "read": read, "error": err,
                 "relative_error": err / task.mi if task.mi > 0 else None, "converged": "yes" if r["converged"] else "NO",
-                "best_epoch": r["best_epoch"], "train": r["train"], "gaussian_fit": fit,
+                "best_epoch": r["best_epoch"], "train": r["train"], "gaussian_fit": fit, "candidate": int(choice[g]),
             })
     seconds = time.perf_counter() - t0
     errs = np.array([r["error"] for r in rows])
@@ -142,8 +163,7 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
     zero = [abs(r["error"]) for r in rows if r["truth"] == 0]
     covered = [abs(r["error"]) <= 1.96 * r["heldout_se"] for r in rows if np.isfinite(r["heldout_se"])]
     summary = {
-        "variant": variant, "overrides": ", ".join(f"{k}={v}" for k, v in {**VARIANTS[variant], **dict(args.set)}.items())
-        or "(ibjax default)", "mae": float(np.mean(np.abs(errs))), "max_rel": max(rel) if rel else None,
+        "variant": variant, "overrides": _describe(variant, args), "mae": float(np.mean(np.abs(errs))), "max_rel": max(rel) if rel else None,
         "zero_abs": max(zero) if zero else None, "mean_error": float(np.mean(errs)),
         "covered": f"{sum(covered)}/{len(covered)}", "converged": f"{sum(r['converged'] == 'yes' for r in rows)}/{len(rows)}",
         "seconds": seconds,
@@ -170,7 +190,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cols = [("variant", "variant", 0), ("task", "task", 0), ("dims", "dims", 0), ("true MI", "truth", 3),
             ("held-out", "heldout", 3), ("se", "heldout_se", 3), ("read judged", "read", 3), ("its error", "error", 3),
             ("rel. error", "relative_error", 3), ("converged", "converged", 0), ("best epoch", "best_epoch", 0),
-            ("train read", "train", 3), ("Gaussian-model read", "gaussian_fit", 3)]
+            ("train read", "train", 3), ("Gaussian-model read", "gaussian_fit", 3), ("candidate", "candidate", 0)]
     summary_md = "\n".join([
         "### Per variant: held-out read against the truth",
         "",
@@ -179,7 +199,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                           ("mean error", "mean_error", 3), ("|error| <= 1.96 se", "covered", 0),
                           ("converged", "converged", 0), ("wall s", "seconds", 0)], summaries),
     ])
-    base = _config(args, "default")
+    base = _configs(args, "default")[0]
     config = {"n": args.n, "epochs": args.epochs, "batch_size": args.batch_size, "negatives": args.negatives,
               "tasks": [t.name for t in tasks], "seed": args.seed,
               "base": {k: v for k, v in dataclasses.asdict(base).items()}}
@@ -190,7 +210,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
              "many as it is read on (ibjax.groundtruth.gaussian_fit_read): on the Gaussian tasks, what the sample "
              "size alone allows a full-rank model of the right family",
              "the read judged (error, MAE) is the held-out read, or the train read for variants without a held-out "
-             "split (reference)"]
+             "split (reference)",
+             "candidate: for a selection variant, which of its candidates the validation read chose (0-based)"]
     return C.report(title="MI estimator on ground-truth tasks", module=MODULE, argv=argv, hw=hw, config=config,
                     columns=cols, rows=rows, notes=notes, json_path=args.json, extra={"summary": summaries},
                     extra_md=summary_md)

@@ -39,6 +39,7 @@ from ibjax.mi import (
     estimate_mi_sampled,
     rank_gaussianize,
     resolve_config,
+    select_by_validation,
 )
 from ibjax.models import ModelConfig, PreActResNet18, ResNet18, SmallCNN, VGG16, make_model
 from ibjax.parallel import make_mesh
@@ -79,7 +80,8 @@ __all__ = [
     "rng", "train", "triggers", *_LAZY,
     # MI estimation
     "MIConfig", "MIResult", "XT_CONFIG", "TY_CONFIG", "XT_REFERENCE", "TY_REFERENCE", "resolve_config",
-    "estimate_mi", "estimate_mi_groups", "estimate_mi_sampled", "CriticState", "PairBuffer", "rank_gaussianize",
+    "estimate_mi", "estimate_mi_groups", "estimate_mi_sampled", "select_by_validation", "CriticState", "PairBuffer",
+    "rank_gaussianize",
     "infonce", "infonce_all_pairs", "nwj", "dv", "concat_critic", "concat_critic_scores", "separable_critic_scores",
     "init_critic", "init_concat_critic",
     # attacks and poisoning

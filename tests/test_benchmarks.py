@@ -127,3 +127,12 @@ def test_missing_torch_fails_with_a_clear_message(monkeypatch):
         _common.require_torch()
     with pytest.raises(SystemExit, match="PyTorch is needed"):
         train_throughput.main(["--quick", "--model", "small_cnn"])
+
+
+def test_ground_truth_selection_variant_reports_the_chosen_candidate(tmp_path):
+    doc = ground_truth.main(["--quick", "--variants", "select", "--tasks", "1,5"])
+    n = len(ground_truth.VARIANTS["select"])
+    assert [r["task"] for r in doc["rows"]] == ["gaussian dense", "cube"]
+    assert all(0 <= r["candidate"] < n and math.isfinite(r["heldout"]) for r in doc["rows"])
+    assert doc["summary"][0]["overrides"].startswith("best on validation of: ")
+    assert doc["summary"][0]["overrides"].count(" | ") == n - 1

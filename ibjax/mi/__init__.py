@@ -13,6 +13,8 @@ One concern per module:
 - :mod:`ibjax.mi.reliability`: the convergence verdict and the held-out read's standard error.
 - :mod:`ibjax.mi.estimator`: the offline estimators :func:`estimate_mi`, :func:`estimate_mi_groups`
   and the general :func:`estimate_mi_sampled`, returning an :class:`MIResult` (nats).
+- :mod:`ibjax.mi.selection`: per group, the candidate critic with the best validation read
+  (:func:`select_by_validation`).
 """
 
 from ibjax.mi.config import (
@@ -39,6 +41,7 @@ from ibjax.mi.estimator import (
 )
 from ibjax.mi.online import PairBuffer, buffer_init, update_buffered
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
+from ibjax.mi.selection import select_by_validation, validation_score
 from ibjax.mi.training import CriticState, end_epoch, init, plateau_update, update
 from ibjax.mi.transform import Marginals, apply_marginals, fit_marginals, rank_gaussianize
 
@@ -76,4 +79,6 @@ __all__ = [
     "trend",
     "convergence_verdict",
     "mean_and_se",
+    "validation_score",
+    "select_by_validation",
 ]

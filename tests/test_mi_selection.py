@@ -1,0 +1,70 @@
+"""ibjax.mi.selection: per group, the candidate critic with the best validation read."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ibjax import groundtruth, mi
+
+
+def _result(validation, best_epoch, heldout, cap=4.0):
+    validation = jnp.asarray(validation, jnp.float32)
+    g = validation.shape[0]
+    z = jnp.zeros(g, jnp.float32)
+    return mi.MIResult(trajectory=validation + 0.5, validation=validation, train=z + 1.0,
+                       heldout=jnp.asarray(heldout, jnp.float32), heldout_se=z + 0.1,
+                       best_epoch=jnp.asarray(best_epoch, jnp.int32), trend=z, trend_se=z,
+                       converged=jnp.ones(g, bool), final_lr=z, heldout_cap=z + 5.0, cap=cap)
+
+
+def test_validation_score_is_the_read_at_the_kept_epoch():
+    r = _result([[0.1, 0.9, 0.3], [0.5, 0.2, 0.7]], [1, 2], [0.8, 0.6])
+    np.testing.assert_allclose(mi.validation_score(r), [0.9, 0.7])
+
+
+def test_selection_keeps_each_groups_best_candidate_whole_and_ties_go_first():
+    a = _result([[0.2, 0.4], [0.9, 0.1], [0.3, 0.3]], [1, 0, 0], [0.35, 0.85, 0.30])
+    b = _result([[0.6, 0.1], [0.2, 0.5], [0.1, 0.3]], [0, 1, 1], [0.55, 0.45, 0.25])
+    sel, choice = mi.select_by_validation([a, b])
+    # group 0: 0.4 vs 0.6 -> b; group 1: 0.9 vs 0.5 -> a; group 2: 0.3 vs 0.3 -> a (tie)
+    np.testing.assert_array_equal(choice, [1, 0, 0])
+    np.testing.assert_allclose(sel.heldout, [0.55, 0.85, 0.30])
+    np.testing.assert_array_equal(sel.best_epoch, [0, 0, 0])
+    np.testing.assert_allclose(sel.validation, [[0.6, 0.1], [0.9, 0.1], [0.3, 0.3]])
+    assert sel.cap == a.cap
+    jitted, jchoice = jax.jit(mi.select_by_validation)([a, b])  # pure: the same under jit
+    np.testing.assert_array_equal(jchoice, choice)
+    np.testing.assert_allclose(jitted.heldout, sel.heldout)
+
+
+def test_a_candidate_without_a_read_in_one_group_loses_it_and_bad_input_is_refused():
+    a = _result([[np.nan, np.nan], [0.3, 0.2]], [0, 0], [0.1, 0.2])
+    b = _result([[0.1, 0.2], [0.1, 0.1]], [1, 0], [0.4, 0.5])
+    _, choice = mi.select_by_validation([a, b])
+    np.testing.assert_array_equal(choice, [1, 0])
+    with pytest.raises(ValueError, match="at least one"):
+        mi.select_by_validation([])
+    with pytest.raises(ValueError, match="validation_fraction > 0"):
+        mi.select_by_validation([a, dataclasses.replace(b, validation=jnp.full((2, 2), jnp.nan))])
+    with pytest.raises(ValueError, match="same groups"):
+        mi.select_by_validation([a, _result([[0.1, 0.2, 0.3], [0.1, 0.1, 0.1]], [0, 0], [0.1, 0.1])])
+    with pytest.raises(ValueError, match="cap"):
+        mi.select_by_validation([a, _result([[0.1, 0.2], [0.1, 0.1]], [0, 0], [0.1, 0.1], cap=3.0)])
+
+
+def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_out_read():
+    # Two Gaussian groups (MI 1 nat); one candidate's learning rate is too small to learn anything.
+    tasks = (groundtruth.Task.make("g1", "gaussian", 3, 3, mi=1.0), groundtruth.Task.make("g2", "gaussian", 3, 3, mi=1.0))
+    (_, _, x, y), = groundtruth.sample_tasks(jax.random.PRNGKey(0), 600, tasks, (0, 1))
+    base = mi.resolve_config(mi.XT_CONFIG, epochs=12, batch_size=64, negatives=32, hidden=(16, 16), lr=3e-3,
+                             read_epochs=2)
+    keys = jax.random.split(jax.random.PRNGKey(1), 2)
+    good = mi.estimate_mi_groups(keys, x, y, config=base)
+    stuck = mi.estimate_mi_groups(keys, x, y, config=dataclasses.replace(base, lr=1e-7))
+    sel, choice = mi.select_by_validation([stuck, good])
+    np.testing.assert_array_equal(choice, [1, 1])
+    np.testing.assert_allclose(sel.heldout, good.heldout)
+    assert np.all(np.asarray(good.heldout) > np.asarray(stuck.heldout) + 0.2)
