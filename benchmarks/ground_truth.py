@@ -10,6 +10,7 @@ error (tasks with truth >= 0.5 nats) and the MI-0 task's absolute error.
 
     python -m benchmarks.ground_truth                               # ibjax's default, the whole suite
     python -m benchmarks.ground_truth --variants plain,best,rank    # the lever table
+    python -m benchmarks.ground_truth --variants select             # per task, the best critic on validation
     python -m benchmarks.ground_truth --quick                       # a seconds-long check
 
 ``--protocol full`` instead runs the reference's full length on fixed features: four Gaussian groups of
@@ -163,7 +164,8 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
     zero = [abs(r["error"]) for r in rows if r["truth"] == 0]
     covered = [abs(r["error"]) <= 1.96 * r["heldout_se"] for r in rows if np.isfinite(r["heldout_se"])]
     summary = {
-        "variant": variant, "overrides": _describe(variant, args), "mae": float(np.mean(np.abs(errs))), "max_rel": max(rel) if rel else None,
+        "variant": variant, "overrides": _describe(variant, args), "mae": float(np.mean(np.abs(errs))),
+        "max_rel": max(rel) if rel else None,
         "zero_abs": max(zero) if zero else None, "mean_error": float(np.mean(errs)),
         "covered": f"{sum(covered)}/{len(covered)}", "converged": f"{sum(r['converged'] == 'yes' for r in rows)}/{len(rows)}",
         "seconds": seconds,

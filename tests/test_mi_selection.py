@@ -57,7 +57,7 @@ def test_a_candidate_without_a_read_in_one_group_loses_it_and_bad_input_is_refus
 
 def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_out_read():
     # Two Gaussian groups (MI 1 nat); one candidate's learning rate is too small to learn anything.
-    tasks = (groundtruth.Task.make("g1", "gaussian", 3, 3, mi=1.0), groundtruth.Task.make("g2", "gaussian", 3, 3, mi=1.0))
+    tasks = tuple(groundtruth.Task.make(name, "gaussian", 3, 3, mi=1.0) for name in ("g1", "g2"))
     (_, _, x, y), = groundtruth.sample_tasks(jax.random.PRNGKey(0), 600, tasks, (0, 1))
     base = mi.resolve_config(mi.XT_CONFIG, epochs=12, batch_size=64, negatives=32, hidden=(16, 16), lr=3e-3,
                              read_epochs=2)
