@@ -279,6 +279,8 @@ def gaussian_fit_read(x_fit, y_fit, x_read, y_read, rank: Optional[int] = None) 
     its shortfall below the truth is the sample's, not an optimiser's (in d x d dimensions a full
     model fits d^2 cross-covariances). Computed on the host in float64.
     """
+    from scipy.special import logsumexp  # here: SciPy's import costs every command 0.16 s
+
     xf, yf, xr, yr = (np.asarray(v, np.float64) for v in (x_fit, y_fit, x_read, y_read))
     if xf.shape[0] != yf.shape[0] or xr.shape[0] != yr.shape[0]:
         raise ValueError("x and y need the same number of rows, in fit and in read")
@@ -296,6 +298,4 @@ def gaussian_fit_read(x_fit, y_fit, x_read, y_read, rank: Optional[int] = None) 
     # alone (InfoNCE cancels them).
     s = -0.5 * np.sum(np.log1p(-p2)) + (a * rho / (1 - p2)) @ b.T - 0.5 * ((b**2) @ (p2 / (1 - p2)))[None, :]
     n = s.shape[0]
-    from scipy.special import logsumexp
-
     return float(np.mean(np.diag(s) - logsumexp(s, axis=1)) + np.log(n))
