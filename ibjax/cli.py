@@ -35,7 +35,7 @@ import os
 import platform
 import re
 import sys
-from typing import Annotated, Any, Literal, MutableMapping, Optional, Sequence
+from typing import Annotated, Literal, MutableMapping, Optional, Sequence
 
 import tyro
 

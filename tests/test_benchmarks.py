@@ -131,7 +131,7 @@ def test_missing_torch_fails_with_a_clear_message(monkeypatch):
 
 def test_ground_truth_selection_variant_reports_the_chosen_candidate(tmp_path):
     doc = ground_truth.main(["--quick", "--variants", "select", "--tasks", "1,5"])
-    n = len(ground_truth.VARIANTS["select"])
+    n = 1 + len(ground_truth.VARIANTS["select"]["candidates"])
     assert [r["task"] for r in doc["rows"]] == ["gaussian dense", "cube"]
     assert all(0 <= r["candidate"] < n and math.isfinite(r["heldout"]) for r in doc["rows"])
     assert doc["summary"][0]["overrides"].startswith("best on validation of: ")

@@ -149,7 +149,8 @@ def test_to_dict_gives_every_group_its_reads_and_reliability():
     assert list(d) == ["a", "b", "c"]
     for g in d.values():
         assert {"trajectory", "validation", "train", "heldout", "heldout_se", "converged", "cap", "best_epoch", "trend",
-                "trend_se", "final_lr"} <= set(g)
+                "trend_se", "final_lr", "candidate"} <= set(g)
+        assert g["candidate"] == 0  # no candidates: the config itself
         assert len(g["trajectory"]) == LIGHT.epochs and isinstance(g["converged"], bool)
         assert g["cap"] == pytest.approx(math.log(LIGHT.negatives + 1))
         assert 0 <= g["best_epoch"] < LIGHT.epochs

@@ -17,7 +17,8 @@ def _result(validation, best_epoch, heldout, cap=4.0):
     return mi.MIResult(trajectory=validation + 0.5, validation=validation, train=z + 1.0,
                        heldout=jnp.asarray(heldout, jnp.float32), heldout_se=z + 0.1,
                        best_epoch=jnp.asarray(best_epoch, jnp.int32), trend=z, trend_se=z,
-                       converged=jnp.ones(g, bool), final_lr=z, heldout_cap=z + 5.0, cap=cap)
+                       converged=jnp.ones(g, bool), final_lr=z, heldout_cap=z + 5.0,
+                       candidate=jnp.zeros(g, jnp.int32), cap=cap)
 
 
 def test_validation_score_is_the_read_at_the_kept_epoch():
@@ -66,5 +67,41 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
     stuck = mi.estimate_mi_groups(keys, x, y, config=dataclasses.replace(base, lr=1e-7))
     sel, choice = mi.select_by_validation([stuck, good])
     np.testing.assert_array_equal(choice, [1, 1])
+    np.testing.assert_array_equal(sel.candidate, [1, 1])
     np.testing.assert_allclose(sel.heldout, good.heldout)
     assert np.all(np.asarray(good.heldout) > np.asarray(stuck.heldout) + 0.2)
+
+    # The same selection from the config: candidates run one after another with the same key.
+    calls = []
+    auto = mi.estimate_mi_groups(keys, x, y, config=dataclasses.replace(base, lr=1e-7, candidates=("lr=3e-3",)),
+                                 progress=lambda done, total: calls.append((done, total)))
+    np.testing.assert_array_equal(auto.candidate, [1, 1])
+    np.testing.assert_allclose(auto.heldout, good.heldout, rtol=1e-5)
+    np.testing.assert_allclose(auto.validation, good.validation, rtol=1e-5)
+    assert [c[1] for c in calls] == [24] * len(calls) and calls[-1][0] == 24
+    assert [c[0] for c in calls] == sorted(c[0] for c in calls) and any(c[0] == 12 for c in calls)
+    assert auto.to_dict()[0]["candidate"] == 1
+
+
+def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
+    base = mi.resolve_config(mi.XT_CONFIG, candidates=["critic=separable lr=1e-3 hidden=64,64", "critic_rank=4"])
+    assert base.candidates == ("critic=separable lr=1e-3 hidden=64,64", "critic_rank=4")
+    assert base.total_epochs == 3 * base.epochs
+    first, sep, rank = mi.candidate_configs(base)
+    assert first == dataclasses.replace(base, candidates=())
+    assert (sep.critic, sep.lr, sep.hidden, sep.epochs) == ("separable", 1e-3, (64, 64), base.epochs)
+    assert rank.critic_rank == 4 and rank.candidates == ()
+    assert mi.candidate_configs(mi.XT_CONFIG) == (mi.XT_CONFIG,)
+    assert mi.parse_overrides("weight_decay=1 plateau_on=validation") == {"weight_decay": 1.0,
+                                                                          "plateau_on": "validation"}
+    for bad, match in [("epochs=10", r"changes \['epochs'\]"), ("heldout_fraction=0.3", "may change only"),
+                       ("lr", "FIELD=VALUE"), ("critc=separable", "unknown field 'critc'"),
+                       ("critic=mlp", "must be one of"), ("critic_rank=four", "expected int"),
+                       ("critic=separable critic_rank=4", "concat-critic option"), ("", "empty candidate")]:
+        with pytest.raises(ValueError, match=match):
+            mi.resolve_config(mi.XT_CONFIG, candidates=(bad,))
+    assert mi.resolve_config(mi.XT_CONFIG, candidates="critic_rank=4").candidates == ("critic_rank=4",)
+    with pytest.raises(ValueError, match="tuple of strings"):
+        dataclasses.replace(mi.XT_CONFIG, candidates=["critic_rank=4"]).validate()
+    with pytest.raises(ValueError, match="candidates need a validation split"):
+        mi.resolve_config(mi.XT_REFERENCE, candidates=("lr=1e-3",))

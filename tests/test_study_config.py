@@ -37,6 +37,8 @@ def test_diff_names_every_changed_leaf():
     (dict(embed_epochs=(7,)), r"embed_epochs \[7\] lie outside"),
     (dict(stealth_epochs=()), "stealth_epochs is empty"),
     (dict(bank_draws=0), "bank_draws"),
+    (dict(mi_mode="online", xt=dataclasses.replace(TINY.xt, validation_fraction=0.2, candidates=("lr=1e-3",))),
+     "offline estimates"),
 ])
 def test_bad_options_fail_without_data(change, match):
     with pytest.raises(ValueError, match=match):

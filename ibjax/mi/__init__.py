@@ -4,31 +4,34 @@ One concern per module:
 
 - :mod:`ibjax.mi.config`: :class:`MIConfig`, the authors' exact settings (:data:`XT_REFERENCE`,
   :data:`TY_REFERENCE`) and ibjax's defaults (:data:`XT_CONFIG`, :data:`TY_CONFIG`), the authors'
-  batches-per-epoch rule.
+  batches-per-epoch rule, the candidates of model selection (:func:`candidate_configs`).
 - :mod:`ibjax.mi.training`: one critic step for all groups (:func:`init`, :func:`update`) and the
   authors' plateau rule (:func:`end_epoch`), for use inside other loops.
 - :mod:`ibjax.mi.online`: critics trained alongside a network on per-group ring buffers
   (:func:`update_buffered`).
 - :mod:`ibjax.mi.transform`: per-coordinate input maps (standardisation, rank-Gaussianisation).
 - :mod:`ibjax.mi.reliability`: the convergence verdict and the held-out read's standard error.
-- :mod:`ibjax.mi.estimator`: the offline estimators :func:`estimate_mi`, :func:`estimate_mi_groups`
-  and the general :func:`estimate_mi_sampled`, returning an :class:`MIResult` (nats).
+- :mod:`ibjax.mi.result`: :class:`MIResult`, what the estimators return (nats).
 - :mod:`ibjax.mi.selection`: per group, the candidate critic with the best validation read
   (:func:`select_by_validation`).
+- :mod:`ibjax.mi.estimator`: the offline estimators :func:`estimate_mi`, :func:`estimate_mi_groups`
+  and the general :func:`estimate_mi_sampled` (selecting among ``MIConfig.candidates`` if any).
 """
 
 from ibjax.mi.config import (
+    CANDIDATE_FIELDS,
     TY_CONFIG,
     TY_REFERENCE,
     XT_CONFIG,
     XT_REFERENCE,
     MIConfig,
     batches_per_epoch,
+    candidate_configs,
+    parse_overrides,
     resolve_config,
     split_sizes,
 )
 from ibjax.mi.estimator import (
-    MIResult,
     bank_pairs,
     check_groups,
     default_chunk,
@@ -41,6 +44,7 @@ from ibjax.mi.estimator import (
 )
 from ibjax.mi.online import PairBuffer, buffer_init, update_buffered
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
+from ibjax.mi.result import MIResult
 from ibjax.mi.selection import select_by_validation, validation_score
 from ibjax.mi.training import CriticState, end_epoch, init, plateau_update, update
 from ibjax.mi.transform import Marginals, apply_marginals, fit_marginals, rank_gaussianize
@@ -54,6 +58,9 @@ __all__ = [
     "resolve_config",
     "batches_per_epoch",
     "split_sizes",
+    "CANDIDATE_FIELDS",
+    "parse_overrides",
+    "candidate_configs",
     "MIResult",
     "estimate_mi",
     "estimate_mi_groups",

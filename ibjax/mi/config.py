@@ -15,6 +15,7 @@ Two families of configurations, for the two quantities of the study:
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Literal, Optional
 
 import numpy as np
@@ -30,6 +31,9 @@ __all__ = [
     "resolve_config",
     "batches_per_epoch",
     "split_sizes",
+    "CANDIDATE_FIELDS",
+    "parse_overrides",
+    "candidate_configs",
 ]
 
 _PREPROCESS = ("none", "standardize", "rank")
@@ -94,6 +98,16 @@ class MIConfig:
       dtype: critic compute dtype, ``"float32"`` or ``"bfloat16"`` (parameters stay float32). The
         authors run the critic under CUDA fp16 autocast with a GradScaler; ibjax does not reproduce
         that (float32 unless asked).
+      candidates: other critics to choose from, per group, by validation (model selection; needs
+        ``validation_fraction > 0``): each a space-separated list of ``FIELD=VALUE`` overrides of this
+        config, e.g. ``"critic=separable lr=1e-3 weight_decay=1"`` (a tuple value as ``hidden=64,64``).
+        Every candidate, this config first, is estimated with the same key, so all share each
+        group's held-out and validation splits; per group the one whose kept critic reads highest on
+        the validation split is returned (:func:`ibjax.mi.select_by_validation`;
+        ``MIResult.candidate`` says which). Only the critic and its training may differ
+        (:data:`CANDIDATE_FIELDS`), so the validation reads compare like with like. Cost: one
+        estimate per candidate. Offline estimates only (online critics use this config itself).
+        ``()`` (reference and default): no selection.
     """
 
     epochs: int = 350
@@ -125,10 +139,16 @@ class MIConfig:
     convergence_fraction: float = 0.25
     convergence_tol: float = 0.02
     dtype: Literal["float32", "bfloat16"] = "float32"
+    candidates: tuple[str, ...] = ()
 
     @property
     def num_negatives(self) -> int:
         return self.batch_size - 1 if self.negative_sampling == "all" else self.negatives
+
+    @property
+    def total_epochs(self) -> int:
+        """Critic epochs of one estimate, over all its candidates (what progress bars count)."""
+        return self.epochs * (1 + len(self.candidates))
 
     @property
     def cap(self) -> float:
@@ -184,8 +204,14 @@ class MIConfig:
             raise ValueError(f"read_epochs ({self.read_epochs}) exceeds epochs ({self.epochs})")
         needs_val = [n for n, v in (("select='best'", self.select == "best"),
                                     ("plateau_on='validation'", self.plateau_on == "validation")) if v]
+        if not isinstance(self.candidates, tuple) or not all(isinstance(c, str) for c in self.candidates):
+            raise ValueError(f"candidates must be a tuple of strings such as ('critic_rank=4 lr=1e-3',), "
+                             f"got {self.candidates!r}")
+        if self.candidates and self.validation_fraction <= 0:
+            needs_val.append("candidates")
         if needs_val and self.validation_fraction <= 0:
             raise ValueError(f"{' and '.join(needs_val)} need a validation split: set validation_fraction > 0")
+        candidate_configs(self)
 
 
 # The authors' estimator (ffcv_observeMI.py, config): I(X;T) B 128, K 512, AdamW 3e-4, 350 epochs;
@@ -218,8 +244,9 @@ def resolve_config(config: Optional[MIConfig] = None, **overrides) -> MIConfig:
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise TypeError(f"unknown MI option(s) {unknown}; options are {sorted(fields)}")
-    if "hidden" in overrides:
-        overrides = {**overrides, "hidden": tuple(overrides["hidden"])}
+    if isinstance(overrides.get("candidates"), str):  # one candidate, not its characters
+        overrides["candidates"] = (overrides["candidates"],)
+    overrides = {k: tuple(v) if k in ("hidden", "candidates") else v for k, v in overrides.items()}
     config = dataclasses.replace(config, **overrides)
     config.validate()
     return config
@@ -249,3 +276,70 @@ def split_sizes(n: int | np.ndarray, config: MIConfig) -> tuple[np.ndarray, np.n
     n_val = np.floor(config.validation_fraction * (n - n_ho)).astype(np.int64)
     return n_ho, n_val, n - n_ho - n_val
 
+
+
+# --------------------------------------------------------------------------------------------------
+# Model selection across critics (MIConfig.candidates)
+
+CANDIDATE_FIELDS = frozenset({"lr", "weight_decay", "grad_clip", "plateau_patience", "plateau_factor",
+                              "plateau_threshold", "plateau_eps", "plateau_on", "batch_fraction", "critic", "hidden",
+                              "embed_dim", "critic_rank", "select", "preprocess", "fit_samples", "dtype"})
+"""Fields a candidate may change: the critic and its training. The rest (epochs, splits, batch size,
+negatives, bound and reads) fix what the validation and held-out reads measure, so they stay shared."""
+
+def _parse_value(tp, text: str, where: str):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if text not in typing.get_args(tp):
+            raise ValueError(f"{where}: must be one of {typing.get_args(tp)}, got {text!r}")
+        return text
+    if origin is tuple:
+        inner = typing.get_args(tp)[0]
+        return tuple(_parse_value(inner, part, where) for part in text.strip("()").split(",") if part)
+    try:
+        return tp(text) if tp is not bool else text.lower() in ("1", "true", "yes")
+    except ValueError:
+        raise ValueError(f"{where}: expected {tp.__name__}, got {text!r}") from None
+
+
+def parse_overrides(text: str) -> dict:
+    """``"critic=separable lr=1e-3 hidden=64,64"`` as typed MIConfig overrides.
+
+    Raises ValueError naming the item that is not ``FIELD=VALUE``, an unknown field or a bad value.
+    """
+    hints = typing.get_type_hints(MIConfig)
+    out = {}
+    for item in text.split():
+        name, eq, value = item.partition("=")
+        if not eq or not name or not value:
+            raise ValueError(f"candidate {text!r}: expected space-separated FIELD=VALUE items, got {item!r}")
+        if name not in hints:
+            raise ValueError(f"candidate {text!r}: unknown field {name!r}; fields are {sorted(hints)}")
+        out[name] = _parse_value(hints[name], value, f"candidate {text!r}, {name}")
+    return out
+
+
+def candidate_configs(config: MIConfig) -> tuple[MIConfig, ...]:
+    """The configs model selection chooses from: ``config`` itself (without candidates), then each of
+    ``config.candidates`` applied to it, validated.
+
+    Raises ValueError for a candidate that cannot be parsed, changes a field outside
+    :data:`CANDIDATE_FIELDS`, or is not a valid config.
+    """
+    base = dataclasses.replace(config, candidates=())
+    out = [base]
+    for text in config.candidates:
+        over = parse_overrides(text)
+        fixed = sorted(set(over) - CANDIDATE_FIELDS)
+        if fixed:
+            raise ValueError(f"candidate {text!r} changes {fixed}: candidates share the splits, batches and reads "
+                             f"and may change only {sorted(CANDIDATE_FIELDS)}")
+        if not over:
+            raise ValueError("an empty candidate repeats the config itself: give FIELD=VALUE overrides")
+        cand = dataclasses.replace(base, **over)
+        try:
+            cand.validate()
+        except ValueError as e:
+            raise ValueError(f"candidate {text!r}: {e}") from e
+        out.append(cand)
+    return tuple(out)

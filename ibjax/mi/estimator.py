@@ -44,13 +44,14 @@ from flax import struct
 from ibjax import rng
 from ibjax.bounds import infonce_all_pairs_terms
 from ibjax.critics import critic_matrix
-from ibjax.mi.config import MIConfig, batches_per_epoch, resolve_config, split_sizes
+from ibjax.mi.config import MIConfig, batches_per_epoch, candidate_configs, resolve_config, split_sizes
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
+from ibjax.mi.result import MIResult
+from ibjax.mi.selection import select_by_validation
 from ibjax.mi.training import CriticState, batch_terms, init_one, negative_index, plateau_state, step_indexed
 from ibjax.mi.transform import Marginals, apply_marginals, fit_marginals
 
 __all__ = [
-    "MIResult",
     "check_groups",
     "estimate_mi",
     "estimate_mi_groups",
@@ -61,70 +62,6 @@ __all__ = [
     "default_group_batch",
     "loader_batches",
 ]
-
-
-@struct.dataclass
-class MIResult:
-    """Estimates in nats, with a leading group axis G (absent from :func:`estimate_mi`'s result).
-
-    Attributes:
-      trajectory: f32[G, epochs], mean training-batch estimate of every epoch.
-      validation: f32[G, epochs], the validation split's read every epoch (nan without one).
-      train: f32[G], the authors' read: mean of the last ``read_epochs`` epochs' training-batch
-        estimates (on the samples the critic trained on: the whole group when heldout_fraction = 0).
-      heldout: f32[G], the bound on the held-out split with the selected critic (nan without a split).
-      heldout_se: f32[G], its standard error (see :mod:`ibjax.mi.reliability`).
-      best_epoch: int32[G], 0-based epoch of the critic the held-out read used.
-      trend, trend_se: f32[G], the verdict's read (validation if any, else training) rise over the
-        last ``config.convergence_window`` epochs, and its standard error (nats).
-      converged: bool[G], the convergence verdict.
-      final_lr: f32[G], the critic's learning rate after the last epoch.
-      heldout_cap: f32[G], the largest value the held-out read can take (log of its read batch's rows
-        for the all-pairs read, else as ``cap``).
-      cap: the largest value the training bound can read (log(K + 1) for InfoNCE): the ceiling of
-        ``trajectory``, ``validation`` and ``train``.
-    """
-
-    trajectory: jax.Array
-    validation: jax.Array
-    train: jax.Array
-    heldout: jax.Array
-    heldout_se: jax.Array
-    best_epoch: jax.Array
-    trend: jax.Array
-    trend_se: jax.Array
-    converged: jax.Array
-    final_lr: jax.Array
-    heldout_cap: jax.Array
-    cap: float = struct.field(pytree_node=False)
-
-    def to_dict(self, group_names: Optional[Sequence[str]] = None):
-        """Plain-Python view, per group: ``{"trajectory", "validation", "train", "heldout",
-        "heldout_se", "converged", "cap", "heldout_cap", "best_epoch", "trend", "trend_se", "final_lr"}``.
-
-        With a group axis: a list of those dicts, or ``{name: dict}`` given ``group_names``; without
-        one (from :func:`estimate_mi`): one dict.
-        """
-        arrays = {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "cap"}
-
-        def one(g):
-            d = {}
-            for name, x in arrays.items():
-                v = x if g is None else x[g]
-                d[name] = v.tolist()
-            d["converged"] = bool(d["converged"])
-            d["best_epoch"] = int(d["best_epoch"])
-            d["cap"] = self.cap
-            return d
-
-        if arrays["train"].ndim == 0:
-            return one(None)
-        groups = [one(g) for g in range(arrays["train"].shape[0])]
-        if group_names is None:
-            return groups
-        if len(group_names) != len(groups):
-            raise ValueError(f"{len(group_names)} group names for {len(groups)} groups")
-        return dict(zip(group_names, groups))
 
 
 @struct.dataclass
@@ -600,6 +537,11 @@ def estimate_mi_sampled(
         gather it), else :func:`default_group_batch` (1 on a CPU backend, else all). Any choice
         gives the same result up to float rounding.
 
+    With ``config.candidates``, every config of :func:`ibjax.mi.candidate_configs` is estimated with
+    the same key (so the same splits), one after another, and each group keeps the one with the best
+    validation read (:func:`ibjax.mi.select_by_validation`); ``progress`` then counts the epochs of
+    all of them.
+
     Returns:
       :class:`MIResult` with a leading group axis.
     """
@@ -607,6 +549,21 @@ def estimate_mi_sampled(
     valid = np.asarray(valid, bool)
     if valid.ndim != 2:
         raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
+    _group_sizes(valid, config, group_names)  # bad groups fail before the first candidate runs
+    configs = candidate_configs(config)
+    total = config.total_epochs
+    results = []
+    for i, cfg in enumerate(configs):
+        done_before = i * config.epochs
+        report = None if progress is None else (lambda done, _, d=done_before: progress(d + done, total))
+        results.append(_estimate(key, sample_fn, shared, group_data, valid, da, db, cfg, group_names, report,
+                                 chunk_epochs, group_batch))
+    return results[0] if len(results) == 1 else select_by_validation(results)[0]
+
+
+def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfig, group_names, progress, chunk_epochs,
+              group_batch) -> MIResult:
+    """One config's estimate (:func:`estimate_mi_sampled` without candidates)."""
     counts = _group_sizes(valid, config, group_names)
     chunk = default_chunk(config.epochs) if chunk_epochs is None else int(chunk_epochs)
     if chunk < 1:
@@ -639,7 +596,7 @@ def estimate_mi_sampled(
         carry, setup, sizes, group_data, shared, trajectory, validation, **kw)
     return MIResult(trajectory=trajectory, validation=validation, train=train, heldout=heldout, heldout_se=heldout_se,
                     best_epoch=best_epoch, trend=rise, trend_se=rise_se, converged=converged, final_lr=lr,
-                    heldout_cap=heldout_cap, cap=config.cap)
+                    heldout_cap=heldout_cap, candidate=jnp.zeros(valid.shape[0], jnp.int32), cap=config.cap)
 
 
 def estimate_mi_groups(

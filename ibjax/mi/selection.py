@@ -1,6 +1,6 @@
 """Model selection across estimators: per group, the candidate critic with the best validation read.
 
-Several :class:`~ibjax.mi.estimator.MIResult` of the same groups, each from another critic family or
+Several :class:`~ibjax.mi.result.MIResult` of the same groups, each from another critic family or
 capacity (for example a concat critic with and without a rank bottleneck, and a separable one), all
 run with the same key so that they share each group's held-out and validation splits. For each
 group the candidate whose selected critic reads highest on the validation split is kept, with all
@@ -16,7 +16,7 @@ from typing import Sequence
 import jax
 import jax.numpy as jnp
 
-from ibjax.mi.estimator import MIResult
+from ibjax.mi.result import MIResult
 
 __all__ = ["validation_score", "select_by_validation"]
 
@@ -36,7 +36,7 @@ def select_by_validation(results: Sequence[MIResult]) -> tuple[MIResult, jax.Arr
 
     Returns:
       ``(result, choice)``: an :class:`MIResult` whose group g is ``results[choice[g]]``'s group g,
-      and ``choice`` int32[G]. Ties go to the earlier candidate.
+      with ``candidate = choice``, and ``choice`` int32[G]. Ties go to the earlier candidate.
 
     Raises:
       ValueError: no candidates, shapes or caps that differ, or a group with no validation read in any
@@ -61,4 +61,4 @@ def select_by_validation(results: Sequence[MIResult]) -> tuple[MIResult, jax.Arr
     def pick(*leaves):
         return jnp.stack([jnp.asarray(x) for x in leaves])[choice, groups]
 
-    return jax.tree.map(pick, *results), choice
+    return jax.tree.map(pick, *results).replace(candidate=choice), choice

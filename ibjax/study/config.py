@@ -220,6 +220,9 @@ def check_config(config: StudyConfig) -> None:
             mi_cfg.validate()
         except ValueError as e:
             raise ValueError(f"{name}: {e}") from e
+    if not config.offline and (config.xt.candidates or config.ty.candidates):
+        raise ValueError("xt/ty.candidates choose among offline estimates, and mi_mode 'online' makes none: "
+                         "use mi_mode 'offline' or 'both', or leave candidates empty")
     e = list(config.mi_epochs)
     if config.offline:
         if not e:

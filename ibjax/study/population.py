@@ -517,7 +517,7 @@ def population_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, pr
     dims = {"xt": (m0.t_dim, m0.x_dim), "ty": (m0.num_classes, m0.t_dim)}
     out = [{} for _ in pop.members]
     for q, mi_cfg in (("xt", cfg.xt), ("ty", cfg.ty)):
-        bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator ({pop.size} runs)", mi_cfg.epochs, "epoch",
+        bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator ({pop.size} runs)", mi_cfg.total_epochs, "epoch",
                        enabled=progress)
         res = estimate_mi_on_mesh(bank.keys[q], ibmi.bank_pairs, bank.shared[q], bank.group_data, bank.valid, *dims[q],
                                   config=mi_cfg, mesh=mesh, group_names=bank.names, progress=bar if progress else None)

@@ -193,7 +193,7 @@ def estimate_network_mi(key: jax.Array, variables: dict, setup: StudySetup, *, p
     for q in ("xt", "ty"):
         mi_cfg, k = configs[q]
         sample_fn, shared, group_data = sources[q]
-        bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator", mi_cfg.epochs, "epoch", enabled=progress)
+        bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator", mi_cfg.total_epochs, "epoch", enabled=progress)
         res = estimate_mi_on_mesh(k, sample_fn, shared, group_data, valid, *dims[q], config=mi_cfg, mesh=mesh,
                                   group_names=plan.group_names, progress=bar if progress else None)
         bar.close()
