@@ -277,7 +277,6 @@ def split_sizes(n: int | np.ndarray, config: MIConfig) -> tuple[np.ndarray, np.n
     return n_ho, n_val, n - n_ho - n_val
 
 
-
 # --------------------------------------------------------------------------------------------------
 # Model selection across critics (MIConfig.candidates)
 
@@ -312,10 +311,10 @@ def parse_overrides(text: str) -> dict:
     for item in text.split():
         name, eq, value = item.partition("=")
         if not eq or not name or not value:
-            raise ValueError(f"candidate {text!r}: expected space-separated FIELD=VALUE items, got {item!r}")
+            raise ValueError(f"{text!r}: expected space-separated FIELD=VALUE items, got {item!r}")
         if name not in hints:
-            raise ValueError(f"candidate {text!r}: unknown field {name!r}; fields are {sorted(hints)}")
-        out[name] = _parse_value(hints[name], value, f"candidate {text!r}, {name}")
+            raise ValueError(f"{text!r}: unknown field {name!r}; fields are {sorted(hints)}")
+        out[name] = _parse_value(hints[name], value, f"{text!r}, {name}")
     return out
 
 
@@ -329,7 +328,10 @@ def candidate_configs(config: MIConfig) -> tuple[MIConfig, ...]:
     base = dataclasses.replace(config, candidates=())
     out = [base]
     for text in config.candidates:
-        over = parse_overrides(text)
+        try:
+            over = parse_overrides(text)
+        except ValueError as e:
+            raise ValueError(f"candidate {e}") from None
         fixed = sorted(set(over) - CANDIDATE_FIELDS)
         if fixed:
             raise ValueError(f"candidate {text!r} changes {fixed}: candidates share the splits, batches and reads "
