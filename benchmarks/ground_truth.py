@@ -30,7 +30,6 @@ from typing import Optional, Sequence
 import numpy as np
 
 from benchmarks import _common as C
-from ibjax.mi.config import parse_overrides
 
 MODULE = "benchmarks.ground_truth"
 
@@ -55,6 +54,8 @@ VARIANTS = {
 
 
 def _kv(text: str) -> tuple[str, object]:
+    from ibjax.mi.config import parse_overrides
+
     try:
         (item,) = parse_overrides(text).items()
     except ValueError as e:

@@ -16,7 +16,7 @@ import json
 
 import jax
 
-from ibjax.cli import cli_errors, default_run_dir, prepare_cpu_process, parse_study_command, setup_logging, start_runtime
+from ibjax.cli import cli_errors, default_run_dir, parse_study_command, prepare_cpu_process, setup_logging, start_runtime
 from ibjax.study import run_study
 
 

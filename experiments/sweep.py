@@ -29,7 +29,7 @@ import dataclasses
 import os
 
 from experiments import compare
-from ibjax.cli import cli_errors, fail, prepare_cpu_process, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, fail, parse_study_command, prepare_cpu_process, setup_logging
 from ibjax.parallel import process_share
 from ibjax.progress import LOGGER
 from ibjax.study import check_config

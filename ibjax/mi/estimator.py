@@ -549,25 +549,25 @@ def estimate_mi_sampled(
     valid = np.asarray(valid, bool)
     if valid.ndim != 2:
         raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
-    _group_sizes(valid, config, group_names)  # bad groups fail before the first candidate runs
-    configs = candidate_configs(config)
-    total = config.total_epochs
-    results = []
-    for i, cfg in enumerate(configs):
-        done_before = i * config.epochs
-        report = None if progress is None else (lambda done, _, d=done_before: progress(d + done, total))
-        results.append(_estimate(key, sample_fn, shared, group_data, valid, da, db, cfg, group_names, report,
-                                 chunk_epochs, group_batch))
-    return results[0] if len(results) == 1 else select_by_validation(results)[0]
-
-
-def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfig, group_names, progress, chunk_epochs,
-              group_batch) -> MIResult:
-    """One config's estimate (:func:`estimate_mi_sampled` without candidates)."""
-    counts = _group_sizes(valid, config, group_names)
     chunk = default_chunk(config.epochs) if chunk_epochs is None else int(chunk_epochs)
     if chunk < 1:
         raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
+    configs = candidate_configs(config)
+    # Counts per candidate (batch_fraction, which a candidate may change, sets the steps); a group too
+    # small for the shared splits fails here, before any candidate trains.
+    counts = [_group_sizes(valid, c, group_names) for c in configs]
+    results = []
+    for i, (cfg, cnt) in enumerate(zip(configs, counts)):
+        report = None if progress is None else (
+            lambda done, _, d=i * config.epochs: progress(d + done, config.total_epochs))
+        results.append(_estimate(key, sample_fn, shared, group_data, valid, da, db, cfg, cnt, report, chunk,
+                                 group_batch))
+    return results[0] if len(results) == 1 else select_by_validation(results)[0]
+
+
+def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfig, counts: dict, progress, chunk: int,
+              group_batch) -> MIResult:
+    """One config's estimate (:func:`estimate_mi_sampled` without candidates), its group counts given."""
     static = _Static(
         group_batch=_resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
