@@ -202,7 +202,7 @@ def bench_estimate(args, q: str, g: int, group_batch="auto") -> tuple[dict, floa
     def run():
         return mi.estimate_mi_groups(key, a, b, mask, config=cfg, group_batch=group_batch)
 
-    resolved = mi.estimator._resolve_group_batch(group_batch, g) or "all"
+    resolved = mi.estimator.resolve_group_batch(group_batch, g) or "all"
     looped = resolved != "all"
     res = run()
     jax.block_until_ready(res)  # compile + warm-up

@@ -1,4 +1,4 @@
-"""Accuracy of the MI estimator on ground-truth tasks (ibjax.groundtruth.SUITE), per variant of its levers.
+"""Accuracy of the MI estimator on ground-truth tasks (ibjax.mi.groundtruth.SUITE), per variant of its levers.
 
 Every task of the suite is sampled (n pairs each) and estimated with one batched
 :func:`ibjax.mi.estimate_mi_groups` call per set of tasks with equal dimensions (the tasks are the
@@ -113,7 +113,7 @@ def _config(args, variant: str):
 
 def full_protocol_tasks():
     """The 350-epoch case: dense Gaussian groups, 16 x 16, true MI 0, 0.5, 1.5 and 3 nats."""
-    from ibjax import groundtruth
+    from ibjax.mi import groundtruth
 
     return tuple(groundtruth.Task.make(f"gaussian 16x16, MI {m:g}", "gaussian", 16, 16, mi=m) for m in (0.0, 0.5, 1.5, 3.0))
 
@@ -127,7 +127,8 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
     import jax
     import jax.numpy as jnp
 
-    from ibjax import groundtruth, mi
+    from ibjax import mi
+    from ibjax.mi import groundtruth
 
     cfg = _config(args, variant)
     rows, t0 = [], time.perf_counter()
@@ -167,7 +168,7 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    from ibjax import groundtruth
+    from ibjax.mi import groundtruth
 
     tasks = groundtruth.SUITE if args.protocol == "light" else full_protocol_tasks()
     ids = tuple(range(len(tasks)))
@@ -200,7 +201,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
              "held-out read: the bound on the held-out 20% of each task with the selected critic; se: its standard error",
              "train read: the authors' number (mean of the last 5 epochs' training estimates)",
              "Gaussian-model read: the Gaussian model fitted to as many pairs as the critic trains on, read on as "
-             "many as it is read on (ibjax.groundtruth.gaussian_fit_read): on the Gaussian tasks, what the sample "
+             "many as it is read on (ibjax.mi.groundtruth.gaussian_fit_read): on the Gaussian tasks, what the sample "
              "size alone allows a full-rank model of the right family",
              "the read judged (error, MAE) is the held-out read, or the train read for variants without a held-out "
              "split (reference)",

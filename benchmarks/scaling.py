@@ -4,12 +4,17 @@ side by side with the single-device, single-run path, in one run.
 Training rows time the study's own jitted steps on the on-device pipeline (uint8 images, BadNets on the
 ~10% poisoned samples inside the step):
 
-- ``single run, 1 device``: :func:`ibjax.train.train_step` on the default device (the baseline);
+- ``single run, 1 device``: :func:`ibjax.train.train_step` on the default device (the baseline: the
+  per-member step, as the study ran a single run before every run became a population);
 - ``data-parallel, N devices``: the same step with the batch split over a ``"data"`` axis of N devices
   (parameters and optimiser state replicated);
-- ``population of R``: :func:`ibjax.study.population.population_train_step`, R runs vmapped in one
+- ``population of R``: :func:`ibjax.study.steps.population_train_step`, R runs vmapped in one
   program, spread over ``--population-devices`` devices (members over ``"runs"``); img/s counts every
-  member's images.
+  member's images. The population of 1 is how the study now runs a single run: its row against the
+  baseline is the cost of having one path.
+
+Training rows also report the step's compile time (``lower().compile()``, timed once, before the
+timed repeats).
 
 Estimator rows time :func:`ibjax.study.steps.estimate_mi_on_mesh` (the batched InfoNCE estimator on a
 feature bank) with G groups on one device, with the group axis split over N devices, and with R x G
@@ -105,6 +110,14 @@ def _time(run, args, sync):
     return C.median(C.time_repeats(run, args.repeats, sync))
 
 
+def _compile_s(step, *args) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    step.lower(*args).compile()
+    return time.perf_counter() - t0
+
+
 def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str]]:
     import functools
 
@@ -113,7 +126,7 @@ def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str
     from ibjax import train as T
     from ibjax.models import ModelConfig, make_model
     from ibjax.parallel import check_batch_divisible, make_mesh, population_mesh, put_batch, put_members, put_replicated
-    from ibjax.study.population import population_train_step
+    from ibjax.study.steps import population_train_step
     from ibjax.triggers import get_attack
 
     model = make_model(ModelConfig(name=args.model, num_classes=NUM_CLASSES, gamma_xt=0.4, gamma_ty=0.4))
@@ -149,6 +162,7 @@ def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str
         step = jax.jit(functools.partial(T.train_step, model=model, trigger=trigger, config=cfg), donate_argnums=(0,))
         fresh = lambda: put_replicated(init(jax.random.PRNGKey(args.seed), model, IMAGE_SHAPE, cfg), mesh)  # noqa: E731
         placed = [(put_batch(i, mesh), put_replicated(k, mesh)) for i, k in zip(batches(n), keys())]
+        compile_s = _compile_s(step, fresh(), data, *placed[0])
         _, m = step(fresh(), data, *placed[0])
         check = record(label, m["loss_sum"])
         holder = {"state": fresh()}
@@ -163,7 +177,7 @@ def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str
         t = _time(run, args, jax.block_until_ready)
         rows.append({"part": "training", "setting": label, "devices": devices, "runs": 1,
                      "rate": args.steps * args.batch / t, "unit": "img/s", "ms_per_step": 1e3 * t / args.steps,
-                     "check": check})
+                     "compile_s": compile_s, "check": check})
 
     run_single(None, "single run, 1 device", 1)
     for d in device_counts:
@@ -199,6 +213,7 @@ def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str
                                          total_steps=0, varying=()), donate_argnums=(0,))
         s = mesh.shape
         label = f"population of {r} (runs {s['runs']} x data {s['data']})"
+        compile_s = _compile_s(step, fresh(), stacked, *placed[0], noise)
         _, m = step(fresh(), stacked, *placed[0], noise)
         check = record(label, m["loss_sum"], members=True)
         holder = {"state": fresh()}
@@ -213,7 +228,7 @@ def bench_training(args, device_counts: list[int]) -> tuple[list[dict], list[str
         t = _time(run, args, jax.block_until_ready)
         rows.append({"part": "training", "setting": label, "devices": mesh.size, "runs": r,
                      "rate": r * args.steps * args.batch / t, "unit": "img/s", "ms_per_step": 1e3 * t / args.steps,
-                     "check": check})
+                     "compile_s": compile_s, "check": check})
     base = rows[0]["rate"]
     for row in rows:
         row["ratio"] = row["rate"] / base
@@ -302,7 +317,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         notes.append("--quick: sizes for a CPU check only; not a measurement")
     cols = [("part", "part", 0), ("setting", "setting", 0), ("devices", "devices", 0), ("runs", "runs", 0),
             ("rate (median)", "rate", 0), ("unit", "unit", 0), ("ratio vs 1 device, 1 run", "ratio", 2),
-            ("ms/step", "ms_per_step", 2), ("check", "check", 0)]
+            ("ms/step", "ms_per_step", 2), ("compile s", "compile_s", 2), ("check", "check", 0)]
     config = {"model": args.model, "batch": args.batch, "steps": args.steps, "repeats": args.repeats,
               "devices": device_counts, "populations": args.populations, "groups": args.groups,
               "group_size": args.group_size, "estimator_epochs": args.estimator_epochs, "quick": args.quick,

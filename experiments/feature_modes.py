@@ -18,8 +18,9 @@ import json
 import jax
 import numpy as np
 
-from ibjax.cli import prepare_cpu_process
-from ibjax.study import build_setup, estimate_network_mi, init_run_state, preset, run_epoch
+from ibjax.parallel import make_mesh
+from ibjax.runtime import prepare_cpu_process
+from ibjax.study import build_population, estimate_network_mi, init_run_state, preset, run_epoch, stack_states
 
 
 def _reads(res) -> np.ndarray:
@@ -36,15 +37,16 @@ def main(argv=None) -> dict:
     base = preset("cpu")
     config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=a.epochs), mi_epochs=(a.epochs,),
                                  embed_epochs=(a.epochs,), stealth_epochs=(a.epochs,))
-    setup = build_setup(config, progress=False)
-    state = init_run_state(setup)
+    pop = build_population([config], mesh=make_mesh(), progress=False)  # one run: a population of one
+    state = stack_states([init_run_state(pop.members[0])], pop.mesh)
     for _ in range(a.epochs):
-        state, _ = run_epoch(state, setup)
+        state, _ = run_epoch(state, pop)
     variables = state.train.variables
 
     def estimate(key, mode, draws=1):
-        s = dataclasses.replace(setup, config=dataclasses.replace(config, feature_mode=mode, bank_draws=draws))
-        return _reads(estimate_network_mi(key, variables, s))
+        member = dataclasses.replace(pop.members[0], config=dataclasses.replace(config, feature_mode=mode,
+                                                                                 bank_draws=draws))
+        return _reads(estimate_network_mi([key], variables, dataclasses.replace(pop, members=(member,)))[0])
 
     fresh = [estimate(jax.random.PRNGKey(100 + r), "fresh") for r in range(a.repeats)]
     out = {"fresh_seed_spread_mean": float(np.mean(np.abs(fresh[0] - fresh[1]))) if a.repeats > 1 else None,

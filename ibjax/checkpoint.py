@@ -4,8 +4,9 @@ Orbax writes a step into a temporary directory and renames it when complete, so 
 mid-save leaves the previous checkpoint intact.
 
 Saves are asynchronous by default: :meth:`Checkpointer.save` returns once the arrays are copied off
-the device, and the write to disk overlaps the next epoch's work (a ResNet-18 run state is 89 MB; on
-the 2-core development machine a blocking save of it took 0.25-0.36 s, this one blocks for 0.03-0.07 s).
+the device, and the write to disk overlaps the next epoch's work (a ResNet-18 run state is 89 MB,
+and a blocking save of it takes several times longer than this one blocks; docs/measurements.md,
+"Other figures behind the code").
 A save waits for the previous one, :meth:`Checkpointer.wait` and :meth:`Checkpointer.close` wait
 for the last, and a run that is killed mid-write resumes from the newest complete checkpoint, at most
 one epoch back.

@@ -54,9 +54,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2, ``f32[B, H, W, C] -> f32[B, H // 2, W // 2, C]``.
 
     The same function as ``nn.max_pool(x, (2, 2), (2, 2))`` (an odd last row or column is dropped),
-    written as a reshape and a max: with XLA:CPU's ``reduce_window`` / ``select_and_scatter`` pair a
-    noise-free small-CNN training step (batch 64, 28x28) took 57 ms on 2 cores, with this form 25 ms
-    (the noisy ``small_cnn`` step: 70 ms -> 53 ms).
+    written as a reshape and a max, because XLA:CPU's ``reduce_window`` / ``select_and_scatter`` pair
+    took over half of a small-CNN training step (docs/measurements.md, "CPU tuning").
     Where a window holds equal maxima the gradient is split between them instead of going to the
     first; after the models' additive noise such ties have probability zero.
     """

@@ -3,17 +3,16 @@
 ``jax.random.normal(key, (64, 28, 28, 16))`` and ``jax.random.normal(key, (64 * 28 * 28 * 16,))``
 reshaped are the same numbers (Threefry counts its elements in row-major order, partitionable or
 not; :mod:`tests.test_rng` checks it), but XLA:CPU compiles the multi-dimensional form several times
-slower: its counter arithmetic over a rank-4 iota took 2.1 s to compile against 0.3 s for the flat
-draw (2 cores, default flags), and a noisy network draws at every layer. The functions here take
-the same arguments as their ``jax.random`` namesakes and return the same values for Threefry keys
-(the default); for other PRNG implementations they return an equally valid draw.
+slower (its counter arithmetic over a rank-4 iota; docs/measurements.md, "CPU tuning"), and a noisy
+network draws at every layer. The functions here take the same arguments as their ``jax.random``
+namesakes and return the same values for Threefry keys (the default); for other PRNG implementations
+they return an equally valid draw.
 
 :func:`normal` also offers ``generator="philox"``: XLA's Philox-4x32-10 bit generator
-(``lax.rng_bit_generator``), seeded by four 32-bit words drawn from ``key``. On XLA:CPU it generates
-a standard normal value in about 7 ns against Threefry's 10 to 20 ns (2 cores, 2026-11-23, draws
-of 0.25M to 16M values), and a noisy network draws a value per activation, so the ``cpu`` preset's
-networks use it (``ModelConfig.noise_generator``). The numbers differ from Threefry's (the same
-distribution, another stream).
+(``lax.rng_bit_generator``), seeded by four 32-bit words drawn from ``key``. On XLA:CPU its normal
+values cost about half Threefry's (docs/measurements.md, "CPU tuning"), and a noisy network draws a
+value per activation, so the ``cpu`` preset's networks use it (``ModelConfig.noise_generator``). The
+numbers differ from Threefry's (the same distribution, another stream).
 Under ``vmap`` each key draws exactly what it draws alone (a population member equals its run alone).
 """
 

@@ -27,6 +27,7 @@ from flax import struct
 
 from ibjax.parallel import pad_batch_columns, put_batch, put_replicated, replicated
 from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
+from ibjax.schedules import reduce_on_plateau
 
 __all__ = [
     "TrainConfig",
@@ -174,18 +175,16 @@ def plateau_init() -> PlateauState:
 
 
 def plateau_update(state: PlateauState, lr: jax.Array, metric: jax.Array, config: TrainConfig) -> tuple[PlateauState, jax.Array]:
-    """One epoch of PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")`` on ``metric``.
+    """One epoch of PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")`` on ``metric``
+    (:func:`ibjax.schedules.reduce_on_plateau`, without a minimum change of the rate).
 
     The rate is multiplied by ``plateau_factor`` once the metric has failed to improve on the best by
     the relative threshold for more than ``plateau_patience`` epochs, and the count restarts. Pure
     ``jnp``: jittable and vmappable (over a population of runs). Returns ``(state, lr)``.
     """
-    metric = jnp.asarray(metric, jnp.float32)
-    improved = metric < state.best * (1.0 - config.plateau_threshold)
-    bad = jnp.where(improved, 0, state.bad_epochs + 1)
-    cut = bad > config.plateau_patience
-    new = PlateauState(best=jnp.where(improved, metric, state.best), bad_epochs=jnp.where(cut, 0, bad).astype(jnp.int32))
-    return new, jnp.where(cut, lr * config.plateau_factor, lr).astype(jnp.float32)
+    lr, best, bad = reduce_on_plateau(lr, state.best, state.bad_epochs, metric, patience=config.plateau_patience,
+                                      factor=config.plateau_factor, threshold=config.plateau_threshold)
+    return PlateauState(best=best, bad_epochs=bad), lr
 
 
 def train_step(

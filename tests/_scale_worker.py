@@ -22,7 +22,7 @@ sys.path.insert(0, HERE)
 
 from tiny_config import TINY, short  # noqa: E402
 
-from ibjax.cli import fast_cpu_compile  # noqa: E402
+from ibjax.runtime import fast_cpu_compile  # noqa: E402
 
 
 ONE = short(TINY, 1)
@@ -41,10 +41,9 @@ def multidevice(out: str) -> None:
     import jax
     import numpy as np
 
-    from experiments import compare
+    from ibjax.commands import compare
     from ibjax.parallel import make_mesh
-    from ibjax.study import build_setup, init_run_state, run_epoch, run_study
-    from ibjax.study.population import run_population
+    from ibjax.study import build_population, init_run_state, run_epoch, run_population, run_study, stack_states
 
     assert jax.device_count() == 8, jax.devices()
     p = lambda name: os.path.join(out, name)  # noqa: E731
@@ -65,8 +64,9 @@ def multidevice(out: str) -> None:
     compare.main([p(f"member_{r}") for r in range(3)] + ["--out", p("compare")])
     run_study(TWO, p("member_0"), resume=True, devices=1, **quiet)
     # Parameters and optimiser state stay replicated after a data-parallel epoch on 8 devices.
-    setup8 = build_setup(ONE, progress=False, mesh=make_mesh(8))
-    state, _ = run_epoch(init_run_state(setup8), setup8)
+    pop8 = build_population([ONE], progress=False, mesh=make_mesh(8))
+    setup8 = pop8.members[0]
+    state, _ = run_epoch(stack_states([init_run_state(setup8)], pop8.mesh), pop8)
     done["replicated_state"] = all(x.sharding.is_fully_replicated for x in jax.tree.leaves(state))
     done["state_devices"] = sorted({len(x.sharding.device_set) for x in jax.tree.leaves(state)})
     done["exact"] = _exact_checks(setup8)
@@ -100,8 +100,8 @@ def _exact_checks(setup8) -> dict:
     from ibjax.parallel import make_mesh, population_mesh, put_replicated, to_host
     from ibjax.poison import group_index_table
     from ibjax.study import build_setup, init_run_state
-    from ibjax.study.population import build_population, population_bank, stack_states
-    from ibjax.study.steps import estimate_mi_on_mesh
+    from ibjax.study.population import build_population, stack_states
+    from ibjax.study.steps import estimate_mi_on_mesh, population_bank
     from ibjax.train import extract_features
 
     out = {}
@@ -180,7 +180,7 @@ def distributed(out: str) -> None:
     info = initialize_distributed("auto")
     import jax
 
-    from experiments import study
+    from ibjax.commands import study
     from ibjax.study import config_to_dict
 
     config = os.path.join(out, "tiny.json")
@@ -198,7 +198,7 @@ def distributed(out: str) -> None:
 
 def sweep_share(out: str) -> None:
     """One of two independent processes sharing a sweep (--process-index / --process-count)."""
-    from experiments import sweep
+    from ibjax.commands import sweep
 
     index = os.environ["SWEEP_INDEX"]
     sweep.main(["--attacks", "badnets", "--seeds", "0,1", "--root", os.path.join(out, "sweep"), "--config",

@@ -13,10 +13,10 @@ import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Compile faster: these programs run for milliseconds to seconds, so compiling is most of the suite's
-# time. The command-line entry points' fast-compile XLA flags (ibjax.cli.FAST_CPU_COMPILE_FLAGS); every
+# time. The command-line entry points' fast-compile XLA flags (ibjax.runtime.FAST_CPU_COMPILE_FLAGS); every
 # side of every comparison in the suite runs under the same flags, and subprocesses inherit them. Their
-# malloc settings too (ibjax.cli.CPU_MALLOC_SETTINGS: XLA's freed buffers reused, not faulted in again).
-from ibjax.cli import prepare_cpu_process  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
+# malloc settings too (ibjax.runtime.CPU_MALLOC_SETTINGS: XLA's freed buffers reused, not faulted in again).
+from ibjax.runtime import prepare_cpu_process  # noqa: E402 - after JAX_PLATFORMS, before JAX starts a backend
 
 prepare_cpu_process(os.environ)
 # One cache for the whole session: pytest-xdist workers (and their subprocesses) inherit the

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 from tiny_config import TINY, short
 
-from experiments import quickstart, study, sweep
+from ibjax.commands import quickstart, study, sweep
 from ibjax.study import config_to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +89,7 @@ def _cases(tmp_path):
         (["--config", one, "--train.epochs", "abc"], 2, "--train.epochs"),
         (["--config", one, "--attack", "trojan_horse"], 2, "trojan_horse"),
         (["--preset", "gpu"], 2, "unknown preset 'gpu'"),
+        (["--config", one, "--writers", "wandb"], 2, "wandb"),
         (["--config", str(tmp_path / "missing.json")], 2, "cannot read config file"),
         (["--config", str(bad_json)], 2, "is not valid JSON"),
         (["--config", str(unknown)], 2, "train.epochz"),
@@ -159,84 +160,8 @@ def test_sweep_after_a_failed_run_uses_the_corrected_flags(tmp_path, capsys):
     assert saved["train"]["lr"] == TINY.train.lr and saved["train"]["schedule"] == "plateau"
 
 
-def test_fast_cpu_compile_flags_only_for_cpu_runs_and_never_over_the_users_own(monkeypatch):
-    from ibjax import cli
+def test_writers_flag_names_the_run_s_writers():
+    from ibjax.cli import parse_study_command
 
-    monkeypatch.setattr(cli, "_jaxlib_version", lambda: cli._FAST_COMPILE_JAXLIB[0])
-    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
-    env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_backend_optimization_level=3"}
-    added = cli.fast_cpu_compile(env)
-    assert "--xla_backend_optimization_level=1" not in added and "--xla_cpu_use_fusion_emitters=false" in added
-    assert env["XLA_FLAGS"].split() == ["--xla_backend_optimization_level=3", *added]  # the user's setting kept
-    assert cli.fast_cpu_compile(env) == () and env["XLA_FLAGS"].split()[0] == "--xla_backend_optimization_level=3"
-    assert cli.fast_cpu_compile_flags({}) == cli.FAST_CPU_COMPILE_FLAGS  # no accelerator installed: CPU
-    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cuda"}) == ()
-    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu", "IBJAX_FAST_CPU_COMPILE": "0"}) == ()
-    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: True)
-    assert cli.fast_cpu_compile_flags({}) == ()  # JAX would pick the GPU: XLA's defaults
-    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu"}) == cli.FAST_CPU_COMPILE_FLAGS
-    monkeypatch.setattr(cli, "_jaxlib_version", lambda: (99, 0))  # XLA would abort on an unknown flag
-    assert cli.fast_cpu_compile_flags({"JAX_PLATFORMS": "cpu"}) == ()
-
-
-def test_the_suite_runs_under_the_fast_compile_flags():
-    # conftest.py applies them, so the comparisons in the suite and its subprocesses share one setting.
-    from ibjax import cli
-
-    for flag in cli.FAST_CPU_COMPILE_FLAGS:
-        assert flag in os.environ["XLA_FLAGS"].split()
-
-
-def test_cpu_malloc_settings_only_for_cpu_runs_on_glibc_and_never_over_the_users_own(monkeypatch):
-    from ibjax import cli
-
-    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
-    monkeypatch.setattr(cli.platform, "libc_ver", lambda: ("glibc", "2.36"))
-    monkeypatch.setattr(cli.sys, "platform", "linux")
-    assert cli.cpu_malloc_settings({}) == cli.CPU_MALLOC_SETTINGS
-    assert cli.cpu_malloc_settings({"JAX_PLATFORMS": "cpu"}) == cli.CPU_MALLOC_SETTINGS
-    assert cli.cpu_malloc_settings({"JAX_PLATFORMS": "cuda"}) == {}
-    assert cli.cpu_malloc_settings({"IBJAX_CPU_MALLOC": "0"}) == {}
-    assert cli.cpu_malloc_settings({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"}) == {}  # the user's own
-    assert cli.cpu_malloc_settings({"MALLOC_ARENA_MAX": "4"}) == {}
-    assert cli.cpu_malloc_settings({"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX512F"}) == cli.CPU_MALLOC_SETTINGS
-    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: True)
-    assert cli.cpu_malloc_settings({}) == {}  # JAX would pick the GPU
-    monkeypatch.setattr(cli, "_accelerator_plugin_installed", lambda: False)
-    monkeypatch.setattr(cli.platform, "libc_ver", lambda: ("", ""))  # musl, or not Linux: no mallopt
-    assert cli.cpu_malloc_settings({}) == {}
-
-
-_REUSE_PROBE = """
-import ctypes, json, resource, sys
-from ibjax.cli import tune_cpu_malloc
-applied = tune_cpu_malloc()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-size = 40 << 20  # above glibc's largest dynamic mmap threshold (32 MiB), as XLA's temporary buffers are
-faults = []
-for _ in range(3):
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    p = libc.malloc(size)
-    ctypes.memset(p, 1, size)
-    libc.free(p)
-    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-print(json.dumps({"applied": applied, "faults": faults}))
-"""
-
-
-@pytest.mark.skipif(sys.platform != "linux" or __import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
-def test_tuned_malloc_reuses_a_freed_large_buffer_instead_of_faulting_it_in_again():
-    def probe(switch):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
-        env.update(JAX_PLATFORMS="cpu", IBJAX_CPU_MALLOC=switch)
-        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], env=env, capture_output=True, text=True, check=True)
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    tuned, plain = probe("1"), probe("0")
-    pages = (40 << 20) // 4096
-    assert plain["applied"] == {} and tuned["applied"] == {"M_MMAP_MAX": 0, "M_ARENA_MAX": 1,
-                                                           "M_TRIM_THRESHOLD": 1 << 30}
-    assert min(plain["faults"][1:]) > pages // 2  # glibc's default: mmap per allocation, every page new
-    assert max(tuned["faults"][1:]) < pages // 10  # the freed block is reused from the heap
+    assert parse_study_command(["--writers", "tensorboard"]).writers == ("tensorboard",)
+    assert parse_study_command([]).writers == ()

@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import compare
+from ibjax.commands import compare
 from ibjax import metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,6 +14,10 @@ from PIL import Image
 
 from ibjax import data
 from ibjax.data import DataUnavailableError, Dataset, load_dataset
+from ibjax.data import dataset as data_dataset
+from ibjax.data import embedded as data_embedded
+from ibjax.data import folder as data_folder
+from ibjax.data import tfds as data_tfds
 
 CIFAR10_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_ARCHIVE = Path(__file__).parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -54,7 +58,7 @@ def test_mnist5k_deterministic_and_file_order(mnist5k, tmp_path):
     np.testing.assert_array_equal(again.images, train.images)
     np.testing.assert_array_equal(again.labels, train.labels)
     # train = first 400 of every class in file order, test = the rest
-    images, labels = data._mnist5k_arrays()
+    images, labels = data_embedded._mnist5k_arrays()
     for c in (0, 7):
         idx = np.flatnonzero(labels == c)
         np.testing.assert_array_equal(train.images[train.labels == c], images[idx[:400]])
@@ -158,7 +162,7 @@ def test_tfds_mock_loads_and_caches(mocked_tfds, tmp_path, monkeypatch):
     def no_tfds(*args, **kwargs):
         raise AssertionError("tfds touched although the data is cached")
 
-    monkeypatch.setattr(data, "_import_tfds", no_tfds)
+    monkeypatch.setattr(data_tfds, "_import_tfds", no_tfds)
     again = load_dataset("cifar10", "train", cache_dir=tmp_path)
     np.testing.assert_array_equal(again.images, ds.images)
     np.testing.assert_array_equal(again.labels, ds.labels)
@@ -170,7 +174,7 @@ def test_tfds_mock_loads_and_caches(mocked_tfds, tmp_path, monkeypatch):
 def test_tfds_mock_per_class_limit_and_bad_split(mocked_tfds, tmp_path):
     full = load_dataset("cifar10", "test", cache_dir=tmp_path)
     small = load_dataset("cifar10", "test", cache_dir=tmp_path, per_class_limit=2)
-    keep = data._first_n_per_class(full.labels, 2)
+    keep = data_dataset.first_n_per_class(full.labels, 2)
     np.testing.assert_array_equal(small.labels, full.labels[keep])
     np.testing.assert_array_equal(small.images, full.images[keep])
     with pytest.raises(ValueError, match="available splits"):
@@ -193,7 +197,7 @@ def test_tfds_missing_offline_raises_fast(tmp_path):
 
 def test_tfds_download_without_network_raises_fast(tmp_path, monkeypatch):
     pytest.importorskip("tensorflow_datasets")
-    monkeypatch.setattr(data, "_network_available", lambda timeout=3.0: False)
+    monkeypatch.setattr(data_tfds, "_network_available", lambda timeout=3.0: False)
     start = time.perf_counter()
     with pytest.raises(DataUnavailableError, match="no network"):
         load_dataset("cifar10", "train", data_dir=tmp_path, cache_dir=tmp_path / "cache", download=True)
@@ -263,7 +267,7 @@ def test_cifar_jpeg_archive_cache(cifar_jpeg, monkeypatch):
     def no_read(*args, **kwargs):
         raise AssertionError("archive re-read although cached")
 
-    monkeypatch.setattr(data, "_load_image_folder", no_read)
+    monkeypatch.setattr(data_folder, "load_image_folder", no_read)
     again = load_dataset(str(CIFAR10_ARCHIVE), "train", cache_dir=cache, per_class_limit=20)
     np.testing.assert_array_equal(again.images, train.images)
     np.testing.assert_array_equal(again.labels, train.labels)

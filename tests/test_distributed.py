@@ -12,7 +12,7 @@ import jax
 import pytest
 from _scale_worker import ONE, ROOT, run_differences, subprocess_env
 
-from experiments import sweep
+from ibjax.commands import sweep
 from ibjax.parallel import initialize_distributed
 from ibjax.study import config_to_dict, run_study
 

@@ -17,7 +17,8 @@ def test_every_public_name_resolves_and_help_lists_them():
 
 
 def test_subpackages_export_what_they_list():
-    for mod in ("bounds", "critics", "mi", "metrics", "triggers", "poison", "study", "parallel", "groundtruth"):
+    for mod in ("mi.bounds", "mi.critics", "mi", "metrics", "triggers", "poison", "study", "parallel",
+                "mi.groundtruth"):
         m = importlib.import_module(f"ibjax.{mod}")
         assert m.__all__, mod
         for name in m.__all__:

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ibjax import groundtruth, mi, poison, triggers
+from ibjax import mi, poison, triggers
+from ibjax.mi import groundtruth
 from ibjax.mi import estimator
 
 # Shared with test_mi_reference.py / test_mi_reliability.py (equal configs share compiled programs).

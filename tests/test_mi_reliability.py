@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ibjax import groundtruth, mi
+from ibjax import mi
+from ibjax.mi import groundtruth
 
 
 def test_trend_recovers_a_line_and_its_noise():

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ibjax import groundtruth, mi
+from ibjax import mi
+from ibjax.mi import groundtruth
 
 
 def _result(validation, best_epoch, heldout, cap=4.0):

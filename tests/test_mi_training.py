@@ -4,7 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ibjax import groundtruth, mi
+from ibjax import mi
+from ibjax.mi import groundtruth
 
 CFG = mi.MIConfig(batch_size=64, negatives=64, hidden=(16, 16), lr=3e-3)
 

@@ -11,15 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from _scale_worker import EXACT_TOL, MI_TOL, ONE, multidevice_results, run_differences, run_records
+from tiny_config import TINY, TINY_MI, short
 
 from ibjax.models import SmallCNN, with_noise_levels
+from ibjax.poison import PoisonConfig
+from ibjax.study import run_study
 from ibjax.study.population import (
     group_populations,
     member_incompatibility,
     population_incompatibility,
     population_signature,
-    run_population,
 )
+from ibjax.study.runner import run_population
 
 # --------------------------------------------------------------------------------------------------
 # which runs can share a population (no data, no training)
@@ -54,9 +57,13 @@ def test_a_zero_noise_level_cannot_mix_with_traced_ones():
     assert "gamma_ty is 0 for some members" in why
 
 
-def test_attacks_with_a_clean_model_first_and_online_critics_run_alone():
-    assert "clean model" in member_incompatibility(_with(ONE, attack="label_consistent"))
-    assert "online" in member_incompatibility(_with(ONE, mi_mode="both"))
+def test_online_critics_and_clean_model_perturbations_join_populations_and_trojannn_runs_alone():
+    assert member_incompatibility(_with(ONE, attack="label_consistent")) is None
+    assert member_incompatibility(_with(ONE, mi_mode="both")) is None
+    assert "pattern per run" in member_incompatibility(_with(ONE, attack="trojannn"))
+    trojan = _with(ONE, attack="trojannn")
+    assert population_incompatibility([trojan]) is None  # alone, it is a population of one
+    assert "pattern per run" in population_incompatibility([trojan, _with(trojan, seed=1)])
     with pytest.raises(ValueError, match="attack"):
         member_incompatibility(_with(ONE, attack_options=(("size", "abc"),)))
 
@@ -148,3 +155,33 @@ def test_a_member_directory_resumes_alone_and_compare_reads_members(md):
     assert os.path.getsize(os.path.join(md, "compare", "compare.md")) > 0
     runs = open(os.path.join(md, "compare", "compare_runs.csv")).read()
     assert all(f"member_{r}" in runs for r in range(3))
+
+
+# --------------------------------------------------------------------------------------------------
+# online critics and clean-model perturbations in a population (one device, in process)
+
+
+def test_a_population_holds_online_critics_and_label_consistent_perturbations(tmp_path):
+    # Two label-consistent runs with online critics beside offline MI, as one population: each
+    # member computes its PGD perturbations against its own clean model, stacks them on the member
+    # axis (members 0 and 1 poison different target samples), and trains its own critics in the
+    # vmapped step. Member 1 equals the run of seed 1 made alone.
+    small_mi = dataclasses.replace(TINY_MI, batch_size=8, negatives=16)
+    lc = short(TINY, 1, attack="label_consistent", poison=PoisonConfig(ratio=0.25), xt=small_mi, ty=small_mi,
+               attack_options=(("pgd_steps", "3"),), mi_mode="both")
+    members = [lc, _with(lc, seed=1, **{"poison.ratio": 0.2})]
+    quiet = dict(progress=False, plots=False)
+    run_population(members, [str(tmp_path / "m0"), str(tmp_path / "m1")], **quiet)
+    run_study(members[1], str(tmp_path / "alone"), **quiet)
+    assert run_differences(str(tmp_path / "alone"), str(tmp_path / "m1"), epochs=(1,)) == []
+    pert = [np.load(tmp_path / d / "attack_precomputed.npy") for d in ("m0", "m1", "alone")]
+    assert pert[0].shape == (15, 28, 28, 1) and pert[1].shape == (12, 28, 28, 1)  # 25% and 20% of 60
+    np.testing.assert_allclose(pert[1], pert[2], atol=1e-5)
+    (_, mi_alone), (_, mi_member) = run_records(str(tmp_path / "alone")), run_records(str(tmp_path / "m1"))
+    for q in ("xt_online", "ty_online"):
+        assert set(mi_member[q]) == set(mi_alone[q]) and len(mi_member[q]) == 13
+        for g, per_epoch in mi_alone[q].items():
+            assert abs(per_epoch["1"]["heldout"] - mi_member[q][g]["1"]["heldout"]) <= MI_TOL, (q, g)
+    _, mi0 = run_records(str(tmp_path / "m0"))
+    assert any(abs(mi0[q][g]["1"]["heldout"] - mi_member[q][g]["1"]["heldout"]) > MI_TOL
+               for q in ("xt_online", "ty_online") for g in mi0[q])  # the members are different runs

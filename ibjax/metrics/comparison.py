@@ -13,7 +13,15 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ibjax.metrics.history import _check_read, _entry, _matrix, _se, _value, available_epochs, clean_groups
+from ibjax.metrics.history import (
+    available_epochs,
+    check_read,
+    clean_groups,
+    entry_se,
+    entry_value,
+    history_entry,
+    read_matrix,
+)
 from ibjax.metrics.names import QUANTITIES
 
 __all__ = ["SIZE_MATCHED_GROUPS", "size_matched_comparisons", "size_matched_markdown"]
@@ -58,7 +66,7 @@ def size_matched_comparisons(mi: Mapping[str, Any], read: str = "heldout", *, ep
       "unknown" (a standard error or target_sample missing). ``flagged`` lists every (quantity, epoch,
       group) whose difference is beyond z SE, each with diff, diff_se and, for "target", the verdict.
     """
-    _check_read(read)
+    check_read(read)
     if not z > 0:
         raise ValueError(f"z must be positive, got {z}")
     out: dict[str, Any] = {"read": read, "z": float(z), "quantities": {}, "flagged": []}
@@ -76,16 +84,16 @@ def size_matched_comparisons(mi: Mapping[str, Any], read: str = "heldout", *, ep
             raise ValueError(f"epochs {missing} missing from the {q!r} MI history; available: {avail}")
         per_epoch = {}
         for e in use:
-            cv, cse = _matrix(mi, q, cleans, [e], read)
+            cv, cse = read_matrix(mi, q, cleans, [e], read)
             cv, n = cv[:, 0].astype(np.float64), len(cleans)
             c_mean = float(cv.mean())
             c_se = float(np.sqrt(np.sum(cse[:, 0].astype(np.float64) ** 2)) / n) if cse is not None else None
             entry = {"clean": {"mean": c_mean, "se": c_se, "min": float(cv.min()), "max": float(cv.max()), "n": n},
                      "groups": {}}
             for g in present:
-                ent = _entry(mi, q, g, e)
-                v = _value(ent, read, f"{q}/{g}/epoch {e}")
-                se = _se(ent, read)
+                ent = history_entry(mi, q, g, e)
+                v = entry_value(ent, read, f"{q}/{g}/epoch {e}")
+                se = entry_se(ent, read)
                 diff = v - c_mean
                 d_se = math.sqrt(se ** 2 + c_se ** 2) if se is not None and c_se is not None else None
                 zs = diff / d_se if d_se is not None and d_se > 0 else None

@@ -24,6 +24,9 @@ from ibjax.metrics.names import (
 
 __all__ = ["clean_groups", "available_epochs"]
 
+# check_read, entry_value, entry_se, history_entry and read_matrix are for the other metrics modules
+# (stealth, comparison): public names, left out of __all__ and so out of ibjax.metrics.
+
 
 def clean_groups(mi: Mapping[str, Any], quantity: str = "xt") -> list[str]:
     """Names of the clean-class groups (keys starting with ``"class_"``) of one quantity, sorted by
@@ -48,12 +51,13 @@ def available_epochs(mi: Mapping[str, Any], quantities: Sequence[str] = QUANTITI
     return sorted(common or ())
 
 
-def _check_read(read: str) -> None:
+def check_read(read: str) -> None:
+    """ValueError unless ``read`` is one of :data:`~ibjax.metrics.names.READS`."""
     if read not in READS:
         raise ValueError(f"read must be one of {READS}, got {read!r}")
 
 
-def _value(entry: Any, read: str, where: str) -> float:
+def entry_value(entry: Any, read: str, where: str) -> float:
     """The entry's ``read`` (nats); ValueError naming ``where`` when it is missing or not finite."""
     value = entry.get(read) if isinstance(entry, Mapping) else None
     if not is_finite_number(value):
@@ -62,19 +66,20 @@ def _value(entry: Any, read: str, where: str) -> float:
     return float(value)
 
 
-def _se(entry: Any, read: str) -> Optional[float]:
+def entry_se(entry: Any, read: str) -> Optional[float]:
     """The entry's standard error of ``read`` (nats), None where absent (old files) or not finite."""
     se = entry.get(f"{read}_se") if isinstance(entry, Mapping) else None
     return float(se) if is_finite_number(se) and float(se) >= 0 else None
 
 
-def _entry(mi: Mapping[str, Any], quantity: str, group: str, epoch: int) -> Any:
+def history_entry(mi: Mapping[str, Any], quantity: str, group: str, epoch: int) -> Any:
+    """The entry of ``quantity`` / ``group`` at ``epoch``, stored under a string or an integer key."""
     hist = mi[quantity][group]
     return hist[str(epoch)] if str(epoch) in hist else hist[epoch]
 
 
-def _matrix(mi: Mapping[str, Any], quantity: str, groups: Sequence[str], epochs: Sequence[int],
-            read: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_matrix(mi: Mapping[str, Any], quantity: str, groups: Sequence[str], epochs: Sequence[int],
+                read: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Values f32[G, E] (nats) of ``groups`` at ``epochs``, and their standard errors f32[G, E], or
     None when any one of them lacks a standard error."""
     values = np.zeros((len(groups), len(epochs)), np.float32)
@@ -82,9 +87,9 @@ def _matrix(mi: Mapping[str, Any], quantity: str, groups: Sequence[str], epochs:
     complete = True
     for i, g in enumerate(groups):
         for j, e in enumerate(epochs):
-            entry = _entry(mi, quantity, g, e)
-            values[i, j] = _value(entry, read, f"{quantity}/{g}/epoch {e}")
-            se = _se(entry, read)
+            entry = history_entry(mi, quantity, g, e)
+            values[i, j] = entry_value(entry, read, f"{quantity}/{g}/epoch {e}")
+            se = entry_se(entry, read)
             complete &= se is not None
             ses[i, j] = se if se is not None else 0.0
     return values, (ses if complete else None)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax import rng
-from ibjax.metrics.history import _check_read, _matrix, available_epochs, clean_groups
+from ibjax.metrics.history import available_epochs, check_read, clean_groups, read_matrix
 from ibjax.metrics.names import DEFAULT_STEALTH_EPOCHS, NORMALISATIONS, QUANTITIES, STEALTH_TARGET_GROUPS
 
 __all__ = [
@@ -241,7 +241,7 @@ def stealthiness(mi: Mapping[str, Any], epochs: Sequence[int] = DEFAULT_STEALTH_
         given twice, a quantity or group is missing, there are no clean classes, a value is
         None/NaN, or read / normalise is unknown.
     """
-    _check_read(read)
+    check_read(read)
     _check_normalise(normalise)
     epochs = [int(e) for e in epochs]
     if not epochs:
@@ -269,8 +269,8 @@ def stealthiness(mi: Mapping[str, Any], epochs: Sequence[int] = DEFAULT_STEALTH_
                 f"{list(STEALTH_TARGET_GROUPS)} and the clean classes): {avail}. "
                 "Use select_epochs(available, wanted) to substitute the nearest ones explicitly."
             )
-        targets, targets_se = _matrix(mi, q, STEALTH_TARGET_GROUPS, epochs, read)
-        clean_values, clean_se = _matrix(mi, q, cleans, epochs, read)
+        targets, targets_se = read_matrix(mi, q, STEALTH_TARGET_GROUPS, epochs, read)
+        clean_values, clean_se = read_matrix(mi, q, cleans, epochs, read)
         for i, g in enumerate(STEALTH_TARGET_GROUPS):
             components[f"{q}/{g}"] = float(stealth_distance(targets[i], clean_values, normalise))
         per_quantity.append((targets, clean_values, targets_se, clean_se))

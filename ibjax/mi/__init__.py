@@ -2,6 +2,11 @@
 
 One concern per module:
 
+- :mod:`ibjax.mi.critics`: the critic families f(a, b) (concatenation, separable) as pure functions
+  of a params pytree, and their registry :data:`~ibjax.mi.critics.CRITICS`.
+- :mod:`ibjax.mi.bounds`: the variational lower bounds (InfoNCE, NWJ, DV) as functions of critic
+  scores, in nats.
+- :mod:`ibjax.mi.groundtruth`: tasks whose MI is known exactly, to measure the estimator against.
 - :mod:`ibjax.mi.config`: :class:`MIConfig`, the authors' exact settings (:data:`XT_REFERENCE`,
   :data:`TY_REFERENCE`) and ibjax's defaults (:data:`XT_CONFIG`, :data:`TY_CONFIG`), the authors'
   batches-per-epoch rule, the candidates of model selection (:func:`candidate_configs`).
@@ -18,6 +23,7 @@ One concern per module:
   and the general :func:`estimate_mi_sampled` (selecting among ``MIConfig.candidates`` if any).
 """
 
+from ibjax.mi import bounds, critics, groundtruth
 from ibjax.mi.config import (
     CANDIDATE_FIELDS,
     TY_CONFIG,

@@ -8,8 +8,9 @@ Two families of configurations, for the two quantities of the study:
   mean of the last 5 epochs' training estimates (``MIResult.train``). No held-out split, none of
   ibjax's accuracy levers.
 - ``XT_CONFIG`` / ``TY_CONFIG``: ibjax's defaults at the same sizes (B, K, learning rates, epochs),
-  with the levers that measurably improve the held-out read (see README.md, "Reading the numbers", and
-  ``benchmarks/ground_truth.py`` for the measurements behind each).
+  with the levers that measurably improve the held-out read (docs/estimator.md has the measurements
+  behind each, from ``benchmarks/ground_truth.py``; docs/reading-the-numbers.md says what each read
+  means).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from ibjax.bounds import bound_cap, get_bound
+from ibjax.mi.bounds import bound_cap, get_bound
+from ibjax.mi.critics import CRITICS, get_critic
 
 __all__ = [
     "MIConfig",
@@ -39,6 +41,7 @@ __all__ = [
 _PREPROCESS = ("none", "standardize", "rank")
 _SELECT = ("last", "best")
 _PLATEAU_ON = ("train", "validation")
+CriticName = Literal[tuple(CRITICS)]  # type: ignore[valid-type]  # the registry's names: the flags' choices
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +68,13 @@ class MIConfig:
         ceil(n / B) batches (the last one partial); batches with index i <= batch_fraction * len are
         used, as the authors' ``if batch > len(loader) / 2: continue`` with 0.5 (19 of 36 batches for
         n = 4,500, B = 128). A partial last batch inside that range is used with its own size.
-      critic: ``"concat"`` (reference) or ``"separable"``; hidden: hidden widths; embed_dim: separable only.
+      critic: a family of :data:`ibjax.mi.critics.CRITICS`: ``"concat"`` (reference) or ``"separable"``;
+        hidden: hidden widths; embed_dim: separable only.
       critic_rank: concat only: ``r > 0`` puts a linear bottleneck in front of the MLP, which then sees
         r linear features of a and r of b (at most their widths); ``0`` (reference): none. A
         low-rank prior: on 2-D dependence hidden in 32 x 32 dimensions it lifts the held-out read
-        (README, "MI estimator on ground-truth tasks"), but on inputs whose dependence spans many
-        directions it caps what the critic can see.
+        (docs/estimator.md, "Why a low-rank critic is not the default"), but on inputs whose
+        dependence spans many directions it caps what the critic can see.
       bound: ``"infonce"`` (reference), ``"nwj"`` or ``"dv"``.
       heldout_fraction: fraction of each group held out from everything (training, selection) for
         the held-out read and its standard error. ``0`` is the authors' protocol (no held-out read).
@@ -123,7 +127,7 @@ class MIConfig:
     plateau_eps: float = 1e-8
     plateau_on: Literal["train", "validation"] = "train"
     batch_fraction: float = 0.5
-    critic: Literal["concat", "separable"] = "concat"
+    critic: CriticName = "concat"
     hidden: tuple[int, ...] = (128, 128)
     embed_dim: int = 64
     critic_rank: int = 0
@@ -174,9 +178,9 @@ class MIConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first bad field."""
         get_bound(self.bound)
-        choices = {"critic": ("concat", "separable"), "negative_sampling": ("sampled", "all"),
-                   "dtype": ("float32", "bfloat16"), "preprocess": _PREPROCESS, "select": _SELECT,
-                   "plateau_on": _PLATEAU_ON}
+        critic = get_critic(self.critic)
+        choices = {"negative_sampling": ("sampled", "all"), "dtype": ("float32", "bfloat16"),
+                   "preprocess": _PREPROCESS, "select": _SELECT, "plateau_on": _PLATEAU_ON}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -187,8 +191,10 @@ class MIConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.critic_rank < 0:
             raise ValueError(f"critic_rank must be >= 0 (0: no bottleneck), got {self.critic_rank}")
-        if self.critic_rank and self.critic != "concat":
-            raise ValueError(f"critic_rank is a concat-critic option; got critic={self.critic!r}: set critic_rank=0")
+        if self.critic_rank and not critic.takes_rank:
+            with_rank = "/".join(name for name, c in CRITICS.items() if c.takes_rank)
+            raise ValueError(f"critic_rank is a {with_rank}-critic option; got critic={self.critic!r}: "
+                             "set critic_rank=0")
         if not self.hidden or min(self.hidden) < 1:
             raise ValueError(f"hidden must be a non-empty tuple of positive widths, got {self.hidden!r}")
         if self.negative_sampling == "all" and self.batch_size < 2:
@@ -223,7 +229,7 @@ TY_REFERENCE = MIConfig(epochs=250, batch_size=512, negatives=256, lr=5e-4, held
 """The authors' I(T;Y_pred) estimator exactly: B 512, K 256, AdamW 5e-4, 250 epochs, otherwise as XT."""
 
 # ibjax's defaults at the reference sizes. Each lever is measured in benchmarks/ground_truth.py
-# (table in README.md): a validation split with best-critic selection keeps the held-out read near
+# (tables in docs/estimator.md): a validation split with best-critic selection keeps the held-out read near
 # the truth at the full 350-epoch length (the last critic of a memorising run reads far below it),
 # and rank-Gaussianisation removes the shortfall under nonlinear marginals.
 _IBJAX_LEVERS = dict(heldout_fraction=0.2, validation_fraction=0.2, select="best", preprocess="rank")

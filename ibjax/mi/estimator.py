@@ -42,9 +42,9 @@ import numpy as np
 from flax import struct
 
 from ibjax import rng
-from ibjax.bounds import infonce_all_pairs_terms
-from ibjax.critics import critic_matrix
+from ibjax.mi.bounds import infonce_all_pairs_terms
 from ibjax.mi.config import MIConfig, batches_per_epoch, candidate_configs, resolve_config, split_sizes
+from ibjax.mi.critics import critic_matrix
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
 from ibjax.mi.result import MIResult
 from ibjax.mi.selection import select_by_validation
@@ -345,9 +345,9 @@ def _over_groups(fn, per_group: tuple, group_batch: int):
     ``group_batch`` 0 vmaps all groups at once (one wide computation: accelerators, and a group axis
     sharded over devices); k > 0 loops over the groups k at a time (``lax.map``). On XLA:CPU the loop
     is faster: one group's B x B pair activations (B 64, width 64: 1 MB) stay in cache where 13
-    groups' do not (a critic step took 4.1 ms per group vmapped over 13 groups, 2.4 ms alone; 2
-    cores, 2026-11-23), and a group skips the steps it has no batch for instead of computing them
-    masked. The results are the same up to float rounding.
+    groups' do not (a looped critic step costs markedly less per group than a vmapped one;
+    docs/measurements.md, "CPU tuning"), and a group skips the steps it has no batch for instead of
+    computing them masked. The results are the same up to float rounding.
     """
     if group_batch == 0:
         return jax.vmap(fn)(*per_group)
@@ -453,7 +453,7 @@ def _spans_devices(tree) -> bool:
     return False
 
 
-def _resolve_group_batch(group_batch: Union[int, str], num_groups: int, per_group=()) -> int:
+def resolve_group_batch(group_batch: Union[int, str], num_groups: int, per_group=()) -> int:
     """``group_batch`` as :class:`_Static` holds it: 0 for all groups at once, else k >= 1.
 
     ``"auto"`` is 0 when an array of ``per_group`` (keys, group data) spans several devices: a loop
@@ -569,7 +569,7 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
               group_batch) -> MIResult:
     """One config's estimate (:func:`estimate_mi_sampled` without candidates), its group counts given."""
     static = _Static(
-        group_batch=_resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
+        group_batch=resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
         read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
         val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),

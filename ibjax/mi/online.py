@@ -15,9 +15,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from ibjax import rng
-from ibjax.bounds import get_bound
-from ibjax.critics import critic_scores
+from ibjax.mi.bounds import get_bound
 from ibjax.mi.config import MIConfig, resolve_config
+from ibjax.mi.critics import critic_scores
 from ibjax.mi.training import CriticState, step_one
 
 __all__ = ["PairBuffer", "buffer_init", "update_buffered"]

@@ -16,9 +16,10 @@ import optax
 from flax import struct
 
 from ibjax import rng
-from ibjax.bounds import bound_terms, get_bound
-from ibjax.critics import critic_scores, init_critic
+from ibjax.mi.bounds import bound_terms, get_bound
 from ibjax.mi.config import MIConfig, resolve_config
+from ibjax.mi.critics import critic_scores, init_critic
+from ibjax.schedules import reduce_on_plateau
 
 __all__ = ["CriticState", "init", "update", "end_epoch", "plateau_update"]
 
@@ -120,7 +121,7 @@ def estimate_batch(params, a, b, key, n_valid, config: MIConfig, weight=None):
 
 
 def batch_terms(params, a, b, neg_index, n_valid, config: MIConfig, weight):
-    """Per-row terms f32[B] of the bound (see :func:`ibjax.bounds.bound_terms`); their mean over
+    """Per-row terms f32[B] of the bound (see :func:`ibjax.mi.bounds.bound_terms`); their mean over
     ``weight`` is the bound."""
     pos, neg = batch_scores(params, a, b, neg_index, n_valid, config)
     return bound_terms(config.bound)(pos, neg, weight)
@@ -175,21 +176,15 @@ def update(state: CriticState, a: jax.Array, b: jax.Array, key: jax.Array, confi
 
 
 def plateau_update(lr, best_loss, bad_epochs, loss, config: MIConfig):
-    """PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")`` step, elementwise.
+    """One epoch of the plateau rule, elementwise over groups: :func:`ibjax.schedules.reduce_on_plateau`
+    (PyTorch's ``ReduceLROnPlateau(mode="min", threshold_mode="rel")``) with the config's
+    ``plateau_patience``, ``plateau_factor``, ``plateau_threshold`` and ``plateau_eps``.
 
-    ``loss`` is the epoch's mean loss (minus the mean estimate, nats). An epoch improves when
-    ``loss < best_loss * (1 - threshold)`` (so with a negative best a slightly worse loss can still
-    count, as in PyTorch), and only then moves the best. After more than ``patience`` epochs without
-    one, the rate is multiplied by ``factor`` unless that changes it by at most ``eps``, and the
-    count restarts either way. A NaN loss never improves. Returns ``(lr, best_loss, bad_epochs)``.
+    ``loss`` is the epoch's mean loss (minus the mean estimate, nats). Returns ``(lr, best_loss,
+    bad_epochs)``.
     """
-    improved = loss < best_loss * (1.0 - config.plateau_threshold)
-    best_loss = jnp.where(improved, loss, best_loss)
-    bad = jnp.where(improved, 0, bad_epochs + 1)
-    reduce = bad > config.plateau_patience
-    new_lr = lr * config.plateau_factor
-    lr = jnp.where(reduce & (lr - new_lr > config.plateau_eps), new_lr, lr)
-    return lr, best_loss, jnp.where(reduce, 0, bad)
+    return reduce_on_plateau(lr, best_loss, bad_epochs, loss, patience=config.plateau_patience,
+                             factor=config.plateau_factor, threshold=config.plateau_threshold, eps=config.plateau_eps)
 
 
 def plateau_state(state: CriticState, loss: jax.Array, config: MIConfig) -> CriticState:

@@ -8,11 +8,10 @@ held-out alike (:func:`apply_marginals`, given the batch's tie-breaking uniforms
 - ``"standardize"``: (x - mean) / scale per coordinate, scale = max(std, std_floor * rms), rms the
   root mean square of the side's coordinate stds. The floor keeps a coordinate that is nearly
   constant on the fitted rows (an MNIST pixel near the border, zero in nearly every image) from
-  mapping an unseen value to thousands of its standard deviations (a clean class's 230 fitted rows:
-  smallest non-zero std 2.6e-4, 12% of held-out rows beyond 10 of them): with the plain std,
-  held-out I(X;T) reads of MNIST groups fell to -3.9 and -9.2 nats (the critic scores such rows
-  wildly) where the floored map reads 0.97 to 1.78 (``cpu`` preset, clean classes, 2 seeds,
-  2026-11-23). Still an invertible affine map: MI unchanged.
+  mapping an unseen value to thousands of its standard deviations: with the plain std, held-out
+  I(X;T) reads of MNIST groups fell far below zero (the critic scores such rows wildly), where the
+  floored map reads close to the rank map (docs/measurements.md, "Estimator inputs on MNIST
+  pixels"). Still an invertible affine map: MI unchanged.
 - ``"rank"``: rank-Gaussianisation, z = Phi^-1(F(x)) with F the empirical CDF of the fitted sample
   (Q knots per coordinate), linearly interpolated between knots so that it is strictly increasing on
   the fitted range (values beyond it are clamped to the extreme knots). Ties (pixel data: many equal

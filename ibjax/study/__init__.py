@@ -6,13 +6,15 @@
 - :mod:`~ibjax.study.state`: :class:`StudySetup` (fixed for a run) and :class:`RunState` (the typed,
   checkpointed pytree).
 - :mod:`~ibjax.study.setup`: :func:`build_setup`, data to device arrays with every check first.
-- :mod:`~ibjax.study.steps`: the pure steps, :func:`run_epoch`, :func:`estimate_network_mi`,
-  :func:`representation_clustering`.
-- :mod:`~ibjax.study.runner`: :func:`run_study`, the recording layer (checkpoints, files, logs), and
-  :func:`finalize`; :mod:`~ibjax.study.rundir` the run directory's safety rules;
-  :mod:`~ibjax.study.report` the plots and summary.md.
-- :mod:`~ibjax.study.population`: compatible runs (seed, poison ratio, noise level) as one vmapped
-  population, :func:`run_population`, and :func:`run_many` (populations where they fit, else one by one).
+- :mod:`~ibjax.study.population`: which runs (seed, poison ratio, noise level) can train as one
+  vmapped population, and the stacking of their set-ups and states (a single run is a population
+  of one: there is no other path).
+- :mod:`~ibjax.study.steps`: the pure steps over a population, :func:`run_epoch`,
+  :func:`estimate_network_mi`, :func:`representation_clustering`.
+- :mod:`~ibjax.study.runner`: :func:`run_study` (one member), :func:`run_population`,
+  :func:`run_many` (populations where they fit, else one by one), the recording layer
+  (checkpoints, files, logs), and :func:`finalize`; :mod:`~ibjax.study.rundir` the run directory's
+  safety rules; :mod:`~ibjax.study.report` the plots and summary.md.
 """
 
 from ibjax.study.config import (
@@ -24,9 +26,9 @@ from ibjax.study.config import (
     config_to_dict,
     load_config,
 )
-from ibjax.study.population import run_many, run_population
+from ibjax.study.population import PopulationSetup, build_population, stack_states
 from ibjax.study.presets import PRESETS, preset
-from ibjax.study.runner import RESUMABLE_CHANGES, finalize, run_study
+from ibjax.study.runner import RESUMABLE_CHANGES, finalize, run_many, run_population, run_study
 from ibjax.study.setup import build_setup
 from ibjax.study.state import RunKeys, RunState, StudySetup, init_run_state
 from ibjax.study.steps import FreshPairs, estimate_network_mi, representation_clustering, run_epoch
@@ -43,6 +45,9 @@ __all__ = [
     "load_config",
     "build_setup",
     "StudySetup",
+    "PopulationSetup",
+    "build_population",
+    "stack_states",
     "RunKeys",
     "RunState",
     "init_run_state",

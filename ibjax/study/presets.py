@@ -9,11 +9,13 @@
   reproduce the paper's numbers.
 - ``fast``: the reference protocol with what a GPU run wants: MI on a cached bank of 4 noise draws
   per sample instead of a fresh network pass per critic step (``experiments.feature_modes``: with
-  R >= 4 draws the held-out reads stay within the seed-to-seed spread of fresh draws, see README),
+  R >= 4 draws the held-out reads stay within the seed-to-seed spread of fresh draws, see
+  docs/measurements.md),
   and bfloat16 network compute.
-- ``cpu``: a meaningful mnist5k run on 2 CPU cores in about 57 s (the quickstart): small noisy
+- ``cpu``: a meaningful mnist5k run on 2 CPU cores in about a minute (the quickstart): small noisy
   CNN (Philox noise: half Threefry's cost on XLA:CPU), 8 epochs, light estimators on a bank of 2
-  draws (4 draws cost 12 s more and moved no finding, see README), MI at epochs 1, 4 and 8.
+  draws (4 draws cost more time and moved no finding), MI at epochs 1, 4 and 8. Measured times,
+  with their hardware, date and command: docs/measurements.md.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from ibjax.train import TrainConfig
 __all__ = ["PRESETS", "preset", "preset_names"]
 
 # ibjax's estimator (held-out and validation splits, best critic) at light sizes, with standardised
-# instead of rank-Gaussianised inputs: on 784 pixel coordinates the per-batch rank map costs 4x the
-# rest of the estimator on 2 cores (36 s vs 8.6 s for 13 groups, 30 epochs), and the quickstart
-# must stay near a minute.
+# instead of rank-Gaussianised inputs: on 784 pixel coordinates the per-batch rank map costs several
+# times the rest of the estimator on a CPU (docs/measurements.md, "Estimator inputs on MNIST pixels"),
+# and the quickstart must stay near a minute.
 _CPU_MI = dataclasses.replace(XT_CONFIG, epochs=30, batch_size=64, negatives=128, hidden=(64, 64), lr=1e-3, read_epochs=5,
                               preprocess="standardize")
 

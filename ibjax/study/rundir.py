@@ -4,17 +4,19 @@ that fails before its first checkpoint leaves nothing that changes a later run.
 Layout (every file ibjax writes is listed in the manifest ``run.json`` before it is written):
 
     run.json           the manifest: files written, whether a checkpoint exists, whether finished
-    config.json        the run's full config, written with the first checkpoint
+    config.json        the run's full config, written when the run starts (and again on a resume)
     metrics.jsonl, mi.json, clustering.json, stealth.json, summary.json, summary.md, embedding_<e>.npz,
-    lc_perturbations.npy / trigger_pattern.npy, checkpoints/, plots/
+    attack_precomputed.npy (label-consistent PGD perturbations or the TrojanNN patch), checkpoints/,
+    plots/
 
 Rules:
 - A new run goes into a directory that does not exist, is empty, or holds only ibjax's files of a
   start that never reached its first checkpoint (those are removed). A directory with a
   checkpointed run needs ``resume`` (or ``fresh``, which removes ibjax's files of that run and
   nothing else); one with files ibjax did not write is refused, naming them.
-- config.json appears only with the first checkpoint, so a run that failed before it is never
-  "resumed" with its stale config; when a new run fails before that, its files are removed.
+- A run counts as checkpointed only once the manifest says so (set with its first checkpoint), so a
+  run that failed before it is never "resumed" with its stale config.json; when a new run fails
+  before that, its files are removed.
 """
 
 from __future__ import annotations

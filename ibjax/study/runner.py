@@ -1,11 +1,15 @@
-"""One run of the study: the recording layer around the pure steps.
+"""Running studies: the recording layer around the pure steps, for one run or a population.
 
-:func:`run_study` builds the run's set-up (:mod:`ibjax.study.setup`), then for every epoch applies
-:func:`~ibjax.study.steps.run_epoch` to the :class:`~ibjax.study.state.RunState`, estimates MI at
-the MI epochs and clusters T at the embedding epochs, and records: the history in memory, an Orbax
-checkpoint of the state (with the history as metadata), and the run directory's files
-(:mod:`ibjax.study.rundir` says which, and the rules that keep them safe). At the end
-:func:`finalize` computes the stealthiness metric and writes the plots and the summary.
+:func:`run_population` builds the members' set-ups (:func:`ibjax.study.population.build_population`),
+then for every epoch applies :func:`~ibjax.study.steps.run_epoch` to the stacked
+:class:`~ibjax.study.state.RunState`, estimates MI at the MI epochs and clusters T at the embedding
+epochs, and records per member: the history in memory, an Orbax checkpoint of the member's state
+(with the history as metadata), and the member's run directory's files (:mod:`ibjax.study.rundir`
+says which, and the rules that keep them safe). At the end :func:`finalize` computes the
+stealthiness metric and writes the plots and the summary. :func:`run_study` is the same runner with
+one member; :func:`run_many` runs many studies, in populations where they are compatible. In a
+member's records, ``train_s`` / ``mi_s`` / ``wall_s`` are the population's times (shared by its
+members).
 
 A run killed at any point resumes from its last checkpoint and finishes with the same results as an
 uninterrupted run: every key derives from (seed, epoch), and the files are rewritten from the
@@ -14,27 +18,38 @@ checkpointed history, so nothing is lost or duplicated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import resource
 import time
-from typing import Literal, Optional, Union
+from typing import Literal, Optional, Sequence, Union
 
 import jax
+from jax.sharding import Mesh
 
 from ibjax import metrics as ibmetrics
 from ibjax.checkpoint import Checkpointer
-from ibjax.parallel import barrier, check_batch_divisible, describe_mesh, make_mesh
+from ibjax.parallel import barrier, check_batch_divisible, describe_mesh, make_mesh, population_mesh, to_host
 from ibjax.progress import LOGGER, Progress, phase
 from ibjax.study import report
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
+from ibjax.study.population import (
+    build_population,
+    group_populations,
+    member_of,
+    population_incompatibility,
+    stack_states,
+)
 from ibjax.study.rundir import RunDirectory
-from ibjax.study.setup import PRECOMPUTED_FILE, build_setup
-from ibjax.study.state import RunState, StudySetup, init_run_state
+from ibjax.study.setup import PRECOMPUTED_FILE
+from ibjax.study.state import RunState, init_run_state
 from ibjax.study.steps import estimate_network_mi, representation_clustering, run_epoch
+from ibjax.study.writers import check_writers, epoch_scalars, open_writers, writer_folders
 
-__all__ = ["run_study", "study_mesh", "open_run", "check_mesh_processes", "RunRecorder", "finalize", "resume_changes", "RESUMABLE_CHANGES",
-           "memory_usage", "clustering_key"]
+__all__ = ["run_study", "run_population", "run_many", "study_mesh", "open_run", "check_mesh_processes", "RunRecorder",
+           "finalize", "resume_changes", "RESUMABLE_CHANGES", "memory_usage", "clustering_key"]
 
 RESUMABLE_CHANGES = ("train.epochs", "mi_epochs", "embed_epochs", "embed_points", "stealth_epochs", "stealth_read",
                      "stealth_normalise", "stealth_classes")
@@ -129,7 +144,8 @@ def open_run(config: StudyConfig, run_dir: str, *, resume: Union[bool, Literal["
 
 
 def run_study(config: StudyConfig, run_dir: str, *, resume: Union[bool, Literal["auto"]] = False, fresh: bool = False,
-              progress: bool = True, devices: Optional[int] = None, mesh=None, plots: bool = True) -> dict:
+              progress: bool = True, devices: Optional[int] = None, mesh=None, plots: bool = True,
+              writers: Sequence[str] = ()) -> dict:
     """Run (or resume) one study and write its run directory. Returns the summary dict.
 
     Args:
@@ -146,6 +162,8 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: Union[bool, Literal[
         summation order, and a run may resume on another device count.
       mesh: an explicit :mod:`ibjax.parallel` mesh instead (e.g. this process's devices only).
       plots: draw the figures at the end (``finalize`` writes every other file either way).
+      writers: live views of the records beside the run directory's files, by name from
+        :data:`ibjax.study.writers.WRITERS` (``"tensorboard"``: event files in RUN_DIR/tensorboard).
 
     In a distributed runtime whose mesh spans several processes, every process calls this with the
     same arguments; the lowest process of the mesh writes the run directory, the others only read it.
@@ -155,37 +173,81 @@ def run_study(config: StudyConfig, run_dir: str, *, resume: Union[bool, Literal[
         the data axis does not divide included), before any training; nothing is left behind.
       FloatingPointError: the training loss turned NaN; the last good checkpoint is kept.
     """
-    mesh = study_mesh(devices, mesh)
-    check_config(config)
-    check_batch_divisible(config.train.batch_size, mesh)
+    return run_population([config], [run_dir], resume=resume, fresh=fresh, progress=progress,
+                          mesh=study_mesh(devices, mesh), plots=plots, writers=writers)[0]
+
+
+def run_population(configs: Sequence[StudyConfig], run_dirs: Sequence[str], *,
+                   resume: Union[bool, Literal["auto"]] = False, fresh: bool = False, progress: bool = True,
+                   devices: Optional[int] = None, mesh: Optional[Mesh] = None,
+                   runs: Optional[int] = None, plots: bool = True, writers: Sequence[str] = ()) -> list[dict]:
+    """Run (or resume) a population of studies in one program; each member writes its own run directory.
+
+    Args:
+      configs: the members' configs (:func:`~ibjax.study.population.population_incompatibility`
+        must find nothing; one config is always a population).
+      run_dirs: one run directory per member.
+      resume, fresh, progress, plots, writers: as :func:`run_study`, for every member. Resuming needs
+        every member checkpointed after the same epoch (else resume them one by one with run_study).
+      devices, runs: the mesh (:func:`ibjax.parallel.population_mesh`), or ``mesh`` itself.
+
+    Returns:
+      Each member's summary (as ``run_study``'s).
+
+    Raises:
+      ValueError: incompatible members, a bad option or directory, members checkpointed at different
+        epochs; before any training, leaving nothing behind.
+    """
+    configs = list(configs)
+    if len(run_dirs) != len(configs):
+        raise ValueError(f"{len(configs)} configs but {len(run_dirs)} run directories")
+    if len({os.path.abspath(d) for d in run_dirs}) != len(run_dirs):
+        raise ValueError("two members share a run directory: give each its own")
+    why = population_incompatibility(configs)
+    if why:
+        raise ValueError(f"these runs cannot share one population: {why}")
+    check_writers(writers)
+    mesh = mesh if mesh is not None else population_mesh(len(configs), devices, runs=runs)
+    check_batch_divisible(configs[0].train.batch_size, mesh)
     check_mesh_processes(mesh)
     writer = jax.process_index() == min(_mesh_processes(mesh))
-    if writer:
-        rd, resume = open_run(config, run_dir, resume=resume, fresh=fresh, write=True)
-    barrier(f"ibjax run directory {run_dir}", mesh)  # the others read the directory once the writer prepared it
-    if not writer:
-        rd, resume = open_run(config, run_dir, resume=resume, fresh=fresh, write=False)
+    opened = []
     try:
-        return _run(config, rd, resume, progress, mesh, plots)
+        if writer:
+            opened = [open_run(c, d, resume=resume, fresh=fresh, write=True) for c, d in zip(configs, run_dirs)]
+        # The others read the directories once the writer prepared them.
+        barrier(f"ibjax run directory {run_dirs[0]}", mesh)
+        if not writer:
+            opened = [open_run(c, d, resume=resume, fresh=fresh, write=False) for c, d in zip(configs, run_dirs)]
+        done = {int((rd.manifest() or {}).get("epoch", 0)) if resumed else 0 for rd, resumed in opened}
+        if len(done) > 1:
+            raise ValueError(f"the members are checkpointed after different epochs ({sorted(done)}): resume them one "
+                             "by one with run_study (or experiments.sweep, which does)")
+        return _run(configs, opened, progress, mesh, plots, tuple(writers))
     except BaseException:
-        if not resume and writer:
-            rd.discard_failed_start()
+        if writer:
+            for rd, resumed in opened:
+                if not resumed:
+                    rd.discard_failed_start()
         raise
 
 
 class RunRecorder:
-    """The recording layer of one run: history, checkpoints and the run directory's files.
+    """The recording layer of one run: history, checkpoints, the run directory's files and the
+    optional writers (:mod:`ibjax.study.writers`: live views such as TensorBoard event files).
 
-    Used by :func:`run_study` for a run, and once per member by :mod:`ibjax.study.population`
-    (each member keeps a normal run directory). Call :meth:`start` once the set-up is built,
-    :meth:`restore` for a resume, :meth:`record` after every epoch, :meth:`finish` at the end; use it
-    as a context manager so that the last checkpoint is on disk when it closes.
+    One per member of a population (each member keeps a normal run directory). Call :meth:`start`
+    once the set-up is built, :meth:`restore` for a resume, :meth:`record` after every epoch,
+    :meth:`finish` at the end; use it as a context manager so that the last checkpoint is on disk
+    when it closes.
     """
 
     def __init__(self, config: StudyConfig, rd: RunDirectory, resume: bool, progress: bool, mesh=None,
-                 plots: bool = True, label: str = ""):
+                 plots: bool = True, label: str = "", writers: Sequence[str] = ()):
         self.config, self.rd, self.resume, self.progress, self.plots = config, rd, resume, progress, plots
         self.label = label  # prefixes the epoch log line (a population's member)
+        self.writer_names = tuple(writers)
+        self.writers: Optional[list] = None  # opened at the first recorded epoch (a resume purges later ones)
         self.history = {"metrics": [], "mi": {}, "clustering": {}, "timings": {}}
         self.t_start = time.perf_counter()
         self.ckpt: Optional[Checkpointer] = None
@@ -243,8 +305,18 @@ class RunRecorder:
             self.rd.update_manifest(checkpointed=True)
         self.rd.update_manifest(epoch=epoch)
         _write_history(self.rd, self.history)
+        if self.writer_names and self.rd.writable:
+            if self.writers is None:
+                self.rd.claim(*writer_folders(self.writer_names))
+                self.writers = open_writers(self.writer_names, self.rd.path, epoch)
+            scalars = epoch_scalars(record, self.history["mi"], epoch)
+            for w in self.writers:
+                w.write(epoch, scalars)
 
     def close(self) -> None:
+        for w in self.writers or ():
+            w.close()
+        self.writers = None
         if self.ckpt is not None:
             self.ckpt.close()
 
@@ -263,45 +335,69 @@ class RunRecorder:
         return summary
 
 
-def _run(config: StudyConfig, rd: RunDirectory, resume: bool, progress: bool, mesh, plots: bool = True) -> dict:
-    with RunRecorder(config, rd, resume, progress, mesh, plots) as rec:
+def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plots: bool = True,
+         writers: tuple[str, ...] = ()) -> list[dict]:
+    size = len(configs)
+    runs = "" if size == 1 else f" ({size} runs)"
+    recorders = [RunRecorder(c, rd, resumed, progress, mesh, plots, label="" if size == 1 else f"[run {r}] ",
+                             writers=writers) for r, (c, (rd, resumed)) in enumerate(zip(configs, opened))]
+    with contextlib.ExitStack() as stack:
+        for rec in recorders:
+            stack.enter_context(rec)
         if progress:
-            LOGGER.info("devices: %s", describe_mesh(mesh))
-        with phase("setting up the run (data, attack, poisoning plan, network)", enabled=progress) as setup_phase:
-            setup = build_setup(config, precomputed=rec.precomputed(), progress=progress, keep=rec.keep, mesh=mesh)
-        rec.start(setup_phase.seconds)
-        state = rec.restore(init_run_state(setup))
+            LOGGER.info("%s %s", "devices:" if size == 1 else f"population of {size} runs on", describe_mesh(mesh))
+        what = "the run (data, attack, poisoning plan, network)" if size == 1 else \
+            f"{size} runs (data, attacks, poisoning plans, networks)"
+        with phase(f"setting up {what}", enabled=progress) as setup_phase:
+            pop = build_population(configs, mesh=mesh, progress=progress,
+                                   precomputed=[rec.precomputed() for rec in recorders],
+                                   keep=[rec.keep for rec in recorders])
+        for rec in recorders:
+            rec.start(setup_phase.seconds)
+        state = stack_states([rec.restore(init_run_state(m)) for rec, m in zip(recorders, pop.members)], mesh)
+        config = pop.config
         epochs = config.train.epochs
         mi_epochs = set(config.mi_epochs) if config.offline else set()
         embed_epochs = set(config.resolved_embed_epochs)
         first = True
-        for epoch in range(int(state.epoch) + 1, epochs + 1):
+        for epoch in range(int(to_host(state.epoch)[0]) + 1, epochs + 1):
             t_epoch = time.perf_counter()
-            bar = Progress(f"epoch {epoch}/{epochs} train", setup.steps_per_epoch, "step", enabled=progress,
+            bar = Progress(f"epoch {epoch}/{epochs} train{runs}", pop.steps_per_epoch, "step", enabled=progress,
                            first_is_compile=first)
             try:
-                state, record = run_epoch(state, setup, progress=bar)
+                state, records = run_epoch(state, pop, progress=bar)
             except FloatingPointError as err:
-                raise FloatingPointError(f"epoch {epoch}: {err}; the last good checkpoint (epoch {epoch - 1}) is "
-                                         f"kept in {rd.file('checkpoints')}") from err
+                kept = (f"the last good checkpoint (epoch {epoch - 1}) is kept in {recorders[0].rd.file('checkpoints')}"
+                        if size == 1 else f"the last good checkpoints (epoch {epoch - 1}) are kept")
+                raise FloatingPointError(f"epoch {epoch}: {err}; {kept}") from err
             finally:
                 bar.close()
-            record["train_s"] = time.perf_counter() - t_epoch
-            _record_online(rec.history, record.pop("online", None), setup, epoch)
+            train_s = time.perf_counter() - t_epoch
+            for rec, record, m in zip(recorders, records, pop.members):
+                record["train_s"] = train_s
+                _record_online(rec.history, record.pop("online", None), m, epoch)
             if epoch in mi_epochs:
                 t_mi = time.perf_counter()
-                with phase(f"epoch {epoch}: MI of {setup.num_groups} groups ({config.feature_mode} features)",
-                           enabled=progress):
-                    res = estimate_network_mi(jax.random.fold_in(setup.keys.mi, epoch), state.train.variables, setup,
-                                              progress=progress, label=f"epoch {epoch} ")
-                rec.add_mi(epoch, res, time.perf_counter() - t_mi, record)
+                groups = "" if size == 1 else f"{size} runs x "
+                with phase(f"epoch {epoch}: MI of {groups}{pop.members[0].num_groups} groups "
+                           f"({config.feature_mode} features)", enabled=progress):
+                    res = estimate_network_mi([jax.random.fold_in(m.keys.mi, epoch) for m in pop.members],
+                                              state.train.variables, pop, progress=progress, label=f"epoch {epoch} ")
+                mi_s = time.perf_counter() - t_mi
+                for rec, record, r in zip(recorders, records, res):
+                    rec.add_mi(epoch, r, mi_s, record)
             if epoch in embed_epochs:
-                rec.add_clustering(epoch, *representation_clustering(
-                    clustering_key(setup.keys.train, epoch), state.train.variables, setup, config.embed_points))
-            record["wall_s"] = time.perf_counter() - t_epoch
-            rec.record(epoch, state, record)
+                clustered = representation_clustering([clustering_key(m.keys.train, epoch) for m in pop.members],
+                                                      state.train.variables, pop, config.embed_points)
+                for rec, (silhouettes, embedding) in zip(recorders, clustered):
+                    rec.add_clustering(epoch, silhouettes, embedding)
+            host = jax.tree.map(to_host, state)
+            wall_s = time.perf_counter() - t_epoch
+            for r, (rec, record) in enumerate(zip(recorders, records)):
+                record["wall_s"] = wall_s
+                rec.record(epoch, member_of(host, r), record)
             first = False
-    return rec.finish(class_names=setup.class_names)
+    return [rec.finish(class_names=m.class_names) for rec, m in zip(recorders, pop.members)]
 
 
 def clustering_key(train_key: jax.Array, epoch: int) -> jax.Array:
@@ -309,7 +405,7 @@ def clustering_key(train_key: jax.Array, epoch: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(train_key, epoch), 2)
 
 
-def _record_online(history: dict, reads: Optional[dict], setup: StudySetup, epoch: int) -> None:
+def _record_online(history: dict, reads: Optional[dict], setup, epoch: int) -> None:
     """Online reads (on each step's new pairs, which the critic had not trained on) as "heldout"."""
     if reads is None:
         return
@@ -378,3 +474,33 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: dict, class_n
     rd.write_json("summary.json", summary)
     rd.write_text("summary.md", report.summary_markdown(config, history, summary))
     return summary
+
+
+def run_many(configs: Sequence[StudyConfig], run_dirs: Sequence[str], *, max_population: Optional[int] = None,
+             populations: bool = True, progress: bool = True, devices: Optional[int] = None,
+             writers: Sequence[str] = ()) -> list[dict]:
+    """Run (or resume, or read when finished: ``resume="auto"``) many studies, in populations where
+    they are compatible and one by one otherwise. Returns the summaries in the order of ``configs``.
+
+    Runs join a population only with runs in the same state (all new, or all checkpointed after the
+    same unfinished epoch); finished runs are read again alone, which costs no training.
+    """
+    configs, run_dirs = list(configs), list(run_dirs)
+    states = []
+    for d in run_dirs:
+        rd = RunDirectory(d)
+        m = rd.manifest() or {}
+        states.append("finished" if m.get("finished") else int(m.get("epoch", 0)) if rd.checkpointed() else 0)
+    groups = (group_populations(configs, max_population, keys=states) if populations
+              else [[i] for i in range(len(configs))])
+    out: list = [None] * len(configs)
+    for group in groups:
+        if len(group) > 1 and states[group[0]] != "finished":
+            summaries = run_population([configs[i] for i in group], [run_dirs[i] for i in group], resume="auto",
+                                       progress=progress, devices=devices, writers=writers)
+        else:
+            summaries = [run_study(configs[i], run_dirs[i], resume="auto", progress=progress, devices=devices,
+                                   writers=writers) for i in group]
+        for i, s in zip(group, summaries):
+            out[i] = s
+    return out

@@ -1,20 +1,26 @@
-"""The run's pure steps: one training epoch, MI of every group, clustering of the representation.
+"""The study's pure steps, written once over a population (a single run is a population of one).
 
-:func:`run_epoch` maps a :class:`~ibjax.study.state.RunState` after epoch e to the state after epoch
-e + 1 and that epoch's metrics: training (with the online critics, when enabled, updated in the
-same jitted step), exact evaluation, and the learning-rate schedule. It reads nothing but its
-arguments and writes nothing: recording (files, checkpoints, logs) is the runner's layer. The input
-state's buffers are donated to the jitted step, so use the returned state.
+:func:`run_epoch` maps a stacked :class:`~ibjax.study.state.RunState` (leading member axis R) after
+epoch e to the state after epoch e + 1 and each member's metrics: training (with the online critics,
+when enabled, updated in the same jitted step), exact evaluation, and the learning-rate schedule.
+:func:`estimate_network_mi` estimates every member's groups; :func:`representation_clustering` one
+member's clustering of T. They read nothing but their arguments and write nothing: recording
+(files, checkpoints, logs) is the runner's layer. The input state's buffers are donated to the
+jitted step, so use the returned state.
 
-Every key derives from the run's keys and the epoch, so an epoch computed after a resume is the
-same epoch an uninterrupted run computes.
+Each step is the per-member function of :mod:`ibjax.train` (or :mod:`ibjax.mi`) ``vmap``-ed over the
+member axis. Every member uses exactly its own keys (``fold_in`` of its seed's keys with the epoch
+and step), its own shuffles and its own plan, and batch norm sees that member's batch only, so a
+member's results equal the same run made alone up to float rounding; and every key derives from the
+run's keys and the epoch, so an epoch computed after a resume is the epoch an uninterrupted run
+computes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -24,24 +30,29 @@ import numpy as np
 from ibjax import metrics as ibmetrics
 from ibjax import mi as ibmi
 from ibjax.mi.estimator import group_keys
-from ibjax.parallel import pad_groups, pad_rows, put_groups, put_replicated, to_host
-from ibjax.pipeline import DeviceData, gather_batch
+from ibjax.models import with_noise_levels
+from ibjax.parallel import pad_batch_columns, pad_groups, pad_rows, put_batch, put_groups, put_members, \
+    put_replicated, to_host
+from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
 from ibjax.poison import group_index_table
 from ibjax.progress import Progress
-from ibjax.study.state import OnlineCritics, RunState, StudySetup
+from ibjax.study.population import PopulationSetup, member_of
+from ibjax.study.state import OnlineCritics, RunState
 from ibjax.train import (
     TrainConfig,
-    epoch_loop,
-    evaluate_attack,
-    extract_features,
+    eval_step,
+    features_step,
     plateau_update,
+    step_keys,
     step_statics,
     summarise_epoch,
     train_step,
 )
 
-__all__ = ["run_epoch", "FreshPairs", "estimate_network_mi", "estimate_mi_on_mesh", "representation_clustering",
-           "QUANTITY_LABELS"]
+__all__ = ["run_epoch", "evaluate_members", "evaluate_attack_members", "population_train_step",
+           "population_tracked_step", "population_eval_step", "population_features_step", "FreshPairs",
+           "PopulationBank", "population_bank", "estimate_network_mi", "estimate_mi_on_mesh", "per_group",
+           "representation_clustering", "QUANTITY_LABELS"]
 
 QUANTITY_LABELS = {"xt": "I(X;T)", "ty": "I(T;Y_pred)"}
 
@@ -51,15 +62,63 @@ def _pair(quantity: str, x, t, logits):
     return (t, x) if quantity == "xt" else (logits, t)
 
 
-def _tracked_step(carry, data: DeviceData, index, key, masks, *, model, trigger, config: TrainConfig,
-                  total_steps: int, xt: ibmi.MIConfig, ty: ibmi.MIConfig):
-    """One training step and, on the same batch's features, one step of every online critic.
+# --------------------------------------------------------------------------------------------------
+# the per-member functions, vmapped over the member axis
 
-    ``carry`` = (TrainState, OnlineCritics); ``masks`` bool[G, N] are the MI groups. Each group's
-    critic first reads the batch's member pairs it has not trained on, then steps on its buffer
-    (:func:`ibjax.mi.update_buffered`); the read sums go into the step's metrics.
+
+def _data_axes(data: DeviceData) -> DeviceData:
+    """vmap axes of a population's data set: images shared, the rest per member; the perturbation
+    table per member when it has a member axis (an attack with perturbations), else shared."""
+    return DeviceData(images=None, labels=0, poisoned=0, perturbation_row=0,
+                      perturbations=0 if data.perturbations.ndim == data.images.ndim + 1 else None, trigger_key=0)
+
+
+def _over_members(fn: Callable, in_axes: tuple, *args):
+    """``jax.vmap(fn, in_axes)(*args)`` over the member axis (the leading axis of the last argument,
+    the members' noise levels). A population of one calls ``fn`` on its member directly: the program
+    a single network compiles to (a vmap of size 1 reorders float sums on XLA:CPU, so a run alone
+    would round differently from the same run in a population of several, which vmaps)."""
+    if args[-1].shape[0] != 1:
+        return jax.vmap(fn, in_axes=in_axes)(*args)
+
+    def take(axis, sub):
+        return sub if axis is None else jax.tree.map(lambda x: x[0], sub)
+
+    member = [jax.tree.map(take, axis, a, is_leaf=lambda x: x is None) for axis, a in zip(in_axes, args)]
+    return jax.tree.map(lambda x: x[None], fn(*member))
+
+
+def _member_model(model: nn.Module, varying: tuple[str, ...], levels: jax.Array) -> nn.Module:
+    return with_noise_levels(model, **{f: levels[i] for i, f in enumerate(varying)})
+
+
+def population_train_step(state, data: DeviceData, index, key, noise, *, model, trigger, config, total_steps: int,
+                          varying: tuple[str, ...]):
+    """:func:`ibjax.train.train_step` of every member at once (pure; jit with the keyword arguments static).
+
+    Args:
+      state: stacked TrainState (leading member axis R).
+      data: the population's training set (:class:`~ibjax.study.population.PopulationSetup`).
+      index: int32[R, B], each member's batch; key: [R] keys; noise: f32[R, len(varying)].
+
+    Returns the stacked new state and metrics with a leading member axis.
     """
-    train_state, online = carry
+
+    def one(st, d, idx, k, levels):
+        return train_step(st, d, idx, k, model=_member_model(model, varying, levels), trigger=trigger, config=config,
+                          total_steps=total_steps)
+
+    return _over_members(one, (0, _data_axes(data), 0, 0, 0), state, data, index, key, noise)
+
+
+def _tracked_member(train_state, online: OnlineCritics, data: DeviceData, index, key, masks, *, model, trigger,
+                    config: TrainConfig, total_steps: int, xt: ibmi.MIConfig, ty: ibmi.MIConfig):
+    """One member's training step and, on the same batch's features, one step of every online critic.
+
+    ``masks`` bool[G, N] are the member's MI groups. Each group's critic first reads the batch's
+    member pairs it has not trained on, then steps on its buffer (:func:`ibjax.mi.update_buffered`);
+    the read sums go into the step's metrics.
+    """
     train_state, m = train_step(train_state, data, index, key, model=model, trigger=trigger, config=config,
                                 total_steps=total_steps, return_features=True)
     x, t, logits = m.pop("features")
@@ -75,65 +134,177 @@ def _tracked_step(carry, data: DeviceData, index, key, masks, *, model, trigger,
     return (train_state, OnlineCritics(**new)), m
 
 
-_STATIC = ("model", "trigger", "config", "total_steps")
-_train_step_jit = jax.jit(train_step, static_argnames=(*_STATIC, "return_features"), donate_argnums=(0,))
-_tracked_step_jit = jax.jit(_tracked_step, static_argnames=(*_STATIC, "xt", "ty"), donate_argnums=(0,))
+def population_tracked_step(carry, data: DeviceData, index, key, noise, masks, *, model, trigger, config,
+                            total_steps: int, varying: tuple[str, ...], xt: ibmi.MIConfig, ty: ibmi.MIConfig):
+    """:func:`population_train_step` with every member's online critics stepped on its batch's
+    features (``carry`` = stacked (TrainState, OnlineCritics); ``masks`` bool[R, G, N])."""
+
+    def one(st, online, d, idx, k, m, levels):
+        return _tracked_member(st, online, d, idx, k, m, model=_member_model(model, varying, levels), trigger=trigger,
+                               config=config, total_steps=total_steps, xt=xt, ty=ty)
+
+    train_state, online = carry
+    return _over_members(one, (0, 0, _data_axes(data), 0, 0, 0, 0), train_state, online, data, index, key, masks,
+                         noise)
 
 
-def run_epoch(state: RunState, setup: StudySetup, *,
-              progress: Optional[Callable[[int, int], None]] = None) -> tuple[RunState, dict]:
+def population_eval_step(variables, data: DeviceData, index, valid, key, noise, *, model, trigger,
+                         varying: tuple[str, ...]):
+    """:func:`ibjax.train.eval_step` of every member on one shared padded batch (index, valid [B];
+    key [R]): sums with a leading member axis."""
+
+    def one(v, d, k, levels):
+        return eval_step(v, d, index, valid, k, model=_member_model(model, varying, levels), trigger=trigger)
+
+    return _over_members(one, (0, _data_axes(data), 0, 0), variables, data, key, noise)
+
+
+def population_features_step(variables, data: DeviceData, index, key, noise, *, model, trigger,
+                             varying: tuple[str, ...]):
+    """:func:`ibjax.train.features_step` of every member on its own batch (index [R, B], key [R])."""
+
+    def one(v, d, idx, k, levels):
+        return features_step(v, d, idx, k, model=_member_model(model, varying, levels), trigger=trigger)
+
+    return _over_members(one, (0, _data_axes(data), 0, 0, 0), variables, data, index, key, noise)
+
+
+_STATIC = ("model", "trigger", "varying")
+_train_jit = jax.jit(population_train_step, static_argnames=(*_STATIC, "config", "total_steps"), donate_argnums=(0,))
+_tracked_jit = jax.jit(population_tracked_step, static_argnames=(*_STATIC, "config", "total_steps", "xt", "ty"),
+                       donate_argnums=(0,))
+_eval_jit = jax.jit(population_eval_step, static_argnames=_STATIC)
+_features_jit = jax.jit(population_features_step, static_argnames=_STATIC)
+
+
+def _statics(pop: PopulationSetup, trigger) -> dict:
+    return dict(model=pop.model, trigger=trigger, varying=pop.varying)
+
+
+# --------------------------------------------------------------------------------------------------
+# one epoch of every member
+
+
+def evaluate_members(variables, pop: PopulationSetup, data: DeviceData, index: np.ndarray, keys: Sequence, trigger,
+                     batch_size: int) -> list[dict]:
+    """Exact metrics of every member over ``index`` (every sample counted once; member r with key
+    ``keys[r]``): loss (mean nats), accuracy, count, pred_hist, as :func:`ibjax.train.evaluate` gives
+    one network."""
+    mesh = pop.mesh
+    batches, valid = pad_batch_columns(*test_batches(index, batch_size), mesh)
+    member_keys = np.stack([step_keys(k, len(batches)) for k in keys])  # [R, S, 2]
+    totals = None
+    for s in range(len(batches)):
+        out = _eval_jit(variables, data, put_batch(batches[s], mesh), put_batch(valid[s], mesh),
+                        put_members(member_keys[:, s], mesh), pop.noise, **_statics(pop, trigger))
+        out = jax.tree.map(to_host, out)  # float32 sums on the host: the same adds, no tiny device programs
+        totals = out if totals is None else jax.tree.map(np.add, totals, out)
+    out = []
+    for r in range(pop.size):
+        n = int(totals["count"][r])
+        out.append({"loss": float(totals["loss_sum"][r]) / n, "accuracy": float(totals["correct"][r]) / n,
+                    "count": n, "pred_hist": totals["pred_hist"][r]})
+    return out
+
+
+def evaluate_attack_members(variables, pop: PopulationSetup, keys: Sequence) -> list[dict]:
+    """Clean test accuracy and loss, and the attack success rate, of every member (member r with key
+    ``keys[r]``), as :func:`ibjax.train.evaluate_attack` counts them for one network."""
+    cfg = pop.config.train
+    target = pop.members[0].plan.target
+    split = [jax.random.split(k) for k in keys]
+    labels = to_host(pop.members[0].clean_test.labels)
+    trigger = pop.members[0].attack.test_trigger
+    clean = evaluate_members(variables, pop, pop.clean_test, np.arange(len(labels)), [k[0] for k in split], trigger,
+                             cfg.eval_batch_size)
+    asr_index = np.arange(len(labels)) if cfg.asr_on_all else np.flatnonzero(labels != target)
+    trig = evaluate_members(variables, pop, pop.triggered_test, asr_index, [k[1] for k in split], trigger,
+                            cfg.eval_batch_size)
+    return [{"test_accuracy": c["accuracy"], "test_loss": c["loss"], "asr": float(t["pred_hist"][target]) / t["count"]}
+            for c, t in zip(clean, trig)]
+
+
+def run_epoch(state: RunState, pop: PopulationSetup, *,
+              progress: Optional[Callable[[int, int], None]] = None) -> tuple[RunState, list[dict]]:
     """Train one epoch, evaluate, step the schedule: ``(state after epoch e) -> (state after e + 1, metrics)``.
 
     Args:
-      state: the run state (its buffers are donated; use the returned one).
-      setup: the run's fixed set-up.
+      state: the stacked run state (leading member axis R; its buffers are donated: use the returned one).
+      pop: the population's fixed set-up (one member for a single run).
       progress: optional ``(steps_done, steps_total)`` callable after each training step.
 
     Returns:
-      The new state and the epoch's metrics: ``epoch``, ``train_accuracy``, ``train_loss`` (nats),
-      ``class_loss`` (per training label, nats), ``lr`` / ``lr_last`` (the rates the first and last
-      steps used), ``test_accuracy``, ``test_loss`` (nats), ``asr``, and with online critics
+      The new state and one metrics dict per member: ``epoch``, ``train_accuracy``, ``train_loss``
+      (nats), ``class_loss`` (per training label, nats), ``lr`` / ``lr_last`` (the rates the first
+      and last steps used), ``test_accuracy``, ``test_loss`` (nats), ``asr``, and with online critics
       ``online`` = {"xt": f32[G] list, "ty": [...]}: each group's mean read (nats) on the epoch's
       new pairs.
 
     Raises:
-      FloatingPointError: the training loss is not finite.
+      FloatingPointError: a member's training loss is not finite (naming the member in a population).
     """
-    cfg, mesh = setup.config, setup.mesh
-    epoch = int(state.epoch) + 1
-    key = jax.random.fold_in(setup.keys.train, epoch)
-    step_config, total_steps = step_statics(cfg.train, setup.total_steps)
-    statics = dict(model=setup.model, trigger=setup.attack.train_trigger, config=step_config, total_steps=total_steps)
+    cfg, mesh = pop.config, pop.mesh
+    epoch = int(to_host(state.epoch)[0]) + 1
+    keys = [jax.random.fold_in(m.keys.train, epoch) for m in pop.members]
+    batches, noise_keys = [], []
+    for k in keys:  # each member's own shuffle and step keys, exactly as alone
+        k_perm, k_noise = jax.random.split(k)
+        batches.append(epoch_batches(k_perm, pop.train_data.size, cfg.train.batch_size))
+        noise_keys.append(step_keys(k_noise, len(batches[-1])))
+    index, noise_keys = np.stack(batches), np.stack(noise_keys)  # [R, S, B], [R, S, 2]
+    step_config, total_steps = step_statics(cfg.train, pop.total_steps)
+    statics = dict(config=step_config, total_steps=total_steps, **_statics(pop, pop.members[0].attack.train_trigger))
     if state.online is not None:
-        masks = put_replicated(np.asarray(setup.plan.group_masks), mesh) if mesh is not None else jnp.asarray(
-            setup.plan.group_masks)
-        step = functools.partial(_tracked_step_jit, masks=masks, xt=cfg.xt, ty=cfg.ty, **statics)
+        step = functools.partial(_tracked_jit, masks=pop.group_masks, xt=cfg.xt, ty=cfg.ty, **statics)
         carry = (state.train, state.online)
     else:
-        step = functools.partial(_train_step_jit, return_features=False, **statics)
+        step = functools.partial(_train_jit, **statics)
         carry = state.train
-    carry, totals = epoch_loop(step, carry, setup.train_data, key, batch_size=cfg.train.batch_size, progress=progress,
-                               mesh=mesh)
+    totals, lrs = None, []
+    steps = index.shape[1]
+    for s in range(steps):
+        carry, m = step(carry, pop.train_data, put_batch(index[:, s], mesh, population=True),
+                        put_members(noise_keys[:, s], mesh), pop.noise)
+        lrs.append(m.pop("lr"))
+        # Sums stay on the device: reading them every step would stall the pipeline.
+        totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
+        if progress is not None:
+            progress(s + 1, steps)
     train_state, online = carry if state.online is not None else (carry, None)
-    record = {"epoch": epoch, **summarise_epoch(totals)}
-    ev = evaluate_attack(train_state.variables, setup.clean_test, setup.triggered_test, jax.random.fold_in(key, 1),
-                         model=setup.model, trigger=setup.attack.test_trigger, target=setup.plan.target,
-                         config=cfg.train, mesh=mesh)
-    record.update(ev)
+    totals = jax.tree.map(to_host, totals)
+    lr_first, lr_last = to_host(lrs[0]), to_host(lrs[-1])
+    records = []
+    for r in range(pop.size):
+        member_totals = {k: v[r] for k, v in totals.items()}
+        member_totals["lr_first"], member_totals["lr_last"] = float(lr_first[r]), float(lr_last[r])
+        try:
+            records.append({"epoch": epoch, **summarise_epoch(member_totals)})
+        except FloatingPointError as err:
+            if pop.size == 1:
+                raise
+            raise FloatingPointError(f"member {r} (seed {pop.members[r].config.seed}): {err}") from err
+    evals = evaluate_attack_members(train_state.variables, pop, [jax.random.fold_in(k, 1) for k in keys])
+    for rec, ev in zip(records, evals):
+        rec.update(ev)
     plateau = state.plateau
     if cfg.train.schedule == "plateau":
-        plateau, lr = plateau_update(plateau, train_state.lr, ev["test_loss"], cfg.train)
+        losses = jnp.asarray([ev["test_loss"] for ev in evals], jnp.float32)
+        plateau, lr = jax.vmap(lambda p, l, m: plateau_update(p, l, m, cfg.train))(plateau, train_state.lr, losses)
         train_state = train_state.replace(lr=lr)
     if online is not None:
-        reads = {}
         for q, mi_cfg in (("xt", cfg.xt), ("ty", cfg.ty)):
-            est = np.asarray(totals[f"{q}_online_sum"]) / np.maximum(np.asarray(totals[f"{q}_online_rows"]), 1)
-            online = online.replace(**{q: ibmi.end_epoch(getattr(online, q), jnp.asarray(est, jnp.float32), mi_cfg)})
-            reads[q] = [float(v) for v in est]
-        record["online"] = reads
-    new = RunState(epoch=put_replicated(jnp.asarray(epoch, jnp.int32), mesh), train=train_state,
-                   plateau=put_replicated(plateau, mesh), online=put_replicated(online, mesh))
-    return new, record
+            est = totals[f"{q}_online_sum"] / np.maximum(totals[f"{q}_online_rows"], 1)  # [R, G]
+            critics = jax.vmap(lambda c, e: ibmi.end_epoch(c, e, mi_cfg))(getattr(online, q),
+                                                                           jnp.asarray(est, jnp.float32))
+            online = online.replace(**{q: critics})
+            for rec, row in zip(records, est):
+                rec.setdefault("online", {})[q] = [float(v) for v in row]
+    new = RunState(epoch=np.full((pop.size,), epoch, np.int32), train=train_state, plateau=plateau, online=online)
+    return put_members(new, mesh), records
+
+
+# --------------------------------------------------------------------------------------------------
+# MI of every member
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,47 +328,145 @@ class FreshPairs:
         return _pair(self.quantity, x.reshape(x.shape[0], -1), t, logits)
 
 
-def estimate_network_mi(key: jax.Array, variables: dict, setup: StudySetup, *, progress: bool = False,
-                        label: str = "") -> dict:
-    """I(X;T) and I(T;Y_pred) of the network ``variables`` for every group of the run, one batched
-    estimator call per quantity (:func:`ibjax.mi.estimate_mi_sampled`).
+def _population_features(variables, pop: PopulationSetup, used: Sequence[np.ndarray], draw_keys: Sequence[Sequence],
+                         parts: tuple[int, ...] = (0, 1, 2), batch_size: int = 1000) -> tuple[np.ndarray, ...]:
+    """Every member's features of its samples ``used[r]``, batched over members, for each noise draw
+    ``d`` (member r's batch s of draw d read with key ``fold_in(draw_keys[d][r], s)``), joined on the
+    host: ``parts`` of ``(x f32[sum n_r, x_dim], t f32[sum n_r, draws, D], y f32[sum n_r, draws, K])``
+    with member r's rows after the members before it (X has no noise: draw 0's).
 
-    Pairs are drawn per the config's ``feature_mode``: a fresh noise draw per critic step, or a bank
-    of ``bank_draws`` draws per sample computed once here.
+    The rows are joined on the host (a device-to-host copy; no cross-device program: XLA:CPU with
+    many forced devices can deadlock on programs holding several concurrent all-gathers)."""
+    mesh = pop.mesh
+    longest = max(len(u) for u in used)
+    tables = []
+    for u in used:
+        padded = np.concatenate([u, np.full(longest - len(u), u[0], u.dtype)])
+        tables.append(test_batches(padded, batch_size)[0])
+    width = tables[0].shape[1]
+    tables = [pad_batch_columns(t, np.ones(t.shape, bool), mesh)[0] for t in tables]
+    index = np.stack(tables)  # [R, S, B']
+    trigger = pop.members[0].attack.train_trigger
+    per_draw = []
+    for keys in draw_keys:
+        dkeys = np.stack([step_keys(k, index.shape[1]) for k in keys])
+        outs = [_features_jit(variables, pop.train_data, put_batch(index[:, s], mesh, population=True),
+                              put_members(dkeys[:, s], mesh), pop.noise, **_statics(pop, trigger))
+                for s in range(index.shape[1])]
+        per_draw.append({i: np.concatenate([to_host(o[i])[:, :width] for o in outs], axis=1) for i in parts
+                         if i > 0 or not per_draw})
+    joined = []
+    for i in parts:
+        if i == 0:
+            joined.append(np.concatenate([per_draw[0][0][r, :len(u)] for r, u in enumerate(used)]))
+        else:
+            joined.append(np.concatenate([np.stack([p[i][r, :len(u)] for p in per_draw], axis=1)
+                                          for r, u in enumerate(used)]))
+    return tuple(joined)
+
+
+@dataclasses.dataclass(frozen=True)
+class PopulationBank:
+    """The inputs of a population's joint estimator calls (``feature_mode="bank"``).
+
+    Attributes:
+      shared: ``{"xt": (t_bank, x), "ty": (y_bank, t_bank)}``, the members' banks joined (member r's
+        rows ``offsets[r] : offsets[r] + sizes[r]``), replicated on the mesh.
+      group_data: int32[sum G_r, M], each group's rows into the joined bank (members in order).
+      valid: bool[sum G_r, M].
+      keys: ``{"xt": [sum G_r, 2], "ty": ...}``: member r's groups keep the keys they have alone
+        (``split(k_quantity_r, G_r)``).
+      offsets, sizes: each member's first bank row and row count; groups: each member's group count.
+      names: the groups' names for error messages (``"run r <group>"`` in a population).
+    """
+
+    shared: dict
+    group_data: np.ndarray
+    valid: np.ndarray
+    keys: dict
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    groups: tuple[int, ...]
+    names: tuple[str, ...]
+
+
+def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> PopulationBank:
+    """Every member's feature bank (``bank_draws`` noise draws of the samples its groups use) and
+    group tables for one joint estimator call per quantity, from the members' MI keys (``keys[r]``,
+    split into xt / ty / bank keys) and stacked variables."""
+    tables = [group_index_table(m.plan.group_masks) for m in pop.members]
+    split = [jax.random.split(k, 3) for k in keys]  # k_xt, k_ty, k_bank
+    used = [np.unique(index[valid]) for index, valid in tables]
+    draw_keys = [[jax.random.fold_in(s[2], d) for s in split] for d in range(pop.config.bank_draws)]
+    x, t_bank, y_bank = put_replicated(_population_features(variables, pop, used, draw_keys), pop.mesh)
+    width = max(index.shape[1] for index, _ in tables)
+    rows, valids, offsets, names, offset = [], [], [], [], 0
+    for r, ((index, valid), u) in enumerate(zip(tables, used)):
+        row_of = np.zeros(pop.train_data.size, np.int32)
+        row_of[u] = np.arange(len(u)) + offset
+        pad = width - index.shape[1]
+        rows.append(np.pad(row_of[index], ((0, 0), (0, pad))))
+        valids.append(np.pad(valid, ((0, 0), (0, pad))))
+        names += pop.group_names(r)
+        offsets.append(offset)
+        offset += len(u)
+    group_keys_ = {q: np.concatenate([np.asarray(jax.random.split(s[i], len(tables[r][0])))
+                                      for r, s in enumerate(split)]) for i, q in enumerate(("xt", "ty"))}
+    return PopulationBank(shared={"xt": (t_bank, x), "ty": (y_bank, t_bank)}, group_data=np.concatenate(rows),
+                          valid=np.concatenate(valids), keys=group_keys_, offsets=tuple(offsets),
+                          sizes=tuple(len(u) for u in used), groups=tuple(len(t[0]) for t in tables),
+                          names=tuple(names))
+
+
+def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, progress: bool = False,
+                        label: str = "") -> list[dict]:
+    """I(X;T) and I(T;Y_pred) of every member's network for every group of that member (member r
+    with its MI key ``keys[r]``, stacked ``variables``).
+
+    Pairs are drawn per the config's ``feature_mode``: with ``"bank"`` every member's groups read a
+    bank of ``bank_draws`` noise draws per sample computed once here, and share one estimator call
+    per quantity (members x groups as one group axis, split over every device;
+    :func:`population_bank`); with ``"fresh"`` (a new noise draw per critic step) each member is
+    estimated in its own call.
 
     Returns:
-      ``{"xt": {group: record}, "ty": {group: record}}`` with each record as
+      One ``{"xt": {group: record}, "ty": {group: record}}`` per member, each record as
       :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
     """
-    cfg, plan, data, mesh = setup.config, setup.plan, setup.train_data, setup.mesh
-    index, valid = group_index_table(plan.group_masks)
-    k_xt, k_ty, k_bank = jax.random.split(key, 3)
-    dims = {"xt": (setup.t_dim, setup.x_dim), "ty": (setup.num_classes, setup.t_dim)}
-    configs = {"xt": (cfg.xt, k_xt), "ty": (cfg.ty, k_ty)}
+    cfg, mesh = pop.config, pop.mesh
+    m0 = pop.members[0]
+    dims = {"xt": (m0.t_dim, m0.x_dim), "ty": (m0.num_classes, m0.t_dim)}
+    runs = "" if pop.size == 1 else f" ({pop.size} runs)"
+    out = [{} for _ in pop.members]
     if cfg.feature_mode == "bank":
-        used = np.unique(index[valid])
-        row_of = np.zeros(data.size, np.int32)
-        row_of[used] = np.arange(len(used))
-        draws = [extract_features(variables, data, used, jax.random.fold_in(k_bank, r), model=setup.model,
-                                  trigger=setup.attack.train_trigger, mesh=mesh) for r in range(cfg.bank_draws)]
-        x = draws[0][0]
-        t_bank = jnp.stack([d[1] for d in draws], axis=1)
-        y_bank = jnp.stack([d[2] for d in draws], axis=1)
-        del draws
-        shared = {"xt": (t_bank, x), "ty": (y_bank, t_bank)}
-        sources = {q: (ibmi.bank_pairs, shared[q], row_of[index]) for q in ("xt", "ty")}
-    else:
-        sources = {q: (FreshPairs(setup.model, setup.attack.train_trigger, q), (variables, data), index)
-                   for q in ("xt", "ty")}
-    out = {}
-    for q in ("xt", "ty"):
-        mi_cfg, k = configs[q]
-        sample_fn, shared, group_data = sources[q]
-        bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator", mi_cfg.total_epochs, "epoch", enabled=progress)
-        res = estimate_mi_on_mesh(k, sample_fn, shared, group_data, valid, *dims[q], config=mi_cfg, mesh=mesh,
-                                  group_names=plan.group_names, progress=bar if progress else None)
-        bar.close()
-        out[q] = per_group(res, plan.group_names)
+        bank = population_bank(keys, variables, pop)
+        for q, mi_cfg in (("xt", cfg.xt), ("ty", cfg.ty)):
+            bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator{runs}", mi_cfg.total_epochs, "epoch",
+                           enabled=progress)
+            res = estimate_mi_on_mesh(bank.keys[q], ibmi.bank_pairs, bank.shared[q], bank.group_data, bank.valid,
+                                      *dims[q], config=mi_cfg, mesh=mesh, group_names=bank.names,
+                                      progress=bar if progress else None)
+            bar.close()
+            start = 0
+            for r, m in enumerate(pop.members):
+                g = bank.groups[r]
+                out[r][q] = per_group(jax.tree.map(lambda a: a[start : start + g], res), m.plan.group_names)
+                start += g
+        return out
+    host = jax.tree.map(to_host, variables)
+    for r, (key, m) in enumerate(zip(keys, pop.members)):
+        index, valid = group_index_table(m.plan.group_masks)
+        k_xt, k_ty, _ = jax.random.split(key, 3)
+        shared = (member_of(host, r, mesh), m.train_data)
+        who = "" if pop.size == 1 else f"[{r}] "
+        for q, mi_cfg, k in (("xt", cfg.xt, k_xt), ("ty", cfg.ty, k_ty)):
+            bar = Progress(f"{label}{who}{QUANTITY_LABELS[q]} estimator", mi_cfg.total_epochs, "epoch",
+                           enabled=progress)
+            res = estimate_mi_on_mesh(k, FreshPairs(m.model, m.attack.train_trigger, q), shared, index, valid,
+                                      *dims[q], config=mi_cfg, mesh=mesh, group_names=pop.group_names(r),
+                                      progress=bar if progress else None)
+            bar.close()
+            out[r][q] = per_group(res, m.plan.group_names)
     return out
 
 
@@ -245,19 +514,26 @@ def per_group(res: ibmi.MIResult, names) -> dict:
     return res.to_dict(list(names))
 
 
-def representation_clustering(key: jax.Array, variables: dict, setup: StudySetup, points: int) -> tuple[dict, dict]:
-    """Silhouette scores of T per group (target class split in clean and backdoor) and a 2-D PCA
-    embedding of ``points`` samples. Returns ``(silhouettes {group: float}, embedding arrays)``."""
-    data, plan = setup.train_data, setup.plan
-    idx = np.arange(data.size)
-    _, t, _ = extract_features(variables, data, idx, key, model=setup.model, trigger=setup.attack.train_trigger,
-                               mesh=setup.mesh)
-    if setup.mesh is not None:  # small host-side statistics: on one device, not as programs over the mesh
-        t = jnp.asarray(to_host(t))
-    sil = ibmetrics.group_silhouettes(t, jnp.asarray(plan.labels), jnp.asarray(plan.poisoned), plan.target,
-                                      num_classes=setup.num_classes)
-    rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
-    sub = np.sort(rng.choice(len(idx), size=min(points, len(idx)), replace=False))
-    emb = np.asarray(ibmetrics.pca_2d(t[sub]))
-    return {k: float(v) for k, v in sil.items()}, {"embedding": emb, "labels": plan.labels[sub],
-                                                    "poisoned": plan.poisoned[sub]}
+# --------------------------------------------------------------------------------------------------
+# clustering of the representation
+
+
+def representation_clustering(keys: Sequence, variables, pop: PopulationSetup, points: int) -> list[tuple[dict, dict]]:
+    """Silhouette scores of every member's T per group (target class split in clean and backdoor)
+    and a 2-D PCA embedding of ``points`` samples (member r with key ``keys[r]``, stacked
+    ``variables``). Returns one ``(silhouettes {group: float}, embedding arrays)`` per member."""
+    n = pop.train_data.size
+    idx = np.arange(n)
+    (t_all,) = _population_features(variables, pop, [idx] * pop.size, [list(keys)], parts=(1,))
+    out = []
+    for r, (key, setup) in enumerate(zip(keys, pop.members)):
+        plan = setup.plan
+        t = jnp.asarray(t_all[r * n : (r + 1) * n, 0])
+        sil = ibmetrics.group_silhouettes(t, jnp.asarray(plan.labels), jnp.asarray(plan.poisoned), plan.target,
+                                          num_classes=setup.num_classes)
+        rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
+        sub = np.sort(rng.choice(n, size=min(points, n), replace=False))
+        emb = np.asarray(ibmetrics.pca_2d(t[sub]))
+        out.append(({k: float(v) for k, v in sil.items()},
+                    {"embedding": emb, "labels": plan.labels[sub], "poisoned": plan.poisoned[sub]}))
+    return out

@@ -12,13 +12,13 @@ from jax import lax
 
 from ibjax import rng
 from ibjax.triggers.common import (
-    _check_class_indices,
-    _check_range,
-    _finish,
-    _image_shape,
-    _jit_static_params,
-    _Params,
-    _prepare,
+    TriggerParams,
+    check_class_indices,
+    check_range,
+    finish_images,
+    image_hwc,
+    jit_static_params,
+    prepare_images,
 )
 
 __all__ = ["PGDParams", "LabelConsistentParams", "pgd_l2", "label_consistent"]
@@ -30,7 +30,7 @@ __all__ = ["PGDParams", "LabelConsistentParams", "pgd_l2", "label_consistent"]
 
 
 @dataclasses.dataclass(frozen=True)
-class PGDParams(_Params):
+class PGDParams(TriggerParams):
     """Untargeted L2 PGD (the authors' label-consistent settings: eps 300/255, step 1.5/255, 100 steps).
 
     Attributes:
@@ -51,9 +51,9 @@ class PGDParams(_Params):
     random_start: bool = False
 
     def _check(self) -> None:
-        _check_range(self, "eps", 0.0)
-        _check_range(self, "step_size", 0.0)
-        _check_range(self, "steps", 0, integer=True)
+        check_range(self, "eps", 0.0)
+        check_range(self, "step_size", 0.0)
+        check_range(self, "steps", 0, integer=True)
 
 
 def _l2_norm(x: jax.Array) -> jax.Array:
@@ -96,14 +96,14 @@ def pgd_l2(
       The perturbed images, ``[B, H, W, C]``, same dtype, in [0, 1], with ``||x' - x||_2 <= eps``
       per image. Subtract ``images`` to get the perturbation.
     """
-    x0, dtype = _prepare(images)
+    x0, dtype = prepare_images(images)
     labels = jnp.asarray(labels)
     if labels.shape != x0.shape[:-3]:
         raise ValueError(f"pgd_l2: labels have shape {labels.shape}, the images {x0.shape}: give one label per image "
                          f"(shape {x0.shape[:-3]})")
     if not jnp.issubdtype(labels.dtype, jnp.integer):
         raise TypeError(f"pgd_l2: labels must be integer class indices, got dtype {labels.dtype}")
-    _check_class_indices(logits_fn, x0, labels, "pgd_l2: labels")
+    check_class_indices(logits_fn, x0, labels, "pgd_l2: labels")
     if params.random_start:
         if key is None:
             raise ValueError("PGD with random_start=True needs a PRNG key: pgd_l2(..., key=key)")
@@ -134,7 +134,7 @@ def pgd_l2(
 
 
 @dataclasses.dataclass(frozen=True)
-class LabelConsistentParams(_Params):
+class LabelConsistentParams(TriggerParams):
     """The label-consistent attack: PGD settings and the four-corner checkerboard.
 
     Attributes:
@@ -153,13 +153,13 @@ class LabelConsistentParams(_Params):
     pgd_random_start: bool = False
 
     def _check(self) -> None:
-        _check_range(self, "amplitude", 0.0)
-        _check_range(self, "size", 1, integer=True)
+        check_range(self, "amplitude", 0.0)
+        check_range(self, "size", 1, integer=True)
         # The PGD fields by their own names (as PGDParams checks eps, step_size and steps), so that
         # an error names the field the user set, never PGDParams'.
-        _check_range(self, "pgd_eps", 0.0)
-        _check_range(self, "pgd_step_size", 0.0)
-        _check_range(self, "pgd_steps", 0, integer=True)
+        check_range(self, "pgd_eps", 0.0)
+        check_range(self, "pgd_step_size", 0.0)
+        check_range(self, "pgd_steps", 0, integer=True)
 
     @property
     def pgd(self) -> PGDParams:
@@ -168,7 +168,7 @@ class LabelConsistentParams(_Params):
                          random_start=self.pgd_random_start)
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, _ = _image_shape(image_shape)
+        h, w, _ = image_hwc(image_shape)
         if 2 * self.size > min(h, w):
             raise ValueError(f"label-consistent corner checkerboards of size {self.size} overlap in {h}x{w} images: "
                              f"use size <= {min(h, w) // 2}")
@@ -189,7 +189,7 @@ def _corner_checkerboard(height: int, width: int, size: int) -> np.ndarray:
     return np.where(inside, sign, 0.0)[:, :, None].astype(np.float32)
 
 
-@_jit_static_params
+@jit_static_params
 def label_consistent(
     images: jax.Array,
     params: LabelConsistentParams = LabelConsistentParams(),
@@ -208,9 +208,9 @@ def label_consistent(
       on a ``size x size`` checkerboard in each of the four corners (corner pixel -1; the same on
       every channel) and 0 elsewhere. With amplitude 1 the corners become exactly 0/1.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     if perturbation is not None:
         x = jnp.clip(x + jnp.asarray(perturbation, jnp.float32), 0.0, 1.0)
     h, w = x.shape[-3:-1]
     out = x + params.amplitude * _corner_checkerboard(h, w, params.size)
-    return _finish(out, dtype)
+    return finish_images(out, dtype)

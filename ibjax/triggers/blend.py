@@ -13,13 +13,13 @@ import numpy as np
 from ibjax import rng
 from ibjax.triggers.common import (
     StaticArray,
-    _check_range,
-    _finish,
-    _image_shape,
-    _jit_static_params,
-    _Params,
-    _pattern_value,
-    _prepare,
+    TriggerParams,
+    check_range,
+    finish_images,
+    image_hwc,
+    jit_static_params,
+    pattern_value,
+    prepare_images,
     uniform_pattern,
 )
 
@@ -39,7 +39,7 @@ def blend_pattern(height: int, width: int, seed: int = 0) -> jax.Array:
 
 def _pattern(params: Any, h: int, w: int, c: int, name: str) -> np.ndarray:
     """The blend pattern [H, W, 1 or C]: the user's, or the seeded noise."""
-    p = _pattern_value(params.pattern, (h, w, c), name, any_channels=True)
+    p = pattern_value(params.pattern, (h, w, c), name, any_channels=True)
     return uniform_pattern(h, w, 1, params.seed) if p is None else p
 
 
@@ -49,7 +49,7 @@ def _pattern(params: Any, h: int, w: int, c: int, name: str) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
-class BlendParams(_Params):
+class BlendParams(TriggerParams):
     """Blend: x' = (1 - alpha) x + alpha P.
 
     Attributes:
@@ -66,14 +66,14 @@ class BlendParams(_Params):
     pattern: Optional[StaticArray] = None
 
     def _check(self) -> None:
-        _check_range(self, "alpha", 0.0, 1.0)
-        _check_range(self, "seed", 0, integer=True)
+        check_range(self, "alpha", 0.0, 1.0)
+        check_range(self, "seed", 0, integer=True)
 
     def validate_shape(self, image_shape: Any) -> None:
-        _pattern_value(self.pattern, _image_shape(image_shape), "Blend", any_channels=True)
+        pattern_value(self.pattern, image_hwc(image_shape), "Blend", any_channels=True)
 
 
-@_jit_static_params
+@jit_static_params
 def blend(images: jax.Array, params: BlendParams = BlendParams()) -> jax.Array:
     """Blend a fixed pattern into the images.
 
@@ -86,10 +86,10 @@ def blend(images: jax.Array, params: BlendParams = BlendParams()) -> jax.Array:
       ``blend_pattern(H, W, seed)``, broadcast over channels and batch; ``alpha = 0`` is exactly
       the identity.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
     out = (1.0 - params.alpha) * x + params.alpha * _pattern(params, h, w, c, "Blend")
-    return _finish(out, dtype)
+    return finish_images(out, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -98,7 +98,7 @@ def blend(images: jax.Array, params: BlendParams = BlendParams()) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class AdaptiveBlendParams(_Params):
+class AdaptiveBlendParams(TriggerParams):
     """Adaptive-Blend.
 
     Attributes:
@@ -121,17 +121,17 @@ class AdaptiveBlendParams(_Params):
     darken_masked: bool = True
 
     def _check(self) -> None:
-        _check_range(self, "alpha", 0.0, 1.0)
-        _check_range(self, "seed", 0, integer=True)
-        _check_range(self, "grid", 1, integer=True)
-        _check_range(self, "mask_fraction", 0.0, 1.0)
+        check_range(self, "alpha", 0.0, 1.0)
+        check_range(self, "seed", 0, integer=True)
+        check_range(self, "grid", 1, integer=True)
+        check_range(self, "mask_fraction", 0.0, 1.0)
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, c = _image_shape(image_shape)
+        h, w, c = image_hwc(image_shape)
         if self.grid > min(h, w):
             raise ValueError(f"Adaptive-Blend grid={self.grid} has more pieces per side than {h}x{w} images have "
                              f"pixels: use grid <= {min(h, w)}")
-        _pattern_value(self.pattern, (h, w, c), "Adaptive-Blend", any_channels=True)
+        pattern_value(self.pattern, (h, w, c), "Adaptive-Blend", any_channels=True)
 
 
 @functools.partial(jax.jit, static_argnames=("batch_shape", "height", "width", "params"))
@@ -168,7 +168,7 @@ def adaptive_blend_mask(
     return mask.reshape(tuple(batch_shape) + (height, width, 1))
 
 
-@_jit_static_params
+@jit_static_params
 def adaptive_blend(
     images: jax.Array,
     params: AdaptiveBlendParams = AdaptiveBlendParams(),
@@ -187,7 +187,7 @@ def adaptive_blend(
     Returns:
       ``[..., H, W, C]``, same dtype.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
     pattern = _pattern(params, h, w, c, "Adaptive-Blend")
     if key is None:
@@ -198,4 +198,4 @@ def adaptive_blend(
             out = (1.0 - params.alpha) * x + params.alpha * jnp.where(mask, pattern, 0.0)
         else:
             out = jnp.where(mask, (1.0 - params.alpha) * x + params.alpha * pattern, x)
-    return _finish(out, dtype)
+    return finish_images(out, dtype)

@@ -1,5 +1,8 @@
 """What every trigger shares: input checks, the :class:`Trigger` object, constant arrays as static
-parameters, pattern files, and the checks of parameter values and image shapes.
+parameters, pattern files, and the checks of parameter values and image shapes. The helpers the
+trigger modules share (:func:`prepare_images`, :func:`finish_images`, :class:`TriggerParams`,
+:func:`check_range`, ...) have public names but stay out of ``__all__``: they are for the modules of
+this package, not for users.
 
 Conventions (all triggers)
 --------------------------
@@ -32,7 +35,7 @@ import numpy as np
 __all__ = ["StaticArray", "Trigger", "load_pattern", "uniform_pattern"]
 
 
-def _prepare(images: jax.Array) -> tuple[jax.Array, Any]:
+def prepare_images(images: jax.Array) -> tuple[jax.Array, Any]:
     """Check ``[..., H, W, C]`` floating images; return a float32 copy and the input dtype."""
     images = jnp.asarray(images)
     if images.ndim < 3:
@@ -42,12 +45,12 @@ def _prepare(images: jax.Array) -> tuple[jax.Array, Any]:
     return images.astype(jnp.float32), images.dtype
 
 
-def _finish(x: jax.Array, dtype: Any) -> jax.Array:
+def finish_images(x: jax.Array, dtype: Any) -> jax.Array:
     return jnp.clip(x, 0.0, 1.0).astype(dtype)
 
 
 # Trigger functions are jitted with their params dataclass static (hashable by value).
-_jit_static_params = functools.partial(jax.jit, static_argnames=("params",))
+jit_static_params = functools.partial(jax.jit, static_argnames=("params",))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,8 +216,8 @@ def uniform_pattern(height: int, width: int, channels: int, seed: int) -> np.nda
     return rng.uniform(0.0, 1.0, (int(height), int(width), int(channels))).astype(np.float32)
 
 
-def _pattern_value(pattern: Optional[StaticArray], shape: tuple[int, int, int], name: str,
-                   any_channels: bool = False) -> Optional[np.ndarray]:
+def pattern_value(pattern: Optional[StaticArray], shape: tuple[int, int, int], name: str,
+                  any_channels: bool = False) -> Optional[np.ndarray]:
     """The pattern's array, checked against the images' (H, W, C); ``any_channels``: C may also be 1."""
     if pattern is None:
         return None
@@ -231,7 +234,7 @@ def _check_pattern_shape(pshape: tuple[int, ...], shape: tuple[int, ...], name: 
                          "give a pattern of the images' size")
 
 
-def _square_mask(height: int, width: int, row: int, col: int, size: int) -> np.ndarray:
+def square_mask(height: int, width: int, row: int, col: int, size: int) -> np.ndarray:
     """bool[H, W, 1]: rows [row, row+size) x columns [col, col+size), cut at the border."""
     rows, cols = np.arange(height), np.arange(width)
     in_rows = (rows >= row) & (rows < row + size)
@@ -244,7 +247,7 @@ def _square_mask(height: int, width: int, row: int, col: int, size: int) -> np.n
 # --------------------------------------------------------------------------------------------------
 
 
-class _Params:
+class TriggerParams:
     """Base of every trigger's frozen params dataclass.
 
     At construction each field is checked against its annotation and normalised so that the params
@@ -269,7 +272,7 @@ class _Params:
 
     def validate_shape(self, image_shape: Any) -> None:
         """Raise ValueError if this trigger cannot apply to images of shape ``(..., H, W, C)``."""
-        _image_shape(image_shape)
+        image_hwc(image_shape)
 
 
 def _show(value: Any) -> str:
@@ -359,27 +362,27 @@ def _coerce(value: Any, hint: Any, params: Any, f: "dataclasses.Field[Any]") -> 
     return go(value, hint)
 
 
-def _fail(params: Any, field: str, value: Any, expected: str) -> None:
+def fail_field(params: Any, field: str, value: Any, expected: str) -> None:
     raise ValueError(f"{type(params).__name__}.{field} = {value!r}: expected {expected}")
 
 
-def _check_range(params: Any, field: str, lo: Optional[float] = None, hi: Optional[float] = None,
-                 integer: bool = False) -> None:
+def check_range(params: Any, field: str, lo: Optional[float] = None, hi: Optional[float] = None,
+                integer: bool = False) -> None:
     """``lo <= params.field <= hi`` (either bound optional); ``integer``: also a whole number."""
     value = getattr(params, field)
     kind = "an integer" if integer else "a number"
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        _fail(params, field, value, kind)
+        fail_field(params, field, value, kind)
     if integer and float(value) != int(value):
-        _fail(params, field, value, kind)
+        fail_field(params, field, value, kind)
     if not np.isfinite(float(value)) or (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = (f"in [{lo}, {hi}]" if lo is not None and hi is not None
                   else f">= {lo}" if lo is not None else f"<= {hi}")
-        _fail(params, field, value, f"{kind} {bounds}")
+        fail_field(params, field, value, f"{kind} {bounds}")
 
 
-def _check_class_indices(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, indices: Any,
-                         what: str) -> None:
+def check_class_indices(logits_fn: Callable[[jax.Array], jax.Array], images: jax.Array, indices: Any,
+                        what: str) -> None:
     """ValueError when concrete class ``indices`` lie outside [0, K), K the width of ``logits_fn``'s
     output on ``images`` (found by abstract evaluation: nothing runs). Traced indices are not checked:
     their values are unknown until the program runs."""
@@ -396,7 +399,7 @@ def _check_class_indices(logits_fn: Callable[[jax.Array], jax.Array], images: ja
                          f"[{lo}, {hi}]")
 
 
-def _check_patch_fits(params: Any, shape: tuple[int, int, int], name: str) -> None:
+def check_patch_fits(params: Any, shape: tuple[int, int, int], name: str) -> None:
     """The square patch (``row``, ``col``, ``size``) lies wholly inside H x W."""
     h, w = int(shape[0]), int(shape[1])
     if params.row + params.size > h or params.col + params.size > w:
@@ -406,7 +409,7 @@ def _check_patch_fits(params: Any, shape: tuple[int, int, int], name: str) -> No
         )
 
 
-def _image_shape(image_shape: Any) -> tuple[int, int, int]:
+def image_hwc(image_shape: Any) -> tuple[int, int, int]:
     """``(H, W, C)`` from an image shape (leading batch axes allowed)."""
     shape = tuple(int(d) for d in image_shape)
     if len(shape) < 3 or min(shape[-3:]) < 1:

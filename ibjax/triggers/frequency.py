@@ -14,15 +14,15 @@ from jax import lax
 
 from ibjax.triggers.common import (
     StaticArray,
-    _check_class_indices,
-    _check_range,
-    _fail,
-    _finish,
-    _image_shape,
-    _jit_static_params,
-    _Params,
-    _pattern_value,
-    _prepare,
+    TriggerParams,
+    check_class_indices,
+    check_range,
+    fail_field,
+    finish_images,
+    image_hwc,
+    jit_static_params,
+    pattern_value,
+    prepare_images,
 )
 
 __all__ = ["FTrojanParams", "LowFrequencyParams", "ftrojan", "low_frequency", "low_frequency_pattern",
@@ -35,7 +35,7 @@ __all__ = ["FTrojanParams", "LowFrequencyParams", "ftrojan", "low_frequency", "l
 
 
 @dataclasses.dataclass(frozen=True)
-class FTrojanParams(_Params):
+class FTrojanParams(TriggerParams):
     """FTrojan frequency-domain trigger.
 
     Attributes:
@@ -56,12 +56,12 @@ class FTrojanParams(_Params):
     channels: tuple[int, ...] = (1, 2)
 
     def _check(self) -> None:
-        _check_range(self, "magnitude", 0.0)
-        _check_range(self, "block", 1, integer=True)
+        check_range(self, "magnitude", 0.0)
+        check_range(self, "block", 1, integer=True)
         if self.positions is not None and (not self.positions or any(min(p) < 0 for p in self.positions)):
-            _fail(self, "positions", self.positions, "a non-empty list of (row, col) pairs >= 0, or None")
+            fail_field(self, "positions", self.positions, "a non-empty list of (row, col) pairs >= 0, or None")
         if not self.channels or any(ch not in (0, 1, 2) for ch in self.channels):
-            _fail(self, "channels", self.channels, "YCrCb channel indices in {0, 1, 2}")
+            fail_field(self, "channels", self.channels, "YCrCb channel indices in {0, 1, 2}")
 
     def block_positions(self, bh: int, bw: int) -> tuple[tuple[int, int], ...]:
         """The (row, col) positions in a ``bh x bw`` block (the defaults resolved)."""
@@ -70,7 +70,7 @@ class FTrojanParams(_Params):
         return self.positions
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, c = _image_shape(image_shape)
+        h, w, c = image_hwc(image_shape)
         if c not in (1, 3):
             raise ValueError(f"FTrojan works on 1- or 3-channel images, got {c} channels")
         bh, bw = _block_side(h, self.block), _block_side(w, self.block)
@@ -106,7 +106,7 @@ def _block_side(size: int, block: int) -> int:
     return block if (size >= block and size % block == 0) else size
 
 
-@_jit_static_params
+@jit_static_params
 def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.Array:
     """FTrojan: add fixed DCT coefficients in the chroma channels.
 
@@ -124,7 +124,7 @@ def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.A
       ``[..., H, W, C]``, same dtype. ``magnitude = 0`` is the identity up to
       float rounding (~1e-6).
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
     params.validate_shape((h, w, c))
     hp = lax.Precision.HIGHEST
@@ -152,7 +152,7 @@ def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.A
     x = blocks.reshape(lead + (h, w, c))
     if c == 3:
         x = jnp.einsum("...c,dc->...d", x, jnp.asarray(_YCRCB2RGB, jnp.float32), precision=hp)
-    return _finish(x, dtype)
+    return finish_images(x, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def ftrojan(images: jax.Array, params: FTrojanParams = FTrojanParams()) -> jax.A
 
 
 @dataclasses.dataclass(frozen=True)
-class LowFrequencyParams(_Params):
+class LowFrequencyParams(TriggerParams):
     """An additive trigger with only low spatial frequencies (smooth, hard to see, survives low-pass filters).
 
     Attributes:
@@ -181,12 +181,12 @@ class LowFrequencyParams(_Params):
     pattern: Optional[StaticArray] = dataclasses.field(default=None, metadata={"signed": True})
 
     def _check(self) -> None:
-        _check_range(self, "eps", 0.0, 1.0)
-        _check_range(self, "cutoff", 1, integer=True)
-        _check_range(self, "seed", 0, integer=True)
+        check_range(self, "eps", 0.0, 1.0)
+        check_range(self, "cutoff", 1, integer=True)
+        check_range(self, "seed", 0, integer=True)
 
     def validate_shape(self, image_shape: Any) -> None:
-        _pattern_value(self.pattern, _image_shape(image_shape), "low-frequency")
+        pattern_value(self.pattern, image_hwc(image_shape), "low-frequency")
 
 
 def _low_pass_basis(height: int, width: int, cutoff: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,15 +215,15 @@ def low_frequency_pattern(height: int, width: int, channels: int,
                                                  float(params.eps), int(params.seed)))
 
 
-@_jit_static_params
+@jit_static_params
 def low_frequency(images: jax.Array, params: LowFrequencyParams = LowFrequencyParams()) -> jax.Array:
     """Add the low-frequency pattern: ``clip(x + delta)``. Returns ``[..., H, W, C]``, same dtype."""
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
-    delta = _pattern_value(params.pattern, (h, w, c), "low-frequency")
+    delta = pattern_value(params.pattern, (h, w, c), "low-frequency")
     if delta is None:
         delta = _low_frequency_pattern_np(h, w, c, params.cutoff, params.eps, params.seed)
-    return _finish(x + delta, dtype)
+    return finish_images(x + delta, dtype)
 
 
 def low_frequency_uap(
@@ -253,10 +253,10 @@ def low_frequency_uap(
     Returns:
       ``delta f32[H, W, C]``; use it as ``get_attack("low_frequency", pattern=delta)``.
     """
-    x, _ = _prepare(images)
+    x, _ = prepare_images(images)
     if x.ndim != 4:
         raise ValueError(f"low_frequency_uap: images must be a batch f32[B, H, W, C], got shape {x.shape}")
-    _check_class_indices(logits_fn, x, target, "low_frequency_uap: target")
+    check_class_indices(logits_fn, x, target, "low_frequency_uap: target")
     h, w, c = x.shape[-3:]
     dh, dw = _low_pass_basis(h, w, params.cutoff)
     start = jnp.asarray(_low_frequency_pattern_np(h, w, c, params.cutoff, params.eps, params.seed))

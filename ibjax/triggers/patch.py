@@ -11,16 +11,16 @@ import numpy as np
 
 from ibjax.triggers.common import (
     StaticArray,
-    _check_patch_fits,
-    _check_range,
-    _fail,
-    _finish,
-    _image_shape,
-    _jit_static_params,
-    _Params,
-    _pattern_value,
-    _prepare,
-    _square_mask,
+    TriggerParams,
+    check_patch_fits,
+    check_range,
+    fail_field,
+    finish_images,
+    image_hwc,
+    jit_static_params,
+    pattern_value,
+    prepare_images,
+    square_mask,
     uniform_pattern,
 )
 
@@ -33,7 +33,7 @@ __all__ = ["BadNetsParams", "TrojanNNParams", "badnets", "trojannn", "trojannn_p
 
 
 @dataclasses.dataclass(frozen=True)
-class BadNetsParams(_Params):
+class BadNetsParams(TriggerParams):
     """BadNets patch (the authors' generator: ``x[:5, :5] = (1, 0, 0)``).
 
     Attributes:
@@ -51,23 +51,23 @@ class BadNetsParams(_Params):
     col: int = 0
 
     def _check(self) -> None:
-        _check_range(self, "size", 1, integer=True)
-        _check_range(self, "row", 0, integer=True)
-        _check_range(self, "col", 0, integer=True)
+        check_range(self, "size", 1, integer=True)
+        check_range(self, "row", 0, integer=True)
+        check_range(self, "col", 0, integer=True)
         if not self.colour or any(not 0.0 <= v <= 1.0 for v in self.colour):
-            _fail(self, "colour", self.colour, "one value in [0, 1] per channel")
+            fail_field(self, "colour", self.colour, "one value in [0, 1] per channel")
         if self.grey is not None:
-            _check_range(self, "grey", 0.0, 1.0)
+            check_range(self, "grey", 0.0, 1.0)
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, c = _image_shape(image_shape)
-        _check_patch_fits(self, (h, w, c), "BadNets")
+        h, w, c = image_hwc(image_shape)
+        check_patch_fits(self, (h, w, c), "BadNets")
         if c != 1 and len(self.colour) != c:
             raise ValueError(f"the BadNets colour {self.colour} has {len(self.colour)} values but the images have "
                              f"{c} channels: give one value per channel")
 
 
-@_jit_static_params
+@jit_static_params
 def badnets(images: jax.Array, params: BadNetsParams = BadNetsParams()) -> jax.Array:
     """Stamp a solid square patch.
 
@@ -80,7 +80,7 @@ def badnets(images: jax.Array, params: BadNetsParams = BadNetsParams()) -> jax.A
       ``[..., H, W, C]``, same dtype: pixels in rows ``[row, row+size)`` x columns
       ``[col, col+size)`` (cut at the image border) take the colour, all others are unchanged.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
     if c == 1:
         value = params.grey if params.grey is not None else float(np.max(params.colour))
@@ -89,8 +89,8 @@ def badnets(images: jax.Array, params: BadNetsParams = BadNetsParams()) -> jax.A
         colour = jnp.asarray(params.colour, jnp.float32)
     else:
         raise ValueError(f"BadNets colour has {len(params.colour)} channels; images have {c}")
-    out = jnp.where(_square_mask(h, w, params.row, params.col, params.size), colour, x)
-    return _finish(out, dtype)
+    out = jnp.where(square_mask(h, w, params.row, params.col, params.size), colour, x)
+    return finish_images(out, dtype)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,7 +99,7 @@ def badnets(images: jax.Array, params: BadNetsParams = BadNetsParams()) -> jax.A
 
 
 @dataclasses.dataclass(frozen=True)
-class TrojanNNParams(_Params):
+class TrojanNNParams(TriggerParams):
     """TrojanNN: a square patch whose content is optimised to excite chosen neurons of a clean model.
 
     Attributes:
@@ -126,16 +126,16 @@ class TrojanNNParams(_Params):
 
     def _check(self) -> None:
         for name, lo in (("size", 1), ("row", 0), ("col", 0), ("seed", 0), ("neurons", 1), ("steps", 0)):
-            _check_range(self, name, lo, integer=True)
-        _check_range(self, "step_size", 0.0)
+            check_range(self, name, lo, integer=True)
+        check_range(self, "step_size", 0.0)
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, c = _image_shape(image_shape)
-        _check_patch_fits(self, (h, w, c), "TrojanNN")
-        _pattern_value(self.pattern, (h, w, c), "TrojanNN")
+        h, w, c = image_hwc(image_shape)
+        check_patch_fits(self, (h, w, c), "TrojanNN")
+        pattern_value(self.pattern, (h, w, c), "TrojanNN")
 
 
-@_jit_static_params
+@jit_static_params
 def trojannn(images: jax.Array, params: TrojanNNParams = TrojanNNParams()) -> jax.Array:
     """Stamp the TrojanNN patch: pixels inside the square take the pattern's values, the rest are unchanged.
 
@@ -146,13 +146,13 @@ def trojannn(images: jax.Array, params: TrojanNNParams = TrojanNNParams()) -> ja
     Returns:
       ``[..., H, W, C]``, same dtype.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w, c = x.shape[-3:]
-    pattern = _pattern_value(params.pattern, (h, w, c), "TrojanNN")
+    pattern = pattern_value(params.pattern, (h, w, c), "TrojanNN")
     if pattern is None:
         pattern = uniform_pattern(h, w, c, params.seed)
-    out = jnp.where(_square_mask(h, w, params.row, params.col, params.size), pattern, x)
-    return _finish(out, dtype)
+    out = jnp.where(square_mask(h, w, params.row, params.col, params.size), pattern, x)
+    return finish_images(out, dtype)
 
 
 def trojannn_pattern(
@@ -178,11 +178,11 @@ def trojannn_pattern(
       ``(pattern f32[H, W, C], selected int32[neurons])``; pass the pattern as
       ``get_attack("trojannn", pattern=...)`` or ``TrojanNNParams(pattern=...)``.
     """
-    x, _ = _prepare(images)
+    x, _ = prepare_images(images)
     h, w, c = x.shape[-3:]
-    start = _pattern_value(params.pattern, (h, w, c), "TrojanNN")
+    start = pattern_value(params.pattern, (h, w, c), "TrojanNN")
     start = uniform_pattern(h, w, c, params.seed) if start is None else start
-    mask = np.broadcast_to(_square_mask(h, w, params.row, params.col, params.size), (h, w, c))
+    mask = np.broadcast_to(square_mask(h, w, params.row, params.col, params.size), (h, w, c))
     where = np.flatnonzero(mask)
     if where.size == 0:
         raise ValueError("the TrojanNN patch lies outside the image: check size, row and col")

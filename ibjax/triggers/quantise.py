@@ -7,13 +7,13 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from ibjax.triggers.common import _check_range, _finish, _jit_static_params, _Params, _prepare
+from ibjax.triggers.common import TriggerParams, check_range, finish_images, jit_static_params, prepare_images
 
 __all__ = ["BPPParams", "bpp"]
 
 
 @dataclasses.dataclass(frozen=True)
-class BPPParams(_Params):
+class BPPParams(TriggerParams):
     """BPP colour-depth squeeze.
 
     Attributes:
@@ -23,16 +23,16 @@ class BPPParams(_Params):
     levels: int = 8
 
     def _check(self) -> None:
-        _check_range(self, "levels", 2, integer=True)
+        check_range(self, "levels", 2, integer=True)
 
 
-@_jit_static_params
+@jit_static_params
 def bpp(images: jax.Array, params: BPPParams = BPPParams()) -> jax.Array:
     """Quantise every channel to ``levels`` values: ``round(x (L-1)) / (L-1)``.
 
     BPP's Floyd-Steinberg dithering is omitted (plain rounding, half to even). Returns
     ``[..., H, W, C]``, same dtype, with at most ``levels`` distinct values per channel.
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     n = params.levels - 1
-    return _finish(jnp.round(jnp.clip(x, 0.0, 1.0) * n) / n, dtype)
+    return finish_images(jnp.round(jnp.clip(x, 0.0, 1.0) * n) / n, dtype)

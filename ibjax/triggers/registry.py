@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Union
 
 from ibjax.triggers.adversarial import LabelConsistentParams, label_consistent
 from ibjax.triggers.blend import AdaptiveBlendParams, BlendParams, adaptive_blend, blend
-from ibjax.triggers.common import Trigger, _image_shape
+from ibjax.triggers.common import Trigger, image_hwc
 from ibjax.triggers.frequency import FTrojanParams, LowFrequencyParams, ftrojan, low_frequency
 from ibjax.triggers.patch import BadNetsParams, TrojanNNParams, badnets, trojannn
 from ibjax.triggers.quantise import BPPParams, bpp
@@ -151,7 +151,7 @@ class Attack:
         colours with the wrong number of channels, FTrojan positions outside its DCT blocks, ...
         Call it once the data set is loaded, before any training.
         """
-        shape = _image_shape(image_shape)
+        shape = image_hwc(image_shape)
         for side, params in (("train", self.train_params), ("test", self.test_params)):
             try:
                 params.validate_shape(shape)

@@ -8,13 +8,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from ibjax.triggers.common import _check_range, _finish, _jit_static_params, _Params, _prepare
+from ibjax.triggers.common import TriggerParams, check_range, finish_images, jit_static_params, prepare_images
 
 __all__ = ["SIGParams", "sig"]
 
 
 @dataclasses.dataclass(frozen=True)
-class SIGParams(_Params):
+class SIGParams(TriggerParams):
     """SIG sinusoidal signal.
 
     Attributes:
@@ -26,19 +26,19 @@ class SIGParams(_Params):
     f: float = 6.0
 
     def _check(self) -> None:
-        _check_range(self, "delta", 0.0, 1.0)
-        _check_range(self, "f", 0.0)
+        check_range(self, "delta", 0.0, 1.0)
+        check_range(self, "f", 0.0)
 
 
-@_jit_static_params
+@jit_static_params
 def sig(images: jax.Array, params: SIGParams = SIGParams()) -> jax.Array:
     """Add a horizontal sinusoid: ``x + delta * sin(2 pi j f / W)``.
 
     ``j = 0..W-1`` is the column index; the signal is the same on every row and channel. Returns
     ``[..., H, W, C]``, same dtype, clipped to [0, 1].
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     w = x.shape[-2]
     j = jnp.arange(w, dtype=jnp.float32)
     signal = params.delta * jnp.sin(2.0 * math.pi * j * params.f / w)
-    return _finish(x + signal[None, :, None], dtype)
+    return finish_images(x + signal[None, :, None], dtype)

@@ -10,13 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax import rng
-from ibjax.triggers.common import _check_range, _finish, _image_shape, _jit_static_params, _Params, _prepare
+from ibjax.triggers.common import TriggerParams, check_range, finish_images, image_hwc, jit_static_params, prepare_images
 
 __all__ = ["WaNetParams", "wanet", "wanet_field", "bilinear_sample"]
 
 
 @dataclasses.dataclass(frozen=True)
-class WaNetParams(_Params):
+class WaNetParams(TriggerParams):
     """WaNet warping (the authors' generator: k = 4, s = 0.5, no rescale, noise mode on).
 
     Attributes:
@@ -41,14 +41,14 @@ class WaNetParams(_Params):
     noise: bool = True
 
     def _check(self) -> None:
-        _check_range(self, "k", 1, integer=True)
-        _check_range(self, "s", 0.0)
-        _check_range(self, "seed", 0, integer=True)
-        _check_range(self, "grid_rescale", 0.0)
-        _check_range(self, "noise_scale", 0.0)
+        check_range(self, "k", 1, integer=True)
+        check_range(self, "s", 0.0)
+        check_range(self, "seed", 0, integer=True)
+        check_range(self, "grid_rescale", 0.0)
+        check_range(self, "noise_scale", 0.0)
 
     def validate_shape(self, image_shape: Any) -> None:
-        h, w, _ = _image_shape(image_shape)
+        h, w, _ = image_hwc(image_shape)
         if min(h, w) < 2:
             raise ValueError(f"WaNet warps images of at least 2x2 pixels, got {h}x{w}")
 
@@ -159,7 +159,7 @@ def bilinear_sample(images: jax.Array, grid: jax.Array) -> jax.Array:
     return _sample_pixels(images, px, py)
 
 
-@_jit_static_params
+@jit_static_params
 def wanet(
     images: jax.Array,
     params: WaNetParams = WaNetParams(),
@@ -189,7 +189,7 @@ def wanet(
       ``[..., H, W, C]``, same dtype. With ``s = 0`` and ``key=None`` this is
       the identity up to float rounding (~1e-6).
     """
-    x, dtype = _prepare(images)
+    x, dtype = prepare_images(images)
     h, w = x.shape[-3:-1]
     r = params.grid_rescale
     field = wanet_field(h, w, params.k, params.seed)  # [H, W, 2]
@@ -211,4 +211,4 @@ def wanet(
         )
         pos = jnp.clip(pos + noise * (params.noise_scale / h) * half, 0.0, upper)
     out = _sample_pixels(x, pos[..., 0], pos[..., 1])
-    return _finish(out, dtype)
+    return finish_images(out, dtype)

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ibjax import critics
+from ibjax.mi import critics
 
 
 @pytest.mark.parametrize("batch,k", [(16, 40), (16, 5)])  # K >= B (all-pairs path) and K < B (direct)

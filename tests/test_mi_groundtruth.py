@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from ibjax import groundtruth as gt
+from ibjax.mi import groundtruth as gt
 from ibjax import mi
 
 

@@ -1,4 +1,4 @@
-"""Critics f(a, b) for variational MI bounds, as pure functions over a params pytree.
+"""Critics f(a, b) for variational MI bounds, as pure functions over a params pytree, and their registry.
 
 Two families:
 
@@ -13,21 +13,31 @@ Two families:
 Scores are read for a batch of B pairs (a_i, b_i) and negative indices ``neg_index int32[B, K]`` into
 the batch: ``scores(params, a, b, neg_index) -> (pos f32[B], neg f32[B, K])`` with
 ``pos[i] = f(a_i, b_i)`` and ``neg[i, k] = f(a_i, b_{neg_index[i, k]})``.
+
+:data:`CRITICS` maps each family's name (the values of ``MIConfig.critic``) to a :class:`Critic`, its
+init, scores and all-pairs functions; adding a family is one entry there. :func:`init_critic`,
+:func:`critic_scores` and :func:`critic_matrix` look a name up in it.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "Critic",
+    "CRITICS",
+    "get_critic",
     "init_concat_critic",
     "concat_critic",
     "concat_critic_scores",
+    "concat_critic_matrix",
     "init_separable_critic",
     "separable_critic_scores",
+    "separable_critic_matrix",
     "init_critic",
     "critic_scores",
     "critic_matrix",
@@ -131,6 +141,28 @@ def concat_critic_scores(
     return pos, neg
 
 
+def concat_critic_matrix(params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32, block_rows: int = 128
+                         ) -> jax.Array:
+    """All B x B scores ``f32[B, B]``, ``[i, j] = f(a_i, b_j)``, of the concatenation critic for a batch
+    a f[B, da], b f[B, db].
+
+    Evaluated ``block_rows`` rows at a time (the first layer still split into two projections), so
+    memory stays O(block_rows * B * width) for large B.
+    """
+    a, b = _bottleneck(params, a, b, dtype)
+    first = params["first"]
+    pa = a.astype(dtype) @ first["wa"].astype(dtype)
+    pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)
+    n = a.shape[0]
+    blocks = -(-n // block_rows)
+    pa = jnp.pad(pa, ((0, blocks * block_rows - n), (0, 0))).reshape(blocks, block_rows, -1)
+
+    def rows(block):
+        return _mlp(params["rest"], block[:, None, :] + pb[None, :, :], dtype)[..., 0].astype(jnp.float32)
+
+    return jax.lax.map(rows, pa).reshape(blocks * block_rows, n)[:n]
+
+
 def init_separable_critic(
     key: jax.Array, da: int, db: int, hidden: Sequence[int] = (128, 128), embed_dim: int = 64
 ) -> dict:
@@ -146,51 +178,83 @@ def _embed(layers, x, dtype):
     return _mlp(layers[1:], h, dtype)
 
 
+def separable_critic_matrix(params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32, block_rows: int = 128
+                            ) -> jax.Array:
+    """All B x B scores ``f32[B, B]``, ``[i, j] = g(a_i) . h(b_j)``: one matmul (``block_rows`` is unused;
+    it is there so every family's matrix function takes the same arguments)."""
+    return (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
+
+
 def separable_critic_scores(
     params: dict, a: jax.Array, b: jax.Array, neg_index: jax.Array, dtype=jnp.float32
 ) -> tuple[jax.Array, jax.Array]:
     """Scores of the separable critic: ``(pos f32[B], neg f32[B, K])`` from one B x B matmul."""
-    s = (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
+    s = separable_critic_matrix(params, a, b, dtype)
     return jnp.diagonal(s), jnp.take_along_axis(s, neg_index, axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry: one entry per family
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Critic:
+    """One family of critics as pure functions of its params pytree (jit-, vmap- and grad-safe).
+
+    Attributes:
+      init: ``(key, da, db, hidden, embed_dim, rank) -> params``; a family reads the options it has.
+      scores: ``(params, a f[B, da], b f[B, db], neg_index int32[B, K], dtype) -> (pos f32[B],
+        neg f32[B, K])``.
+      matrix: ``(params, a f[B, da], b f[B, db], dtype, block_rows) -> f32[B, B]``, every pair's score.
+      takes_rank: whether ``rank`` (``MIConfig.critic_rank``, a linear bottleneck) is an option of it.
+    """
+
+    init: Callable[..., dict]
+    scores: Callable[..., tuple[jax.Array, jax.Array]]
+    matrix: Callable[..., jax.Array]
+    takes_rank: bool = False
+
+
+def _init_concat(key, da, db, hidden, embed_dim, rank):
+    return init_concat_critic(key, da, db, hidden, rank)
+
+
+def _init_separable(key, da, db, hidden, embed_dim, rank):
+    return init_separable_critic(key, da, db, hidden, embed_dim)
+
+
+CRITICS: dict[str, Critic] = {
+    "concat": Critic(init=_init_concat, scores=concat_critic_scores, matrix=concat_critic_matrix, takes_rank=True),
+    "separable": Critic(init=_init_separable, scores=separable_critic_scores, matrix=separable_critic_matrix),
+}
+"""The critic families by name: the values ``MIConfig.critic`` takes (saved configs hold them)."""
+
+
+def get_critic(kind: str) -> Critic:
+    """The family ``kind`` names in :data:`CRITICS`; ValueError listing the known names otherwise."""
+    try:
+        return CRITICS[kind]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown critic {kind!r}; known critics: {', '.join(CRITICS)}") from None
 
 
 def init_critic(key: jax.Array, kind: str, da: int, db: int, hidden: Sequence[int], embed_dim: int = 64,
                 rank: int = 0) -> dict:
-    """Initialise a ``"concat"`` or ``"separable"`` critic (``rank``: the concat critic's bottleneck)."""
-    if kind == "concat":
-        return init_concat_critic(key, da, db, hidden, rank)
-    if kind == "separable":
-        return init_separable_critic(key, da, db, hidden, embed_dim)
-    raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
+    """Initialise a critic of family ``kind`` (``embed_dim``: the separable critic's embedding width;
+    ``rank``: the concat critic's bottleneck)."""
+    return get_critic(kind).init(key, da, db, hidden, embed_dim, rank)
+
+
+def critic_scores(kind: str, params: dict, a, b, neg_index, dtype=jnp.float32):
+    """``(pos f32[B], neg f32[B, K])`` of a batch under family ``kind``'s scores function."""
+    return get_critic(kind).scores(params, a, b, neg_index, dtype)
 
 
 def critic_matrix(kind: str, params: dict, a: jax.Array, b: jax.Array, dtype=jnp.float32, block_rows: int = 128
                   ) -> jax.Array:
-    """All B x B scores ``f32[B, B]``, ``[i, j] = f(a_i, b_j)``, of a batch a f[B, da], b f[B, db].
-
-    The concat critic is evaluated ``block_rows`` rows at a time (its first layer still split into two
-    projections), so memory stays O(block_rows * B * width) for large B; the separable critic is one
-    matmul.
-    """
-    if kind == "separable":
-        return (_embed(params["g"], a, dtype) @ _embed(params["h"], b, dtype).T).astype(jnp.float32)
-    if kind != "concat":
-        raise ValueError(f"unknown critic {kind!r}; choose 'concat' or 'separable'")
-    a, b = _bottleneck(params, a, b, dtype)
-    first = params["first"]
-    pa = a.astype(dtype) @ first["wa"].astype(dtype)
-    pb = b.astype(dtype) @ first["wb"].astype(dtype) + first["b"].astype(dtype)
-    n = a.shape[0]
-    blocks = -(-n // block_rows)
-    pa = jnp.pad(pa, ((0, blocks * block_rows - n), (0, 0))).reshape(blocks, block_rows, -1)
-
-    def rows(block):
-        return _mlp(params["rest"], block[:, None, :] + pb[None, :, :], dtype)[..., 0].astype(jnp.float32)
-
-    return jax.lax.map(rows, pa).reshape(blocks * block_rows, n)[:n]
+    """All B x B scores ``f32[B, B]``, ``[i, j] = f(a_i, b_j)``, of a batch a f[B, da], b f[B, db]
+    (the concat critic ``block_rows`` rows at a time, so memory stays O(block_rows * B * width))."""
+    return get_critic(kind).matrix(params, a, b, dtype, block_rows)
 
 
-def critic_scores(kind: str, params: dict, a, b, neg_index, dtype=jnp.float32):
-    """Dispatch to :func:`concat_critic_scores` or :func:`separable_critic_scores`."""
-    fn = {"concat": concat_critic_scores, "separable": separable_critic_scores}[kind]
-    return fn(params, a, b, neg_index, dtype)

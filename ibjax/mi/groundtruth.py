@@ -91,7 +91,7 @@ def gaussian_mi(a: np.ndarray) -> float:
 
 
 def _f(z: float) -> float:
-    from scipy.special import digamma, gammaln  # here: SciPy's import costs every command 0.16 s
+    from scipy.special import digamma, gammaln  # here: importing SciPy at the top would slow every command
 
     return float(gammaln(z / 2.0) - z / 2.0 * digamma(z / 2.0))
 
@@ -279,7 +279,7 @@ def gaussian_fit_read(x_fit, y_fit, x_read, y_read, rank: Optional[int] = None) 
     its shortfall below the truth is the sample's, not an optimiser's (in d x d dimensions a full
     model fits d^2 cross-covariances). Computed on the host in float64.
     """
-    from scipy.special import logsumexp  # here: SciPy's import costs every command 0.16 s
+    from scipy.special import logsumexp  # here: importing SciPy at the top would slow every command
 
     xf, yf, xr, yr = (np.asarray(v, np.float64) for v in (x_fit, y_fit, x_read, y_read))
     if xf.shape[0] != yf.shape[0] or xr.shape[0] != yr.shape[0]:

@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ibjax import bounds
+from ibjax.mi import bounds
 
 
 def test_infonce_never_exceeds_log_k_plus_one():
