@@ -37,6 +37,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ibjax import quantities as ibq
 from ibjax.metrics.names import QUANTITIES, STEALTH_COMPONENTS, clean_group_key
 from ibjax.metrics.names import is_clean_group as _is_clean
 from ibjax.metrics.names import is_finite_number as _finite
@@ -62,7 +63,7 @@ __all__ = [
     "plot_stealth_comparison",
 ]
 
-QUANTITY_LABELS = {"xt": "I(X;T) [nats]", "ty": "I(T;Y_pred) [nats]"}
+QUANTITY_LABELS = {name: f"{q.label} [nats]" for name, q in ibq.QUANTITIES.items()}
 GROUP_LABELS = {
     "target": "target class, all samples",
     "target_clean": "target class, clean samples",
@@ -215,13 +216,6 @@ def _notes_handles(any_unconverged: bool, any_fallback: bool, any_se: bool, read
     return h
 
 
-def _quantity_name(q: str) -> str:
-    """"I(X;T)" for "xt", "I(X;T) online" for "xt_online", the key itself otherwise."""
-    base = q[: -len("_online")] if q.endswith("_online") else q
-    name = QUANTITY_LABELS[base].split(" ")[0] if base in QUANTITY_LABELS else base
-    return name + (" online" if base != q else "")
-
-
 def _empty_info(quantity: str) -> dict:
     return {"quantity": quantity, "groups": [], "clean_n": 0, "unconverged": False, "fallback": False, "se": False,
             "caps": []}
@@ -296,7 +290,7 @@ def _legend_for_mi(infos: Sequence[dict], read: str, show_train: bool) -> list:
             caps.setdefault((c, drawn), []).append(q_info["quantity"])
     for (c, drawn), qs in caps.items():
         where = "" if drawn else " (above the plotted values)"
-        names = " and ".join(_quantity_name(q) for q in qs)
+        names = " and ".join(ibq.quantity_label(q) for q in qs)
         handles.append(Line2D([], [], label=f"{names} ceiling {c:.2f} nats{where}", **_CAP_STYLE))
     if show_train and read != "train":
         handles.append(Line2D([], [], color="0.3", ls="--", label="train read (dashed)"))
@@ -314,9 +308,9 @@ def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: b
     infos = []
     for ax, q in zip(axes, quantities):
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"{_quantity_name(q)} [nats]")
+        ax.set_ylabel(f"{ibq.quantity_label(q)} [nats]")
         ax.grid(alpha=0.3)
-        ax.set_title(_quantity_name(q))
+        ax.set_title(ibq.quantity_label(q))
         if q not in mi or not mi[q]:
             _no_data(ax)
             infos.append(_empty_info(q))

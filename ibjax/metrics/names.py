@@ -26,7 +26,9 @@ __all__ = [
 ]
 
 QUANTITIES = ("xt", "ty")
-"""MI quantities of a run's history: ``"xt"`` = I(X;T), ``"ty"`` = I(T;Y_pred), both in nats."""
+"""The MI quantities the stealthiness metric reads: ``"xt"`` = I(X;T), ``"ty"`` = I(T;Y_pred), both
+in nats (every quantity a study estimates, with its label and features, is in
+:data:`ibjax.quantities.QUANTITIES`)."""
 
 READS = ("heldout", "train")
 """Which value of an estimate is read: ibjax's held-out read, or the authors' training read."""

@@ -19,6 +19,7 @@ from typing import Any, Literal, Optional
 from ibjax.mi import TY_CONFIG, XT_CONFIG, MIConfig
 from ibjax.models import ModelConfig
 from ibjax.poison import PoisonConfig
+from ibjax.quantities import QUANTITIES
 from ibjax.train import TrainConfig
 from ibjax.triggers import ATTACKS
 
@@ -215,7 +216,8 @@ def check_config(config: StudyConfig) -> None:
         raise ValueError(f"attack {config.attack!r} is unknown; choose one of {', '.join(ATTACKS)}")
     config.train.validate()
     config.poison.validate()
-    for name, mi_cfg in (("xt", config.xt), ("ty", config.ty)):
+    for name in QUANTITIES:
+        mi_cfg = getattr(config, name)
         try:
             mi_cfg.validate()
         except ValueError as e:

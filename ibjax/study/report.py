@@ -10,6 +10,7 @@ import numpy as np
 
 from ibjax import metrics as ibmetrics
 from ibjax import plots
+from ibjax.quantities import QUANTITIES
 from ibjax.study.config import StudyConfig
 from ibjax.study.rundir import RunDirectory
 
@@ -31,9 +32,10 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names
         made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.stealth_read, **names))
         made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png"),
                                                  read=config.stealth_read, **names))
-    if "xt_online" in mi_hist:
+    online = tuple(q.online_name for q in QUANTITIES.values() if q.online_name in mi_hist)
+    if online:
         made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves_online.png"), read="heldout",
-                                         quantities=("xt_online", "ty_online"), **names))
+                                         quantities=online, **names))
     for e in sorted(history["clustering"], key=int):
         path = rd.file(f"embedding_{e}.npz")
         if not os.path.exists(path):
@@ -98,7 +100,7 @@ def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
     mi_hist = history["mi"]
     if "xt" in mi_hist:
         epochs = sorted({int(e) for g in mi_hist["xt"].values() for e in g})
-        for q, label in (("xt", "I(X;T)"), ("ty", "I(T;Y_pred)")):
+        for q, label in ((q, quantity.label) for q, quantity in QUANTITIES.items() if q in mi_hist):
             lines += [f"## {label}, nats (held-out read ± standard error / reference-style train read; "
                       "* = critic not converged)", "",
                       "| group | " + " | ".join(str(e) for e in epochs) + " |", "|---|" + "---|" * len(epochs)]

@@ -25,6 +25,7 @@ from ibjax import mi as ibmi
 from ibjax.parallel import put_replicated
 from ibjax.pipeline import DeviceData
 from ibjax.poison import PoisonPlan
+from ibjax.quantities import QUANTITIES
 from ibjax.study.config import StudyConfig
 from ibjax.train import PlateauState, TrainState, create_train_state, plateau_init
 from ibjax.triggers import Attack
@@ -109,7 +110,9 @@ class StudySetup:
 
 @struct.dataclass
 class OnlineCritics:
-    """Critics trained alongside the network (``mi_mode`` online/both), every leaf with a group axis G.
+    """Critics trained alongside the network (``mi_mode`` online/both), every leaf with a group axis G:
+    a critic and a pair buffer per quantity of :data:`ibjax.quantities.QUANTITIES` (named fields, the
+    layout checkpoints hold).
 
     Attributes:
       xt, ty: stacked critic states of I(X;T) and I(T;Y_pred).
@@ -148,11 +151,12 @@ def init_run_state(setup: StudySetup) -> RunState:
     online = None
     if cfg.online:
         g, k = setup.num_groups, setup.keys.init
-        online = OnlineCritics(
-            xt=ibmi.init(jax.random.fold_in(k, 1), g, setup.t_dim, setup.x_dim, cfg.xt),
-            ty=ibmi.init(jax.random.fold_in(k, 2), g, setup.num_classes, setup.t_dim, cfg.ty),
-            xt_pairs=ibmi.buffer_init(g, setup.t_dim, setup.x_dim, cfg.xt),
-            ty_pairs=ibmi.buffer_init(g, setup.num_classes, setup.t_dim, cfg.ty),
-        )
+        dims = {"x": setup.x_dim, "t": setup.t_dim, "y": setup.num_classes}
+        fields = {}
+        for i, (name, q) in enumerate(QUANTITIES.items()):
+            mi_cfg = getattr(cfg, name)
+            fields[name] = ibmi.init(jax.random.fold_in(k, 1 + i), g, *q.pair(dims), mi_cfg)
+            fields[f"{name}_pairs"] = ibmi.buffer_init(g, *q.pair(dims), mi_cfg)
+        online = OnlineCritics(**fields)
     state = RunState(epoch=jnp.zeros((), jnp.int32), train=train_state, plateau=plateau_init(), online=online)
     return put_replicated(state, setup.mesh)

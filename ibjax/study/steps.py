@@ -36,6 +36,7 @@ from ibjax.parallel import pad_batch_columns, pad_groups, pad_rows, put_batch, p
 from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
 from ibjax.poison import group_index_table
 from ibjax.progress import Progress
+from ibjax.quantities import QUANTITIES
 from ibjax.study.population import PopulationSetup, member_of
 from ibjax.study.state import OnlineCritics, RunState
 from ibjax.train import (
@@ -52,14 +53,18 @@ from ibjax.train import (
 __all__ = ["run_epoch", "evaluate_members", "evaluate_attack_members", "population_train_step",
            "population_tracked_step", "population_eval_step", "population_features_step", "FreshPairs",
            "PopulationBank", "population_bank", "estimate_network_mi", "estimate_mi_on_mesh", "per_group",
-           "representation_clustering", "QUANTITY_LABELS"]
-
-QUANTITY_LABELS = {"xt": "I(X;T)", "ty": "I(T;Y_pred)"}
+           "representation_clustering", "mi_configs"]
 
 
-def _pair(quantity: str, x, t, logits):
-    """(a, b) of a quantity: I(X;T) pairs a = T with b = X; I(T;Y_pred) pairs a = Y_pred with b = T."""
-    return (t, x) if quantity == "xt" else (logits, t)
+def mi_configs(config) -> tuple[tuple[str, ibmi.MIConfig], ...]:
+    """``((name, estimator config), ...)`` of every quantity (:data:`ibjax.quantities.QUANTITIES`),
+    hashable: the online critics' static argument."""
+    return tuple((name, getattr(config, name)) for name in QUANTITIES)
+
+
+def _dims(setup) -> dict:
+    """Feature sizes of a member's network: ``{"x": H*W*C, "t": D, "y": K}``."""
+    return {"x": setup.x_dim, "t": setup.t_dim, "y": setup.num_classes}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -112,7 +117,7 @@ def population_train_step(state, data: DeviceData, index, key, noise, *, model, 
 
 
 def _tracked_member(train_state, online: OnlineCritics, data: DeviceData, index, key, masks, *, model, trigger,
-                    config: TrainConfig, total_steps: int, xt: ibmi.MIConfig, ty: ibmi.MIConfig):
+                    config: TrainConfig, total_steps: int, quantities: tuple[tuple[str, ibmi.MIConfig], ...]):
     """One member's training step and, on the same batch's features, one step of every online critic.
 
     ``masks`` bool[G, N] are the member's MI groups. Each group's critic first reads the batch's
@@ -124,10 +129,10 @@ def _tracked_member(train_state, online: OnlineCritics, data: DeviceData, index,
     x, t, logits = m.pop("features")
     member = masks[:, index]
     new = {}
-    for q, cfg, k in (("xt", xt, jax.random.fold_in(key, 7)), ("ty", ty, jax.random.fold_in(key, 8))):
-        a, b = _pair(q, x, t, logits)
+    for i, (q, cfg) in enumerate(quantities):
+        a, b = QUANTITIES[q].pair({"x": x, "t": t, "y": logits})
         critic, pairs, est, rows = ibmi.update_buffered(getattr(online, q), getattr(online, f"{q}_pairs"), a, b, member,
-                                                        k, cfg)
+                                                        jax.random.fold_in(key, 7 + i), cfg)
         new[q], new[f"{q}_pairs"] = critic, pairs
         m[f"{q}_online_sum"] = est * rows
         m[f"{q}_online_rows"] = rows
@@ -135,13 +140,14 @@ def _tracked_member(train_state, online: OnlineCritics, data: DeviceData, index,
 
 
 def population_tracked_step(carry, data: DeviceData, index, key, noise, masks, *, model, trigger, config,
-                            total_steps: int, varying: tuple[str, ...], xt: ibmi.MIConfig, ty: ibmi.MIConfig):
+                            total_steps: int, varying: tuple[str, ...],
+                            quantities: tuple[tuple[str, ibmi.MIConfig], ...]):
     """:func:`population_train_step` with every member's online critics stepped on its batch's
     features (``carry`` = stacked (TrainState, OnlineCritics); ``masks`` bool[R, G, N])."""
 
     def one(st, online, d, idx, k, m, levels):
         return _tracked_member(st, online, d, idx, k, m, model=_member_model(model, varying, levels), trigger=trigger,
-                               config=config, total_steps=total_steps, xt=xt, ty=ty)
+                               config=config, total_steps=total_steps, quantities=quantities)
 
     train_state, online = carry
     return _over_members(one, (0, 0, _data_axes(data), 0, 0, 0, 0), train_state, online, data, index, key, masks,
@@ -171,7 +177,7 @@ def population_features_step(variables, data: DeviceData, index, key, noise, *, 
 
 _STATIC = ("model", "trigger", "varying")
 _train_jit = jax.jit(population_train_step, static_argnames=(*_STATIC, "config", "total_steps"), donate_argnums=(0,))
-_tracked_jit = jax.jit(population_tracked_step, static_argnames=(*_STATIC, "config", "total_steps", "xt", "ty"),
+_tracked_jit = jax.jit(population_tracked_step, static_argnames=(*_STATIC, "config", "total_steps", "quantities"),
                        donate_argnums=(0,))
 _eval_jit = jax.jit(population_eval_step, static_argnames=_STATIC)
 _features_jit = jax.jit(population_features_step, static_argnames=_STATIC)
@@ -255,7 +261,7 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
     step_config, total_steps = step_statics(cfg.train, pop.total_steps)
     statics = dict(config=step_config, total_steps=total_steps, **_statics(pop, pop.members[0].attack.train_trigger))
     if state.online is not None:
-        step = functools.partial(_tracked_jit, masks=pop.group_masks, xt=cfg.xt, ty=cfg.ty, **statics)
+        step = functools.partial(_tracked_jit, masks=pop.group_masks, quantities=mi_configs(cfg), **statics)
         carry = (state.train, state.online)
     else:
         step = functools.partial(_train_jit, **statics)
@@ -292,7 +298,7 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
         plateau, lr = jax.vmap(lambda p, l, m: plateau_update(p, l, m, cfg.train))(plateau, train_state.lr, losses)
         train_state = train_state.replace(lr=lr)
     if online is not None:
-        for q, mi_cfg in (("xt", cfg.xt), ("ty", cfg.ty)):
+        for q, mi_cfg in mi_configs(cfg):
             est = totals[f"{q}_online_sum"] / np.maximum(totals[f"{q}_online_rows"], 1)  # [R, G]
             critics = jax.vmap(lambda c, e: ibmi.end_epoch(c, e, mi_cfg))(getattr(online, q),
                                                                            jnp.asarray(est, jnp.float32))
@@ -325,7 +331,7 @@ class FreshPairs:
         variables, data = shared
         x, _, _ = gather_batch(data, index_row[positions], self.trigger)
         logits, t = self.model.apply(variables, x, train=False, rngs={"noise": key})
-        return _pair(self.quantity, x.reshape(x.shape[0], -1), t, logits)
+        return QUANTITIES[self.quantity].pair({"x": x.reshape(x.shape[0], -1), "t": t, "y": logits})
 
 
 def _population_features(variables, pop: PopulationSetup, used: Sequence[np.ndarray], draw_keys: Sequence[Sequence],
@@ -365,17 +371,26 @@ def _population_features(variables, pop: PopulationSetup, used: Sequence[np.ndar
     return tuple(joined)
 
 
+def _quantity_keys(key: jax.Array) -> dict:
+    """A member's MI key split into one key per quantity (in registry order) and one for the bank:
+    ``{"xt": k, "ty": k, "bank": k}``."""
+    keys = jax.random.split(key, len(QUANTITIES) + 1)
+    return {**dict(zip(QUANTITIES, keys[:-1])), "bank": keys[-1]}
+
+
 @dataclasses.dataclass(frozen=True)
 class PopulationBank:
     """The inputs of a population's joint estimator calls (``feature_mode="bank"``).
 
     Attributes:
-      shared: ``{"xt": (t_bank, x), "ty": (y_bank, t_bank)}``, the members' banks joined (member r's
-        rows ``offsets[r] : offsets[r] + sizes[r]``), replicated on the mesh.
+      shared: per quantity its ``(a, b)`` banks (``{"xt": (t_bank, x), "ty": (y_bank, t_bank)}``),
+        the members' banks joined (member r's rows ``offsets[r] : offsets[r] + sizes[r]``),
+        replicated on the mesh.
       group_data: int32[sum G_r, M], each group's rows into the joined bank (members in order).
       valid: bool[sum G_r, M].
       keys: ``{"xt": [sum G_r, 2], "ty": ...}``: member r's groups keep the keys they have alone
-        (``split(k_quantity_r, G_r)``).
+        (``split(k_quantity_r, G_r)``, the member's MI key split into one key per quantity and one
+        for the bank).
       offsets, sizes: each member's first bank row and row count; groups: each member's group count.
       names: the groups' names for error messages (``"run r <group>"`` in a population).
     """
@@ -395,9 +410,9 @@ def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> Populati
     group tables for one joint estimator call per quantity, from the members' MI keys (``keys[r]``,
     split into xt / ty / bank keys) and stacked variables."""
     tables = [group_index_table(m.plan.group_masks) for m in pop.members]
-    split = [jax.random.split(k, 3) for k in keys]  # k_xt, k_ty, k_bank
+    split = [_quantity_keys(k) for k in keys]
     used = [np.unique(index[valid]) for index, valid in tables]
-    draw_keys = [[jax.random.fold_in(s[2], d) for s in split] for d in range(pop.config.bank_draws)]
+    draw_keys = [[jax.random.fold_in(s["bank"], d) for s in split] for d in range(pop.config.bank_draws)]
     x, t_bank, y_bank = put_replicated(_population_features(variables, pop, used, draw_keys), pop.mesh)
     width = max(index.shape[1] for index, _ in tables)
     rows, valids, offsets, names, offset = [], [], [], [], 0
@@ -410,9 +425,10 @@ def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> Populati
         names += pop.group_names(r)
         offsets.append(offset)
         offset += len(u)
-    group_keys_ = {q: np.concatenate([np.asarray(jax.random.split(s[i], len(tables[r][0])))
-                                      for r, s in enumerate(split)]) for i, q in enumerate(("xt", "ty"))}
-    return PopulationBank(shared={"xt": (t_bank, x), "ty": (y_bank, t_bank)}, group_data=np.concatenate(rows),
+    group_keys_ = {q: np.concatenate([np.asarray(jax.random.split(s[q], len(tables[r][0])))
+                                      for r, s in enumerate(split)]) for q in QUANTITIES}
+    features = {"x": x, "t": t_bank, "y": y_bank}
+    return PopulationBank(shared={q: Q.pair(features) for q, Q in QUANTITIES.items()}, group_data=np.concatenate(rows),
                           valid=np.concatenate(valids), keys=group_keys_, offsets=tuple(offsets),
                           sizes=tuple(len(u) for u in used), groups=tuple(len(t[0]) for t in tables),
                           names=tuple(names))
@@ -430,18 +446,17 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
     estimated in its own call.
 
     Returns:
-      One ``{"xt": {group: record}, "ty": {group: record}}`` per member, each record as
-      :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
+      One ``{quantity: {group: record}}`` per member (:data:`ibjax.quantities.QUANTITIES`:
+      ``"xt"``, ``"ty"``), each record as :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
     """
     cfg, mesh = pop.config, pop.mesh
-    m0 = pop.members[0]
-    dims = {"xt": (m0.t_dim, m0.x_dim), "ty": (m0.num_classes, m0.t_dim)}
+    dims = {q: Q.pair(_dims(pop.members[0])) for q, Q in QUANTITIES.items()}
     runs = "" if pop.size == 1 else f" ({pop.size} runs)"
     out = [{} for _ in pop.members]
     if cfg.feature_mode == "bank":
         bank = population_bank(keys, variables, pop)
-        for q, mi_cfg in (("xt", cfg.xt), ("ty", cfg.ty)):
-            bar = Progress(f"{label}{QUANTITY_LABELS[q]} estimator{runs}", mi_cfg.total_epochs, "epoch",
+        for q, mi_cfg in mi_configs(cfg):
+            bar = Progress(f"{label}{QUANTITIES[q].label} estimator{runs}", mi_cfg.total_epochs, "epoch",
                            enabled=progress)
             res = estimate_mi_on_mesh(bank.keys[q], ibmi.bank_pairs, bank.shared[q], bank.group_data, bank.valid,
                                       *dims[q], config=mi_cfg, mesh=mesh, group_names=bank.names,
@@ -456,13 +471,13 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
     host = jax.tree.map(to_host, variables)
     for r, (key, m) in enumerate(zip(keys, pop.members)):
         index, valid = group_index_table(m.plan.group_masks)
-        k_xt, k_ty, _ = jax.random.split(key, 3)
+        member_keys = _quantity_keys(key)
         shared = (member_of(host, r, mesh), m.train_data)
         who = "" if pop.size == 1 else f"[{r}] "
-        for q, mi_cfg, k in (("xt", cfg.xt, k_xt), ("ty", cfg.ty, k_ty)):
-            bar = Progress(f"{label}{who}{QUANTITY_LABELS[q]} estimator", mi_cfg.total_epochs, "epoch",
+        for q, mi_cfg in mi_configs(cfg):
+            bar = Progress(f"{label}{who}{QUANTITIES[q].label} estimator", mi_cfg.total_epochs, "epoch",
                            enabled=progress)
-            res = estimate_mi_on_mesh(k, FreshPairs(m.model, m.attack.train_trigger, q), shared, index, valid,
+            res = estimate_mi_on_mesh(member_keys[q], FreshPairs(m.model, m.attack.train_trigger, q), shared, index, valid,
                                       *dims[q], config=mi_cfg, mesh=mesh, group_names=pop.group_names(r),
                                       progress=bar if progress else None)
             bar.close()
