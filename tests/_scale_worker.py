@@ -12,6 +12,7 @@ run directories' own files.
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -55,9 +56,15 @@ def multidevice(out: str) -> None:
     # noise levels against static ones).
     run_study(TWO, p("alone_0"), devices=1, **quiet)
     run_study(MEMBERS[1], p("alone_1"), devices=1, **quiet)
-    # Epoch 1 on 2 devices, then resumed on 8 devices for epoch 2 (a different device count).
+    # Epoch 1 on 2 devices, then resumed on 8 devices for epoch 2 (a different device count). Its
+    # references for epoch 2 start that epoch from its own checkpoint: the same epoch-1 directory
+    # resumed on one device, and both epochs on 2 devices uninterrupted (alone_0's epoch 2 starts from
+    # other rounding, which training amplifies: test_parallel.py compares it at epoch 1 only).
     run_study(ONE, p("sharded"), devices=2, **quiet)
+    shutil.copytree(p("sharded"), p("sharded_1"))
     run_study(TWO, p("sharded"), resume=True, devices=8, **quiet)
+    run_study(TWO, p("sharded_1"), resume=True, devices=1, **quiet)
+    run_study(TWO, p("two_devices"), devices=2, **quiet)
     # A population of 4 on 2 devices (runs 2 x data 1: two members per device), each member in its
     # own run directory; compare reads them, and a member's directory resumes alone (one device).
     run_population(MEMBERS, [p(f"member_{r}") for r in range(4)], devices=2, **quiet)

@@ -10,6 +10,8 @@ MARK = "IBJAX_TEST_SESSION_IBJAX_CACHE"
 
 def _cache_after_conftest(env: dict) -> str:
     code = "import conftest, os; print(os.environ['IBJAX_CACHE'])"
+    # The checkout under test first: from tests/ alone, `import ibjax` would find whatever is installed.
+    env = {**env, "PYTHONPATH": os.path.dirname(HERE)}
     p = subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True, text=True, check=True)
     return p.stdout.strip()
 
