@@ -80,9 +80,9 @@ def _data_axes(data: DeviceData) -> DeviceData:
 
 def _over_members(fn: Callable, in_axes: tuple, *args):
     """``jax.vmap(fn, in_axes)(*args)`` over the member axis (the leading axis of the last argument,
-    the members' noise levels). A population of one calls ``fn`` on its member directly: the program
-    a single network compiles to (a vmap of size 1 reorders float sums on XLA:CPU, so a run alone
-    would round differently from the same run in a population of several, which vmaps)."""
+    the members' noise levels). A population of one calls ``fn`` on its member directly, so a run
+    alone compiles the program of one network, not a vmap of size 1 (whose fusions XLA:CPU may
+    compile differently: the same run, rounded otherwise; docs/measurements.md)."""
     if args[-1].shape[0] != 1:
         return jax.vmap(fn, in_axes=in_axes)(*args)
 
