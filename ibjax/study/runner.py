@@ -33,6 +33,7 @@ from ibjax import metrics as ibmetrics
 from ibjax.checkpoint import Checkpointer
 from ibjax.parallel import barrier, check_batch_divisible, describe_mesh, make_mesh, population_mesh, to_host
 from ibjax.progress import LOGGER, Progress, phase
+from ibjax.quantities import QUANTITIES
 from ibjax.study import report
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
 from ibjax.study.population import (
@@ -410,7 +411,7 @@ def _record_online(history: dict, reads: Optional[dict], setup, epoch: int) -> N
     if reads is None:
         return
     for q, values in reads.items():
-        hist = history["mi"].setdefault(f"{q}_online", {})
+        hist = history["mi"].setdefault(QUANTITIES[q].online_name, {})
         for name, v in zip(setup.plan.group_names, values):
             hist.setdefault(name, {})[str(epoch)] = {"heldout": v}
 

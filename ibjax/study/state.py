@@ -96,6 +96,11 @@ class StudySetup:
         return h * w * c
 
     @property
+    def feature_sizes(self) -> dict[str, int]:
+        """Sizes of the network's features (:data:`ibjax.quantities.FEATURES`): ``{"x": H*W*C, "t": D, "y": K}``."""
+        return {"x": self.x_dim, "t": self.t_dim, "y": self.num_classes}
+
+    @property
     def num_groups(self) -> int:
         return len(self.plan.group_names)
 
@@ -151,12 +156,11 @@ def init_run_state(setup: StudySetup) -> RunState:
     online = None
     if cfg.online:
         g, k = setup.num_groups, setup.keys.init
-        dims = {"x": setup.x_dim, "t": setup.t_dim, "y": setup.num_classes}
         fields = {}
         for i, (name, q) in enumerate(QUANTITIES.items()):
             mi_cfg = getattr(cfg, name)
-            fields[name] = ibmi.init(jax.random.fold_in(k, 1 + i), g, *q.pair(dims), mi_cfg)
-            fields[f"{name}_pairs"] = ibmi.buffer_init(g, *q.pair(dims), mi_cfg)
+            fields[name] = ibmi.init(jax.random.fold_in(k, 1 + i), g, *q.pair(setup.feature_sizes), mi_cfg)
+            fields[f"{name}_pairs"] = ibmi.buffer_init(g, *q.pair(setup.feature_sizes), mi_cfg)
         online = OnlineCritics(**fields)
     state = RunState(epoch=jnp.zeros((), jnp.int32), train=train_state, plateau=plateau_init(), online=online)
     return put_replicated(state, setup.mesh)

@@ -62,11 +62,6 @@ def mi_configs(config) -> tuple[tuple[str, ibmi.MIConfig], ...]:
     return tuple((name, getattr(config, name)) for name in QUANTITIES)
 
 
-def _dims(setup) -> dict:
-    """Feature sizes of a member's network: ``{"x": H*W*C, "t": D, "y": K}``."""
-    return {"x": setup.x_dim, "t": setup.t_dim, "y": setup.num_classes}
-
-
 # --------------------------------------------------------------------------------------------------
 # the per-member functions, vmapped over the member axis
 
@@ -450,7 +445,7 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
       ``"xt"``, ``"ty"``), each record as :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
     """
     cfg, mesh = pop.config, pop.mesh
-    dims = {q: Q.pair(_dims(pop.members[0])) for q, Q in QUANTITIES.items()}
+    dims = {q: Q.pair(pop.members[0].feature_sizes) for q, Q in QUANTITIES.items()}
     runs = "" if pop.size == 1 else f" ({pop.size} runs)"
     out = [{} for _ in pop.members]
     if cfg.feature_mode == "bank":
