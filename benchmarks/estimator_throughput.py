@@ -29,7 +29,6 @@ on an accelerator unless --skip-full; extrapolated from the measured rate with -
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import sys
 from typing import Optional, Sequence
@@ -59,7 +58,7 @@ def _base_config(q: str, which: str = "default"):
     from ibjax import mi
 
     configs = {"default": (mi.XT_CONFIG, mi.TY_CONFIG), "reference": (mi.XT_REFERENCE, mi.TY_REFERENCE)}[which]
-    return dataclasses.replace(configs[0] if q == "xt" else configs[1], critic="concat", hidden=(128, 128))
+    return mi.resolve_config(configs[0] if q == "xt" else configs[1], critic="concat", hidden=(128, 128))
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -109,20 +108,22 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 def _config(args, q: str, epochs: Optional[int] = None):
+    from ibjax import mi
+
     base = _base_config(q, args.mi_config)
-    return dataclasses.replace(
+    return mi.resolve_config(
         base,
-        batch_size=max(2, base.batch_size // args.batch_div),
-        negatives=max(1, base.negatives // args.batch_div),
+        batch_size=max(2, base.protocol.batch_size // args.batch_div),
+        negatives=max(1, base.protocol.negatives // args.batch_div),
         epochs=epochs or args.epochs,
-        read_epochs=min(base.read_epochs, epochs or args.epochs),
+        read_epochs=min(base.protocol.read_epochs, epochs or args.epochs),
     )
 
 
 def _group_sizes(args, g: int, cfg) -> list[int]:
     # Every group keeps at least one training batch and two validation / held-out samples after the splits.
-    keep = (1.0 - cfg.heldout_fraction) * (1.0 - cfg.validation_fraction)
-    floor = int(math.ceil((cfg.batch_size + 2) / keep)) + 4
+    keep = (1.0 - cfg.protocol.heldout_fraction) * (1.0 - cfg.protocol.validation_fraction)
+    floor = int(math.ceil((cfg.protocol.batch_size + 2) / keep)) + 4
     return [max(floor, s // args.size_div) for s in REALISTIC_SIZES[:g]]
 
 
@@ -131,7 +132,7 @@ def _schedule(sizes: Sequence[int], cfg) -> tuple[int, list[int]]:
     from ibjax import mi
 
     n_tr = mi.split_sizes(np.asarray(sizes), cfg)[2]
-    useful = [int(u) for u in mi.batches_per_epoch(n_tr, cfg.batch_size, cfg.batch_fraction)]
+    useful = [int(u) for u in mi.batches_per_epoch(n_tr, cfg.protocol.batch_size, cfg.optimiser.batch_fraction)]
     return max(useful), useful
 
 
@@ -156,7 +157,7 @@ def bench_update(args, q: str, g: int) -> dict:
     spec, cfg = QUANTITIES[q], _config(args, q)
     key = jax.random.PRNGKey(args.seed)
     state = mi.init(key, g, spec["da"], spec["db"], cfg)  # jitted inside: untimed set-up
-    pool = [_features(args.seed + 10 + i, g, cfg.batch_size, q) for i in range(4)]
+    pool = [_features(args.seed + 10 + i, g, cfg.protocol.batch_size, q) for i in range(4)]
     keys = [jax.random.fold_in(key, 1000 + s) for s in range(args.steps)]
     holder = {"state": state}
 
@@ -177,7 +178,7 @@ def bench_update(args, q: str, g: int) -> dict:
     return {
         "quantity": spec["label"], "implementation": "ibjax mi.update (per-step dispatch)", "groups": g,
         "group_steps_per_s": rate, "computed_group_steps_per_s": rate, "seconds": t,
-        "B": cfg.batch_size, "K": cfg.negatives, "recompiled_while_timed": recompiled,
+        "B": cfg.protocol.batch_size, "K": cfg.protocol.negatives, "recompiled_while_timed": recompiled,
     }
 
 
@@ -211,12 +212,12 @@ def bench_estimate(args, q: str, g: int, group_batch="auto") -> tuple[dict, floa
     recompiled = C.jit_cache_size(getattr(mi.estimator, "_run_epochs", None)) != compiled
     t = C.median(times)
     finite = bool(np.all(np.isfinite(np.asarray(res.train))))
-    computed = (sum(useful) if looped else g * scan_steps) * cfg.epochs / t
+    computed = (sum(useful) if looped else g * scan_steps) * cfg.protocol.epochs / t
     row = {
         "quantity": spec["label"], "groups": g, "group_batch": resolved,
-        "implementation": f"ibjax estimate_mi_groups ({cfg.epochs} epochs, group_batch={resolved})",
-        "group_steps_per_s": sum(useful) * cfg.epochs / t, "computed_group_steps_per_s": computed, "seconds": t,
-        "B": cfg.batch_size, "K": cfg.negatives, "group_sizes": sizes, "scan_steps_per_epoch": scan_steps,
+        "implementation": f"ibjax estimate_mi_groups ({cfg.protocol.epochs} epochs, group_batch={resolved})",
+        "group_steps_per_s": sum(useful) * cfg.protocol.epochs / t, "computed_group_steps_per_s": computed, "seconds": t,
+        "B": cfg.protocol.batch_size, "K": cfg.protocol.negatives, "group_sizes": sizes, "scan_steps_per_epoch": scan_steps,
         "useful_steps_per_epoch": useful, "finite": finite, "recompiled_while_timed": recompiled, "looped": looped,
     }
     return row, computed
@@ -271,7 +272,7 @@ def bench_torch(args, q: str) -> dict:
     cuda = dev.type == "cuda"
     torch.manual_seed(args.seed)
     spec, cfg = QUANTITIES[q], _config(args, q)
-    bsz, k = cfg.batch_size, cfg.negatives
+    bsz, k = cfg.protocol.batch_size, cfg.protocol.negatives
     n = max(bsz, REALISTIC_SIZES[-1] // args.size_div)
     from ibjax.models import ModelConfig, make_model
 
@@ -280,8 +281,8 @@ def bench_torch(args, q: str) -> dict:
         widths = (*widths[:-1], 512)
     cnn = TM.make_cnn(args.cnn, 10, 0.4, 0.4, widths=widths).to(dev).eval()  # noise stays on in eval
     images = torch.rand(n, 3, 32, 32, device=dev)
-    critic = TM.ConcatCritic(spec["da"], spec["db"], cfg.hidden).to(dev)
-    opt = torch.optim.AdamW(critic.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    critic = TM.ConcatCritic(spec["da"], spec["db"], cfg.critic.hidden).to(dev)
+    opt = torch.optim.AdamW(critic.parameters(), lr=cfg.optimiser.lr, weight_decay=cfg.optimiser.weight_decay)
     scaler = torch.amp.GradScaler("cuda") if cuda else None
     autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else None
 
@@ -300,13 +301,13 @@ def bench_torch(args, q: str) -> dict:
                 est = TM.infonce_reference(critic, a, b, k)
             scaler.scale(-est).backward()
             scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.optimiser.grad_clip)
             scaler.step(opt)
             scaler.update()
         else:
             est = TM.infonce_reference(critic, a.float(), b.float(), k)
             (-est).backward()
-            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(critic.parameters(), cfg.optimiser.grad_clip)
             opt.step()
         return est.item()  # read back every step, as the reference logs it
 

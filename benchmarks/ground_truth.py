@@ -54,10 +54,12 @@ VARIANTS = {
 
 
 def _kv(text: str) -> tuple[str, object]:
-    from ibjax.mi.config import parse_overrides
+    from ibjax.fields import parse_assignments, resolve_path
+    from ibjax.mi import MI_ALIASES, MIConfig
 
     try:
-        (item,) = parse_overrides(text).items()
+        (item,) = parse_assignments(text).items()
+        resolve_path(MIConfig, item[0], MI_ALIASES)
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"expected one MIConfig FIELD=VALUE, got {text!r} ({e})") from None
     return item
@@ -107,7 +109,7 @@ def _config(args, variant: str):
     over = dict(epochs=args.epochs, batch_size=args.batch_size, negatives=args.negatives)
     over.update(VARIANTS[variant])
     over.update(dict(args.set))
-    over["read_epochs"] = min(over.get("read_epochs", mi.XT_CONFIG.read_epochs), args.epochs)
+    over["read_epochs"] = min(over.get("read_epochs", mi.XT_CONFIG.protocol.read_epochs), args.epochs)
     return mi.resolve_config(mi.XT_CONFIG, **over)
 
 
@@ -142,7 +144,7 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
             fit = (groundtruth.gaussian_fit_read(x[g, :n_tr], y[g, :n_tr], x[g, -n_ho:], y[g, -n_ho:])
                    if n_ho > 1 else None)
             # The reference has no held-out split: its number is the training read.
-            read = r["train"] if cfg.heldout_fraction == 0 else r["heldout"]
+            read = r["train"] if cfg.protocol.heldout_fraction == 0 else r["heldout"]
             err = read - task.mi
             rows.append({
                 "variant": variant, "task": task.name, "dims": f"{task.dx}x{task.dy}", "truth": task.mi,

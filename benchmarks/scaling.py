@@ -241,10 +241,10 @@ def _steps_per_epoch(cfg, size: int) -> int:
         from ibjax.mi.config import batches_per_epoch, split_sizes
 
         _, _, n_tr = split_sizes(np.asarray([size]), cfg)
-        return int(np.asarray(batches_per_epoch(n_tr, cfg.batch_size, cfg.batch_fraction))[0])
+        return int(np.asarray(batches_per_epoch(n_tr, cfg.protocol.batch_size, cfg.optimiser.batch_fraction))[0])
     except ImportError:
-        n_tr = size - int(np.floor(cfg.heldout_fraction * size))
-        return max(1, int((n_tr // cfg.batch_size) * cfg.batch_fraction))
+        n_tr = size - int(np.floor(cfg.protocol.heldout_fraction * size))
+        return max(1, int((n_tr // cfg.protocol.batch_size) * cfg.optimiser.batch_fraction))
 
 
 def bench_estimator(args, device_counts: list[int]) -> list[dict]:
@@ -254,8 +254,8 @@ def bench_estimator(args, device_counts: list[int]) -> list[dict]:
     from ibjax.parallel import make_mesh, put_replicated
     from ibjax.study.steps import estimate_mi_on_mesh
 
-    cfg = ibmi.MIConfig(epochs=args.estimator_epochs, batch_size=64 if args.quick else 128,
-                        negatives=128 if args.quick else 512, hidden=(128, 128), read_epochs=1, heldout_passes=1)
+    cfg = ibmi.resolve_config(epochs=args.estimator_epochs, batch_size=64 if args.quick else 128,
+                              negatives=128 if args.quick else 512, hidden=(128, 128), read_epochs=1, heldout_passes=1)
     g, m = args.groups, args.group_size
     da, db, draws = 64 if args.quick else 512, 256 if args.quick else 3072, 2
     rng = np.random.default_rng(args.seed)
@@ -268,7 +268,7 @@ def bench_estimator(args, device_counts: list[int]) -> list[dict]:
         shared = put_replicated((bank, x), mesh) if mesh is not None else jax.device_put((bank, x))
         index = np.arange(n, dtype=np.int32).reshape(groups, m)
         valid = np.ones((groups, m), bool)
-        steps = groups * _steps_per_epoch(cfg, m) * cfg.epochs
+        steps = groups * _steps_per_epoch(cfg, m) * cfg.protocol.epochs
 
         def run():
             return estimate_mi_on_mesh(jax.random.PRNGKey(args.seed), ibmi.bank_pairs, shared, index, valid, da, db,

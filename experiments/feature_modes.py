@@ -18,6 +18,7 @@ import json
 import jax
 import numpy as np
 
+from ibjax.fields import override
 from ibjax.parallel import make_mesh
 from ibjax.runtime import prepare_cpu_process
 from ibjax.study import build_population, estimate_network_mi, init_run_state, preset, run_epoch, stack_states
@@ -35,8 +36,8 @@ def main(argv=None) -> dict:
     a = p.parse_args(argv)
     prepare_cpu_process()  # before JAX starts its backend
     base = preset("cpu")
-    config = dataclasses.replace(base, train=dataclasses.replace(base.train, epochs=a.epochs), mi_epochs=(a.epochs,),
-                                 embed_epochs=(a.epochs,), stealth_epochs=(a.epochs,))
+    config = override(base, {"train.epochs": a.epochs, "mi.epochs": (a.epochs,), "analysis.embedding.epochs": (a.epochs,),
+                             "analysis.stealth.epochs": (a.epochs,)})
     pop = build_population([config], mesh=make_mesh(), progress=False)  # one run: a population of one
     state = stack_states([init_run_state(pop.members[0])], pop.mesh)
     for _ in range(a.epochs):
@@ -44,8 +45,8 @@ def main(argv=None) -> dict:
     variables = state.train.variables
 
     def estimate(key, mode, draws=1):
-        member = dataclasses.replace(pop.members[0], config=dataclasses.replace(config, feature_mode=mode,
-                                                                                 bank_draws=draws))
+        member = dataclasses.replace(pop.members[0], config=override(config, {"mi.features": mode,
+                                                                               "mi.bank_draws": draws}))
         return _reads(estimate_network_mi([key], variables, dataclasses.replace(pop, members=(member,)))[0])
 
     fresh = [estimate(jax.random.PRNGKey(100 + r), "fresh") for r in range(a.repeats)]

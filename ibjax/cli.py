@@ -1,7 +1,7 @@
 """The command line of a study, generated from :class:`~ibjax.study.config.StudyConfig` with tyro.
 
-Every field of the config tree is a flag (``--dataset``, ``--train.epochs``, ``--xt.batch-size``,
-...) whose help shows its default, its choices and its unit from the dataclasses' docstrings; there
+Every field of the config tree is a flag named by its section path (``--data.name``,
+``--train.epochs``, ``--mi.xt.protocol.batch-size``, ...) whose help shows its default, its choices and its unit from the dataclasses' docstrings; there
 is no hand-written list of flags to fall out of step with the config. tyro is used because it builds
 nested, typed flags straight from frozen dataclasses (Literal types become choices, tuples become
 lists of values) and reads their Google-style docstrings for help; ml_collections' config flags
@@ -16,6 +16,9 @@ Runtime options (``--devices``, ``--distributed``) are fields of the command, no
 config: they choose where a run computes, never what it computes (a run on 8 devices equals the run
 on one up to float rounding, and may resume on another device count), so they are not saved in
 config.json and a resume may change them.
+
+A flag of the flat layout before config sections (``--mi-epochs``, ``--dataset``, ``--xt.lr``, ...)
+ends with an error naming its new flag.
 
 Bad input ends with one line ``error: ...`` on stderr naming the culprit and what to do, exit code
 2, before any long work starts.
@@ -36,7 +39,9 @@ from typing import Annotated, Literal, Optional, Sequence
 
 import tyro
 
-from ibjax.study.config import StudyConfig, config_from_dict, config_to_dict
+from ibjax.fields import resolve_path
+from ibjax.mi import MI_ALIASES, Candidate, MIConfig
+from ibjax.study.config import STUDY_RENAMES, StudyConfig, config_from_dict, config_to_dict, migrate_config_dict
 from ibjax.study.presets import PRESETS
 from ibjax.study.writers import WRITERS, check_writers
 
@@ -86,8 +91,8 @@ class StudyCommand:
 
 
 def default_run_dir(config: StudyConfig) -> str:
-    name = os.path.basename(os.path.normpath(config.dataset)) or "data"
-    return os.path.join("runs", f"{name}_{config.attack}_{config.poison.ratio}_s{config.seed}")
+    name = os.path.basename(os.path.normpath(config.data.name)) or "data"
+    return os.path.join("runs", f"{name}_{config.attack.name}_{config.poison.ratio}_s{config.seed}")
 
 
 def fail(message: str, code: int = 2):
@@ -129,7 +134,7 @@ def _starting_config(pre: argparse.Namespace) -> StudyConfig:
         if not isinstance(overlay, dict):
             fail(f"config file {pre.config!r} must hold a JSON object (a whole or partial StudyConfig)")
         try:
-            base = config_from_dict(_merge(config_to_dict(base), overlay))
+            base = config_from_dict(_merge(config_to_dict(base), migrate_config_dict(overlay)))
         except (ValueError, TypeError) as e:
             fail(f"config file {pre.config!r}: {e}")
     return base
@@ -153,9 +158,49 @@ def _tyro_error(text: str) -> str:
     return " ".join(body) or title or "invalid arguments"
 
 
+def _flag(path: str) -> str:
+    return "--" + path.replace("_", "-")
+
+
+def _renamed_flag(arg: str) -> Optional[str]:
+    """The flag of today's sections that an old flat flag ``arg`` became, or None if ``arg`` is not one."""
+    if not arg.startswith("--"):
+        return None
+    name = arg[2:].split("=", 1)[0].replace("-", "_")
+    if name in STUDY_RENAMES:
+        return _flag(STUDY_RENAMES[name])
+    head, _, leaf = name.partition(".")
+    if head in ("xt", "ty") and leaf:  # --xt.lr: the estimator's flat field, now under mi.xt's sections
+        try:
+            return _flag(f"mi.{head}.{resolve_path(MIConfig, leaf, MI_ALIASES)}")
+        except ValueError:
+            return _flag(f"mi.{head}.{leaf}")
+    return None
+
+
+def _tyro_registry() -> "tyro.constructors.ConstructorRegistry":
+    """tyro rules for the config's own value types: a :class:`~ibjax.mi.Candidate` is one argument,
+    its FIELD=VALUE text (quoted on the command line)."""
+    registry = tyro.constructors.ConstructorRegistry()
+
+    @registry.primitive_rule
+    def _candidate(type_info):
+        if type_info.type is not Candidate:
+            return None
+        return tyro.constructors.PrimitiveConstructorSpec(
+            nargs=1, metavar="'FIELD=VALUE ...'", instance_from_str=lambda args: Candidate(args[0]),
+            is_instance=lambda x: isinstance(x, Candidate), str_from_instance=lambda x: [str(x)])
+
+    return registry
+
+
 def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:
     """Parse a study command line (see the module docstring). Exits with one error line on bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    for arg in argv:
+        new = _renamed_flag(arg)
+        if new:
+            fail(f"{arg.split('=', 1)[0]} is now {new} (the config is in sections; see --help)")
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--preset", default="default")
     pre_parser.add_argument("--config", default=None)
@@ -167,6 +212,7 @@ def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:
     try:
         with contextlib.redirect_stderr(err):
             cmd = tyro.cli(StudyCommand, default=default, args=argv, prog="python -m experiments.study",
+                           registry=_tyro_registry(),
                            description=StudyCommand.__doc__.split("\n\n")[0])
     except SystemExit as e:
         if e.code in (0, None):  # --help: tyro printed it (to stdout)

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from ibjax import rng
+from ibjax.fields import Config
 
 Dtype = Any
 
@@ -249,7 +250,7 @@ MODELS = {
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """Which network to build. Defaults: the study's ResNet-18 with noise 0.4 / 0.4, float32.
 
     Attributes:

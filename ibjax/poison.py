@@ -45,12 +45,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
+
+from ibjax.fields import Config
 
 __all__ = ["PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan", "group_index_table"]
 
@@ -59,7 +61,7 @@ _TARGET_SAMPLES = ("mix", "half")
 
 
 @dataclasses.dataclass(frozen=True)
-class PoisonConfig:
+class PoisonConfig(Config):
     """How to poison. Defaults: 10% of the whole set, all-to-one onto class 0, the authors' selection.
 
     Attributes:
@@ -94,26 +96,26 @@ class PoisonConfig:
     target: int = 0
     clean_label: bool = False
     keep_label_fraction: float = 0.0
-    selection: str = "reference"
+    selection: Literal["reference", "first", "last", "random"] = "reference"
     clean_groups_include_kept: bool = False
-    target_sample: str = "mix"
+    target_sample: Literal["mix", "half"] = "mix"
 
-    def validate(self, num_classes: Optional[int] = None) -> None:
-        """Raise ValueError for a bad option; the target's upper bound is checked once ``num_classes`` is known."""
+    def check(self) -> None:
         if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"poison ratio must lie in (0, 1), got {self.ratio}")
-        if self.target < 0 or (num_classes is not None and self.target >= num_classes):
-            hint = f": the data set has classes 0..{num_classes - 1}" if num_classes is not None else ""
-            raise ValueError(f"target class {self.target} out of range{hint}")
+            raise ValueError(f"ratio must lie in (0, 1), got {self.ratio}")
+        if self.target < 0:
+            raise ValueError(f"target class {self.target} out of range: give a class index >= 0")
         if not 0.0 <= self.keep_label_fraction < 1.0:
             raise ValueError(f"keep_label_fraction must lie in [0, 1), got {self.keep_label_fraction}")
         if self.clean_label and self.keep_label_fraction > 0:
             raise ValueError("keep_label_fraction has no effect on a clean-label attack (its poisons keep their "
                              "labels already): set it to 0")
-        if self.selection not in _SELECTIONS:
-            raise ValueError(f"selection must be one of {', '.join(map(repr, _SELECTIONS))}, got {self.selection!r}")
-        if self.target_sample not in _TARGET_SAMPLES:
-            raise ValueError(f"target_sample must be 'mix' or 'half', got {self.target_sample!r}")
+
+    def validate(self, num_classes: Optional[int] = None) -> None:
+        """:meth:`check`, and the target's upper bound once ``num_classes`` is known."""
+        super().validate()
+        if num_classes is not None and self.target >= num_classes:
+            raise ValueError(f"target class {self.target} out of range: the data set has classes 0..{num_classes - 1}")
 
 
 REFERENCE_POISON = PoisonConfig(selection="reference", clean_groups_include_kept=True, target_sample="half")

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ibjax.fields import Config
 from ibjax.parallel import pad_batch_columns, put_batch, put_replicated, replicated
 from ibjax.pipeline import DeviceData, epoch_batches, gather_batch, test_batches
 from ibjax.schedules import reduce_on_plateau
@@ -52,7 +53,7 @@ __all__ = [
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Config):
     """The training recipe; defaults are the reference's (SPEC.md, "Model").
 
     Attributes:
@@ -83,18 +84,18 @@ class TrainConfig:
     eval_batch_size: int = 1000
     asr_on_all: bool = False
 
-    def validate(self) -> None:
+    def check(self) -> None:
         if self.epochs < 1:
-            raise ValueError(f"train.epochs must be >= 1, got {self.epochs}")
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError(f"train.batch_size and train.eval_batch_size must be >= 1, got {self.batch_size} "
+            raise ValueError(f"batch_size and eval_batch_size must be >= 1, got {self.batch_size} "
                              f"and {self.eval_batch_size}")
         if not self.lr > 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"train.schedule must be 'plateau', 'cosine' or 'constant', got {self.schedule!r}")
+            raise ValueError(f"schedule must be 'plateau', 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 < self.plateau_factor < 1:
-            raise ValueError(f"train.plateau_factor must lie in (0, 1), got {self.plateau_factor}")
+            raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor}")
 
 
 @struct.dataclass

@@ -9,7 +9,6 @@ Each writes its run directories under OUT and a ``done.json`` when it finishes; 
 run directories' own files.
 """
 
-import dataclasses
 import json
 import os
 import shutil
@@ -23,16 +22,16 @@ sys.path.insert(0, HERE)
 
 from tiny_config import TINY, short  # noqa: E402
 
+from ibjax.fields import override  # noqa: E402
 from ibjax.runtime import fast_cpu_compile  # noqa: E402
 
 
 ONE = short(TINY, 1)
-TWO = dataclasses.replace(short(TINY, 2), mi_epochs=(1,), stealth_epochs=(1,))
+TWO = override(short(TINY, 2), {"mi.epochs": (1,), "analysis.stealth.epochs": (1,)})
 """ONE extended by a second epoch (MI at epoch 1 only: estimator programs are most of the compile time)."""
 # Member 3 of the population differs in seed, poison ratio and noise level (traced per member).
-MEMBERS = [dataclasses.replace(ONE, seed=s) for s in range(3)] + [
-    dataclasses.replace(ONE, seed=3, poison=dataclasses.replace(ONE.poison, ratio=0.2),
-                        model=dataclasses.replace(ONE.model, gamma_xt=0.3))]
+MEMBERS = [override(ONE, {"seed": s}) for s in range(3)] + [
+    override(ONE, {"seed": 3, "poison.ratio": 0.2, "model.gamma_xt": 0.3})]
 ESTIMATOR_MODULES = ("estimate", "run_epochs", "prepare", "finish")
 """Substrings of the estimator's compiled module names (jit__estimate_all; after the chunked
 rewrite jit__prepare, jit__run_epochs, jit__finish)."""
@@ -78,7 +77,7 @@ def multidevice(out: str) -> None:
     done["state_devices"] = sorted({len(x.sharding.device_set) for x in jax.tree.leaves(state)})
     done["exact"] = _exact_checks(setup8)
     try:  # a batch the data axis does not divide: one clear error before any work
-        run_study(dataclasses.replace(ONE, train=dataclasses.replace(ONE.train, batch_size=30)), p("bad"),
+        run_study(override(ONE, {"train.batch_size": 30}), p("bad"),
                   devices=8, **quiet)
     except ValueError as e:
         done["indivisible_error"] = str(e)
@@ -131,7 +130,7 @@ def _exact_checks(setup8) -> dict:
         draws = [host(extract_features(put_replicated(variables, setup.mesh), setup.train_data, used,
                                        jax.random.fold_in(key, d), model=setup.model,
                                        trigger=setup.attack.train_trigger, mesh=setup.mesh))
-                 for d in range(setup.config.bank_draws)]
+                 for d in range(setup.config.mi.bank_draws)]
         return draws[0][0], np.stack([d[1] for d in draws], 1), np.stack([d[2] for d in draws], 1), row_of[index], valid
 
     setup1 = build_setup(ONE, progress=False, mesh=make_mesh(1))
@@ -143,7 +142,7 @@ def _exact_checks(setup8) -> dict:
 
     def xt(setup, keys, shared, group_data, valid, mesh):
         return reads(estimate_mi_on_mesh(keys, ibmi.bank_pairs, put_replicated(shared, mesh), group_data, valid,
-                                         setup.t_dim, setup.x_dim, config=setup.config.xt, mesh=mesh))
+                                         setup.t_dim, setup.x_dim, config=setup.config.mi.xt, mesh=mesh))
 
     def diff(a, b):
         """Largest difference in the first estimator epoch (reads of the initial critics: exact up to
@@ -162,7 +161,7 @@ def _exact_checks(setup8) -> dict:
     member_vars = host(state.train.variables)
     (t_all, x_all), y_all = host(bank.shared["xt"]), to_host(bank.shared["ty"][0])
     joint = reads(estimate_mi_on_mesh(bank.keys["xt"], ibmi.bank_pairs, bank.shared["xt"], bank.group_data, bank.valid,
-                                      setup1.t_dim, setup1.x_dim, config=ONE.xt, mesh=mesh))
+                                      setup1.t_dim, setup1.x_dim, config=ONE.mi.xt, mesh=mesh))
     banks, calls = [], []
     for r in (1, 2):  # not the first member (offset 0); member 3's network would compile anew
         m = pop.members[r]

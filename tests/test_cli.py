@@ -1,7 +1,6 @@
 """Bad input through the real command line: one line ``error: ...`` naming the culprit, the exit
 code, nothing left behind, nothing overwritten; and the run lifecycle of quickstart and sweep."""
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -47,8 +46,7 @@ def _snapshot(path):
 def _cases(tmp_path):
     """(argv, expected exit code, text the one error line must contain) for every bad input."""
     one = _config_file(tmp_path, short(TINY, 1), "one.json")
-    nan = _config_file(tmp_path, short(TINY, 1, train=dataclasses.replace(TINY.train, epochs=1, lr=1e12,
-                                                                           schedule="constant")), "nan.json")
+    nan = _config_file(tmp_path, short(TINY, 1, **{"train.lr": 1e12, "train.schedule": "constant"}), "nan.json")
     (tmp_path / "plain").mkdir()
     (tmp_path / "plain" / "notes.txt").write_text("mine")
     (tmp_path / "empty").mkdir()
@@ -70,24 +68,24 @@ def _cases(tmp_path):
     unknown.write_text(json.dumps({"train": {"epochz": 2}}))
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    data = ["--config", one, "--dataset", "toy", "--per-class-limit", "None"]
+    data = ["--config", one, "--data.name", "toy", "--data.per-class-limit", "None"]
     return [
         (["--resume", str(tmp_path / "missing")], 2, "no such directory"),
         (["--resume", str(tmp_path / "plain")], 2, "holds no ibjax run"),
-        ([*data, "--data-dir", str(corrupt)], 2, "corrupt.tar.gz"),
-        ([*data, "--data-dir", str(tmp_path / "nowhere")], 2, "does not exist"),
-        ([*data, "--data-dir", str(tmp_path / "empty")], 2, "empty directory"),
-        ([*data, "--data-dir", str(stray)], 2, "labels.csv is not an image file"),
-        ([*data, "--data-dir", str(archive)], 2, "labels.csv is not an image file"),
-        ([*data, "--data-dir", str(broken)], 2, "cannot decode image"),
-        ([*data, "--data-dir", str(no_test)], 2, "split 'test'"),
-        (["--config", one, "--attack-options", "size", "abc"], 2, "size"),
-        (["--config", one, "--attack-options", "size", "100"], 2, "size"),
-        (["--config", one, "--attack-options", "sizes", "3"], 2, "sizes"),
+        ([*data, "--data.dir", str(corrupt)], 2, "corrupt.tar.gz"),
+        ([*data, "--data.dir", str(tmp_path / "nowhere")], 2, "does not exist"),
+        ([*data, "--data.dir", str(tmp_path / "empty")], 2, "empty directory"),
+        ([*data, "--data.dir", str(stray)], 2, "labels.csv is not an image file"),
+        ([*data, "--data.dir", str(archive)], 2, "labels.csv is not an image file"),
+        ([*data, "--data.dir", str(broken)], 2, "cannot decode image"),
+        ([*data, "--data.dir", str(no_test)], 2, "split 'test'"),
+        (["--config", one, "--attack.options", "size", "abc"], 2, "size"),
+        (["--config", one, "--attack.options", "size", "100"], 2, "size"),
+        (["--config", one, "--attack.options", "sizes", "3"], 2, "sizes"),
         (["--config", one, "--poison.target", "12"], 2, "target class 12 out of range"),
-        (["--config", one, "--mi-epochs", "5"], 2, "mi_epochs must lie in 1..1"),
+        (["--config", one, "--mi.epochs", "5"], 2, "mi: epochs must lie in 1..1"),
         (["--config", one, "--train.epochs", "abc"], 2, "--train.epochs"),
-        (["--config", one, "--attack", "trojan_horse"], 2, "trojan_horse"),
+        (["--config", one, "--attack.name", "trojan_horse"], 2, "trojan_horse"),
         (["--preset", "gpu"], 2, "unknown preset 'gpu'"),
         (["--config", one, "--writers", "wandb"], 2, "wandb"),
         (["--config", str(tmp_path / "missing.json")], 2, "cannot read config file"),
@@ -119,7 +117,7 @@ def test_the_error_line_and_exit_code_reach_the_shell(tmp_path):
     p = subprocess.run([sys.executable, "-m", "experiments.study", "--preset", "cpu", "--train.epochs", "0", "--quiet",
                         "--out", str(tmp_path / "r")], cwd=ROOT, capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": ROOT, "JAX_PLATFORMS": "cpu"})
-    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: train.epochs must be >= 1, got 0"]
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == ["error: train: epochs must be >= 1, got 0"]
 
 
 def test_quickstart_never_deletes_what_it_did_not_write(tmp_path, capsys, monkeypatch):

@@ -14,12 +14,12 @@ from ibjax.mi import groundtruth
 from ibjax.mi import estimator
 
 # Shared with test_mi_reference.py / test_mi_reliability.py (equal configs share compiled programs).
-LIGHT = mi.MIConfig(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
+LIGHT = mi.resolve_config(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
                     heldout_fraction=0.25, validation_fraction=0.25, select="best", preprocess="rank",
                     plateau_patience=1)
 # ibjax's default levers with a critic a CPU test can afford (separable, all-pairs InfoNCE: one B x B
 # matmul per batch) for the accuracy anchors.
-ANCHOR = mi.MIConfig(epochs=20, batch_size=256, critic="separable", negative_sampling="all", hidden=(64, 64),
+ANCHOR = mi.resolve_config(epochs=20, batch_size=256, critic="separable", negative_sampling="all", hidden=(64, 64),
                      embed_dim=32, lr=1e-3, batch_fraction=1.0, heldout_fraction=0.2, validation_fraction=0.2,
                      select="best", preprocess="rank")
 
@@ -152,9 +152,9 @@ def test_to_dict_gives_every_group_its_reads_and_reliability():
         assert {"trajectory", "validation", "train", "heldout", "heldout_se", "converged", "cap", "best_epoch", "trend",
                 "trend_se", "final_lr", "candidate"} <= set(g)
         assert g["candidate"] == 0  # no candidates: the config itself
-        assert len(g["trajectory"]) == LIGHT.epochs and isinstance(g["converged"], bool)
-        assert g["cap"] == pytest.approx(math.log(LIGHT.negatives + 1))
-        assert 0 <= g["best_epoch"] < LIGHT.epochs
+        assert len(g["trajectory"]) == LIGHT.protocol.epochs and isinstance(g["converged"], bool)
+        assert g["cap"] == pytest.approx(math.log(LIGHT.protocol.negatives + 1))
+        assert 0 <= g["best_epoch"] < LIGHT.protocol.epochs
     assert res.to_dict()[1] == d["b"]
     single = mi.estimate_mi(jax.random.PRNGKey(3), x[0], y[0], config=LIGHT).to_dict()
     assert isinstance(single["heldout"], float)
@@ -175,13 +175,13 @@ def test_clear_errors_for_bad_input():
     with pytest.raises(ValueError, match="bound"):
         mi.estimate_mi_groups(jax.random.PRNGKey(0), x, x, bound="jsd", batch_size=8)
     with pytest.raises(ValueError, match="validation_fraction > 0"):
-        mi.MIConfig(select="best").validate()
+        mi.resolve_config(select="best").validate()
     with pytest.raises(ValueError, match="preprocess"):
-        mi.MIConfig(preprocess="whiten").validate()
-    with pytest.raises(ValueError, match="critic_rank must be >= 0"):
-        mi.MIConfig(critic_rank=-2).validate()
+        mi.resolve_config(preprocess="whiten").validate()
+    with pytest.raises(ValueError, match="critic: rank must be >= 0"):
+        mi.resolve_config(critic_rank=-2).validate()
     with pytest.raises(ValueError, match="concat-critic option"):
-        mi.MIConfig(critic="separable", critic_rank=4).validate()
+        mi.resolve_config(critic="separable", critic_rank=4).validate()
     with pytest.raises(ValueError, match="one per group"):
         mi.estimate_mi_groups(jax.random.split(jax.random.PRNGKey(0), 3), x, x)
     with pytest.raises(ValueError, match="chunk_epochs"):

@@ -1,7 +1,6 @@
 """Ground-truth tasks: their true MI re-derived from exact densities, the maps' invertibility, batching,
 and a small estimator run on a few tasks."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -112,7 +111,7 @@ def test_a_few_tasks_estimated_in_one_call_read_their_truth_in_order():
     key = jax.random.PRNGKey(7)
     pairs = [t.sample(key, 1500) for t in tasks]  # one key: the cube is the Gaussian's samples cubed
     x, y = jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
-    cfg = dataclasses.replace(mi.XT_CONFIG, epochs=15, batch_size=128, negatives=128, hidden=(32, 32), lr=3e-3,
+    cfg = mi.resolve_config(mi.XT_CONFIG, epochs=15, batch_size=128, negatives=128, hidden=(32, 32), lr=3e-3,
                               batch_fraction=1.0)
     res = mi.estimate_mi_groups(jnp.stack([jax.random.PRNGKey(8)] * 4), x, y, config=cfg)
     h = np.asarray(res.heldout)

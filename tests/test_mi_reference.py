@@ -1,7 +1,6 @@
 """The authors' estimator rules, each against a re-derivation: batches per epoch, the plateau rule,
 and the reference configurations (SPEC.md, "MI estimation"; ffcv_observeMI.py, util/cal.py)."""
 
-import dataclasses
 import math
 
 import jax
@@ -13,7 +12,7 @@ from ibjax import mi
 from ibjax.mi import estimator
 
 # The light configuration shared with test_mi_estimator.py (equal configs share compiled programs).
-LIGHT = mi.MIConfig(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
+LIGHT = mi.resolve_config(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
                     heldout_fraction=0.25, validation_fraction=0.25, select="best", preprocess="rank",
                     plateau_patience=1)
 
@@ -82,22 +81,22 @@ def test_plateau_rule_matches_torch_reduce_lr_on_plateau_on_the_loss():
         groups.append(est)
     est = np.asarray(groups, np.float32).T  # [epochs, G]
     cfg = mi.XT_REFERENCE
-    state = mi.init(jax.random.PRNGKey(0), est.shape[1], 2, 2, dataclasses.replace(cfg, hidden=(2,)))
-    step = jax.jit(lambda s, e: mi.end_epoch(s, e, dataclasses.replace(cfg, hidden=(2,))))
+    state = mi.init(jax.random.PRNGKey(0), est.shape[1], 2, 2, mi.resolve_config(cfg, hidden=(2,)))
+    step = jax.jit(lambda s, e: mi.end_epoch(s, e, mi.resolve_config(cfg, hidden=(2,))))
     got = []
     for e in est:
         state = step(state, jnp.asarray(e))
         got.append(np.asarray(state.lr))
     got = np.asarray(got).T
     for g in range(est.shape[1]):
-        expected = _torch_lrs(torch, -est[:, g], cfg.lr, factor=0.5, patience=8)  # stepped on the loss
+        expected = _torch_lrs(torch, -est[:, g], cfg.optimiser.lr, factor=0.5, patience=8)  # stepped on the loss
         np.testing.assert_allclose(got[g], expected, rtol=1e-6, err_msg=f"trajectory {g}")
-    assert got[3].min() < cfg.lr * 2**-10  # the steadily-worse trajectory does reach the eps floor
+    assert got[3].min() < cfg.optimiser.lr * 2**-10  # the steadily-worse trajectory does reach the eps floor
     assert got[3].min() > 1e-8  # ... and stops there (eps)
 
 
 # The authors' protocol at light sizes: no held-out split, no levers, patience 1 (many halvings).
-REFERENCE_LIGHT = dataclasses.replace(LIGHT, heldout_fraction=0.0, validation_fraction=0.0, select="last",
+REFERENCE_LIGHT = mi.resolve_config(LIGHT, heldout_fraction=0.0, validation_fraction=0.0, select="last",
                                       preprocess="none")
 
 
@@ -112,29 +111,36 @@ def test_estimator_applies_the_plateau_rule_to_its_own_trajectory():
     torch = pytest.importorskip("torch")
     cfg, res = REFERENCE_LIGHT, _reference_run()
     for g in range(3):
-        expected = _torch_lrs(torch, -np.asarray(res.trajectory[g]), cfg.lr, factor=0.5, patience=1)[-1]
+        expected = _torch_lrs(torch, -np.asarray(res.trajectory[g]), cfg.optimiser.lr, factor=0.5, patience=1)[-1]
         assert float(res.final_lr[g]) == pytest.approx(expected, rel=1e-6)
-    assert float(np.min(res.final_lr)) < cfg.lr  # patience 1: some group was halved
+    assert float(np.min(res.final_lr)) < cfg.optimiser.lr  # patience 1: some group was halved
 
 
 def test_reference_configs_are_the_authors_settings_and_ibjax_keeps_their_sizes():
     xt, ty = mi.XT_REFERENCE, mi.TY_REFERENCE
-    assert (xt.batch_size, xt.negatives, xt.lr, xt.epochs) == (128, 512, 3e-4, 350)
-    assert (ty.batch_size, ty.negatives, ty.lr, ty.epochs) == (512, 256, 5e-4, 250)
+    p, o = xt.protocol, xt.optimiser
+    assert (p.batch_size, p.negatives, o.lr, p.epochs) == (128, 512, 3e-4, 350)
+    p, o = ty.protocol, ty.optimiser
+    assert (p.batch_size, p.negatives, o.lr, p.epochs) == (512, 256, 5e-4, 250)
     for c in (xt, ty):
-        assert (c.weight_decay, c.grad_clip, c.plateau_patience, c.plateau_factor, c.plateau_threshold) == (1e-4, 5.0, 8, 0.5, 1e-4)
-        assert (c.critic, c.hidden, c.bound, c.negative_sampling) == ("concat", (128, 128), "infonce", "sampled")
-        assert (c.heldout_fraction, c.validation_fraction, c.select, c.preprocess) == (0.0, 0.0, "last", "none")
-        assert (c.batch_fraction, c.plateau_on, c.read_epochs, c.dtype) == (0.5, "train", 5, "float32")
-    sizes = ("epochs", "batch_size", "negatives", "lr", "weight_decay", "grad_clip", "hidden", "critic", "bound")
+        o, p, k = c.optimiser, c.protocol, c.critic
+        assert (o.weight_decay, o.grad_clip, o.plateau_patience, o.plateau_factor, o.plateau_threshold) == (
+            1e-4, 5.0, 8, 0.5, 1e-4)
+        assert (k.family, k.hidden, p.bound, p.negative_sampling) == ("concat", (128, 128), "infonce", "sampled")
+        assert (p.heldout_fraction, p.validation_fraction, o.select, k.preprocess) == (0.0, 0.0, "last", "none")
+        assert (o.batch_fraction, o.plateau_on, p.read_epochs, k.dtype) == (0.5, "train", 5, "float32")
+    sizes = ("protocol.epochs", "protocol.batch_size", "protocol.negatives", "optimiser.lr", "optimiser.weight_decay",
+             "optimiser.grad_clip", "critic.hidden", "critic.family", "protocol.bound")
     for ref, ours in ((xt, mi.XT_CONFIG), (ty, mi.TY_CONFIG)):
-        assert all(getattr(ref, f) == getattr(ours, f) for f in sizes)
-        assert ours.heldout_fraction > 0
+        for path in sizes:
+            section, name = path.split(".")
+            assert getattr(getattr(ref, section), name) == getattr(getattr(ours, section), name), path
+        assert ours.protocol.heldout_fraction > 0
     assert math.isclose(xt.cap, math.log(513))
 
 
 def test_reference_mode_reads_the_training_trajectory_and_has_no_heldout():
     cfg, res = REFERENCE_LIGHT, _reference_run()
-    np.testing.assert_allclose(res.train, np.mean(np.asarray(res.trajectory)[:, -cfg.read_epochs:], axis=1), rtol=1e-6)
+    np.testing.assert_allclose(res.train, np.mean(np.asarray(res.trajectory)[:, -cfg.protocol.read_epochs:], axis=1), rtol=1e-6)
     assert np.isnan(np.asarray(res.heldout)).all() and np.isnan(np.asarray(res.heldout_se)).all()
     assert np.isnan(np.asarray(res.validation)).all()

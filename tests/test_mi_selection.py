@@ -65,7 +65,7 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
                              read_epochs=2)
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
     good = mi.estimate_mi_groups(keys, x, y, config=base)
-    stuck = mi.estimate_mi_groups(keys, x, y, config=dataclasses.replace(base, lr=1e-7))
+    stuck = mi.estimate_mi_groups(keys, x, y, config=mi.resolve_config(base, lr=1e-7))
     sel, choice = mi.select_by_validation([stuck, good])
     np.testing.assert_array_equal(choice, [1, 1])
     np.testing.assert_array_equal(sel.candidate, [1, 1])
@@ -74,7 +74,7 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
 
     # The same selection from the config: candidates run one after another with the same key.
     calls = []
-    auto = mi.estimate_mi_groups(keys, x, y, config=dataclasses.replace(base, lr=1e-7, candidates=("lr=3e-3",)),
+    auto = mi.estimate_mi_groups(keys, x, y, config=mi.resolve_config(base, lr=1e-7, candidates=("lr=3e-3",)),
                                  progress=lambda done, total: calls.append((done, total)))
     np.testing.assert_array_equal(auto.candidate, [1, 1])
     np.testing.assert_allclose(auto.heldout, good.heldout, rtol=1e-5)
@@ -86,23 +86,27 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
 
 def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
     base = mi.resolve_config(mi.XT_CONFIG, candidates=["critic=separable lr=1e-3 hidden=64,64", "critic_rank=4"])
-    assert base.candidates == ("critic=separable lr=1e-3 hidden=64,64", "critic_rank=4")
-    assert base.total_epochs == 3 * base.epochs
+    assert [str(c) for c in base.candidates] == ["critic.family=separable optimiser.lr=0.001 critic.hidden=64,64",
+                                                 "critic.rank=4"]
+    assert base.total_epochs == 3 * base.protocol.epochs
     first, sep, rank = mi.candidate_configs(base)
     assert first == dataclasses.replace(base, candidates=())
-    assert (sep.critic, sep.lr, sep.hidden, sep.epochs) == ("separable", 1e-3, (64, 64), base.epochs)
-    assert rank.critic_rank == 4 and rank.candidates == ()
+    assert (sep.critic.family, sep.optimiser.lr, sep.critic.hidden, sep.protocol.epochs) == (
+        "separable", 1e-3, (64, 64), base.protocol.epochs)
+    assert rank.critic.rank == 4 and rank.candidates == ()
     assert mi.candidate_configs(mi.XT_CONFIG) == (mi.XT_CONFIG,)
-    assert mi.parse_overrides("weight_decay=1 plateau_on=validation") == {"weight_decay": 1.0,
-                                                                          "plateau_on": "validation"}
-    for bad, match in [("epochs=10", r"changes \['epochs'\]"), ("heldout_fraction=0.3", "may change only"),
+    assert mi.Candidate("weight_decay=1 plateau_on=validation").changes == (
+        ("optimiser.weight_decay", 1.0), ("optimiser.plateau_on", "validation"))
+    assert mi.Candidate(str(base.candidates[0])) == base.candidates[0]  # its text reads back
+    for bad, match in [("epochs=10", r"changes \['protocol.epochs'\]"), ("heldout_fraction=0.3", "may change only"),
                        ("lr", "FIELD=VALUE"), ("critc=separable", "unknown field 'critc'"),
-                       ("critic=mlp", "must be one of"), ("critic_rank=four", "expected int"),
-                       ("critic=separable critic_rank=4", "concat-critic option"), ("", "empty candidate")]:
+                       ("critic=mlp", "expected one of 'concat', 'separable'"), ("critic_rank=four", "expected an integer"),
+                       ("critic=separable critic_rank=4", "concat-critic option"), ("", "empty candidate"),
+                       ("plateau_on=maybe", "expected one of"), ("critic.dtype=float16", "expected one of")]:
         with pytest.raises(ValueError, match=match):
             mi.resolve_config(mi.XT_CONFIG, candidates=(bad,))
-    assert mi.resolve_config(mi.XT_CONFIG, candidates="critic_rank=4").candidates == ("critic_rank=4",)
-    with pytest.raises(ValueError, match="tuple of strings"):
-        dataclasses.replace(mi.XT_CONFIG, candidates=["critic_rank=4"]).validate()
+    assert mi.resolve_config(mi.XT_CONFIG, candidates="critic_rank=4").candidates == (mi.Candidate("critic.rank=4"),)
+    with pytest.raises(ValueError, match="expected a candidate"):
+        dataclasses.replace(mi.XT_CONFIG, candidates=[4])
     with pytest.raises(ValueError, match="candidates need a validation split"):
         mi.resolve_config(mi.XT_REFERENCE, candidates=("lr=1e-3",))

@@ -7,7 +7,7 @@ import numpy as np
 from ibjax import mi
 from ibjax.mi import groundtruth
 
-CFG = mi.MIConfig(batch_size=64, negatives=64, hidden=(16, 16), lr=3e-3)
+CFG = mi.resolve_config(batch_size=64, negatives=64, hidden=(16, 16), lr=3e-3)
 
 
 def test_init_and_update_train_critics_side_by_side_in_float32_and_bfloat16():
@@ -34,9 +34,9 @@ def test_end_epoch_halves_a_group_that_stops_improving_on_its_loss():
     state = mi.init(jax.random.PRNGKey(0), 2, 2, 2, CFG)
     state = mi.end_epoch(state, jnp.array([1.0, 1.0]), CFG)  # loss -1 for both
     np.testing.assert_allclose(state.best_loss, [-1.0, -1.0])
-    for _ in range(CFG.plateau_patience + 1):
+    for _ in range(CFG.optimiser.plateau_patience + 1):
         state = mi.end_epoch(state, jnp.array([0.5, 2.0]), CFG)  # group 0 worse, group 1 better
-    np.testing.assert_allclose(state.lr, [CFG.lr * 0.5, CFG.lr])
+    np.testing.assert_allclose(state.lr, [CFG.optimiser.lr * 0.5, CFG.optimiser.lr])
     np.testing.assert_array_equal(state.bad_epochs, [0, 0])
 
 

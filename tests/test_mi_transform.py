@@ -78,7 +78,7 @@ def test_standardize_floors_the_scale_of_a_nearly_constant_coordinate():
 def test_rank_preprocessed_estimate_is_invariant_to_monotone_marginal_maps():
     # MI is invariant under invertible per-coordinate maps, and so (up to interpolation between
     # knots on held-out rows) is the rank-preprocessed estimator: same samples, cubed or squashed.
-    cfg = mi.MIConfig(epochs=6, batch_size=64, negatives=64, hidden=(16, 16), lr=3e-3, read_epochs=2,
+    cfg = mi.resolve_config(epochs=6, batch_size=64, negatives=64, hidden=(16, 16), lr=3e-3, read_epochs=2,
                       heldout_fraction=0.25, validation_fraction=0.25, select="best", preprocess="rank")
     kx, kz = jax.random.split(jax.random.PRNGKey(2))
     x = jax.random.normal(kx, (1200, 2))

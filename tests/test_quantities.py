@@ -5,14 +5,14 @@ import dataclasses
 
 from ibjax.mi import MIConfig
 from ibjax.quantities import FEATURES, QUANTITIES, quantity_label
-from ibjax.study import StudyConfig
+from ibjax.study import StudyConfig, StudyMIConfig
 
 
 def test_each_quantity_pairs_two_features_and_has_its_estimator_config():
-    fields = {f.name for f in dataclasses.fields(StudyConfig)}
+    fields = {f.name for f in dataclasses.fields(StudyMIConfig)}
     for name, q in QUANTITIES.items():
         assert q.name == name and {q.a, q.b} <= set(FEATURES) and q.a != q.b
-        assert name in fields and isinstance(getattr(StudyConfig(), name), MIConfig)
+        assert name in fields and isinstance(getattr(StudyConfig().mi, name), MIConfig)
     sizes = {"x": 784, "t": 64, "y": 10}
     assert QUANTITIES["xt"].pair(sizes) == (64, 784)  # critic(T, X)
     assert QUANTITIES["ty"].pair(sizes) == (10, 64)  # critic(Y_pred, T)

@@ -2,7 +2,6 @@
 (one of them with another poison ratio and noise level) on 2 devices against the same runs made alone
 (8 forced CPU devices in a subprocess shared with tests/test_parallel.py)."""
 
-import dataclasses
 import json
 import os
 
@@ -13,6 +12,8 @@ import pytest
 from _scale_worker import EXACT_TOL, MI_TOL, ONE, multidevice_results, run_differences, run_records
 from tiny_config import TINY, TINY_MI, short
 
+from ibjax.fields import override
+from ibjax.mi import resolve_config
 from ibjax.models import SmallCNN, with_noise_levels
 from ibjax.poison import PoisonConfig
 from ibjax.study import run_study
@@ -29,21 +30,14 @@ from ibjax.study.runner import run_population
 
 
 def _with(config, **changes):
-    out = config
-    for path, value in changes.items():
-        if "." in path:
-            section, field = path.split(".")
-            out = dataclasses.replace(out, **{section: dataclasses.replace(getattr(out, section), **{field: value})})
-        else:
-            out = dataclasses.replace(out, **{path: value})
-    return out
+    return override(config, changes)
 
 
 def test_members_may_differ_in_seed_ratio_and_noise_only():
     configs = [ONE, _with(ONE, seed=1), _with(ONE, **{"poison.ratio": 0.2}), _with(ONE, **{"model.gamma_xt": 0.3})]
     assert population_incompatibility(configs) is None
     assert len({population_signature(c) for c in configs}) == 1
-    why = population_incompatibility([ONE, _with(ONE, attack="blend")])
+    why = population_incompatibility([ONE, _with(ONE, **{"attack.name": "blend"})])
     assert "differs from run 0 in attack" in why
     why = population_incompatibility([ONE, _with(ONE, **{"train.lr": 0.1})])
     assert "train.lr" in why
@@ -58,20 +52,20 @@ def test_a_zero_noise_level_cannot_mix_with_traced_ones():
 
 
 def test_online_critics_and_clean_model_perturbations_join_populations_and_trojannn_runs_alone():
-    assert member_incompatibility(_with(ONE, attack="label_consistent")) is None
-    assert member_incompatibility(_with(ONE, mi_mode="both")) is None
-    assert "pattern per run" in member_incompatibility(_with(ONE, attack="trojannn"))
-    trojan = _with(ONE, attack="trojannn")
+    assert member_incompatibility(_with(ONE, **{"attack.name": "label_consistent"})) is None
+    assert member_incompatibility(_with(ONE, **{"mi.mode": "both"})) is None
+    assert "pattern per run" in member_incompatibility(_with(ONE, **{"attack.name": "trojannn"}))
+    trojan = _with(ONE, **{"attack.name": "trojannn"})
     assert population_incompatibility([trojan]) is None  # alone, it is a population of one
     assert "pattern per run" in population_incompatibility([trojan, _with(trojan, seed=1)])
     with pytest.raises(ValueError, match="attack"):
-        member_incompatibility(_with(ONE, attack_options=(("size", "abc"),)))
+        member_incompatibility(_with(ONE, **{"attack.options": (("size", "abc"),)}))
 
 
 def test_grouping_keeps_order_splits_by_state_and_size():
     a = [_with(ONE, seed=s) for s in range(5)]
-    blend = _with(ONE, attack="blend")
-    lc = _with(ONE, attack="label_consistent")
+    blend = _with(ONE, **{"attack.name": "blend"})
+    lc = _with(ONE, **{"attack.name": "label_consistent"})
     configs = [a[0], blend, a[1], lc, a[2], a[3], a[4]]
     assert group_populations(configs) == [[0, 2, 4, 5, 6], [1], [3]]
     assert group_populations(configs, max_size=2) == [[0, 2], [1], [3], [4, 5], [6]]
@@ -81,7 +75,7 @@ def test_grouping_keeps_order_splits_by_state_and_size():
 
 def test_run_population_refuses_bad_input_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="cannot share one population.*attack"):
-        run_population([ONE, _with(ONE, attack="blend")], [str(tmp_path / "a"), str(tmp_path / "b")])
+        run_population([ONE, _with(ONE, **{"attack.name": "blend"})], [str(tmp_path / "a"), str(tmp_path / "b")])
     with pytest.raises(ValueError, match="share a run directory"):
         run_population([ONE, _with(ONE, seed=1)], [str(tmp_path / "a"), str(tmp_path / "a")])
     assert not any(tmp_path.iterdir())
@@ -166,9 +160,9 @@ def test_a_population_holds_online_critics_and_label_consistent_perturbations(tm
     # member computes its PGD perturbations against its own clean model, stacks them on the member
     # axis (members 0 and 1 poison different target samples), and trains its own critics in the
     # vmapped step. Member 1 equals the run of seed 1 made alone.
-    small_mi = dataclasses.replace(TINY_MI, batch_size=8, negatives=16)
-    lc = short(TINY, 1, attack="label_consistent", poison=PoisonConfig(ratio=0.25), xt=small_mi, ty=small_mi,
-               attack_options=(("pgd_steps", "3"),), mi_mode="both")
+    small_mi = resolve_config(TINY_MI, batch_size=8, negatives=16)
+    lc = short(TINY, 1, **{"attack.name": "label_consistent", "poison": PoisonConfig(ratio=0.25), "mi.xt": small_mi,
+                       "mi.ty": small_mi, "attack.options": (("pgd_steps", "3"),), "mi.mode": "both"})
     members = [lc, _with(lc, seed=1, **{"poison.ratio": 0.2})]
     quiet = dict(progress=False, plots=False)
     run_population(members, [str(tmp_path / "m0"), str(tmp_path / "m1")], **quiet)

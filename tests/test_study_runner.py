@@ -1,7 +1,6 @@
 """run_study end to end on a tiny configuration: files, history, resume after kill -9, extending a
 run, failures, the attacks that need a clean model first, and life without TFDS or mlxtend."""
 
-import dataclasses
 import json
 import math
 import os
@@ -14,11 +13,13 @@ import numpy as np
 import pytest
 from tiny_config import TINY, TINY_MI, short
 
+from ibjax.fields import override
+from ibjax.mi import resolve_config
 from ibjax.poison import PoisonConfig
 from ibjax.study import config_to_dict, run_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BOTH = dataclasses.replace(TINY, mi_mode="both")
+BOTH = override(TINY, {"mi.mode": "both"})
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +111,10 @@ def test_resume_extends_a_run_explicitly_and_refuses_other_changes(tmp_path):
     one = short(TINY, 1)
     run_study(one, run, progress=False)
     with pytest.raises(ValueError, match=r"seed: 0 -> 1.*start a new run"):
-        run_study(dataclasses.replace(one, seed=1), run, resume=True, progress=False)
-    with pytest.raises(ValueError, match=r"mi_epochs"):  # an MI epoch already passed cannot be added
-        run_study(dataclasses.replace(one, mi_epochs=()), run, resume=True, progress=False)
-    two = dataclasses.replace(one, train=dataclasses.replace(one.train, epochs=2), mi_epochs=(1, 2),
-                              stealth_epochs=(1, 2))
+        run_study(override(one, {"seed": 1}), run, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"mi\W+epochs"):  # an MI epoch already passed cannot be dropped
+        run_study(override(one, {"mi.epochs": ()}), run, resume=True, progress=False)
+    two = override(one, {"train.epochs": 2, "mi.epochs": (1, 2), "analysis.stealth.epochs": (1, 2)})
     summary = run_study(two, run, resume=True, progress=False)
     assert summary["epochs"] == 2 and json.load(open(os.path.join(run, "config.json")))["train"]["epochs"] == 2
     assert set(json.load(open(os.path.join(run, "mi.json")))["xt"]["target"]) == {"1", "2"}
@@ -124,23 +124,23 @@ def test_resume_extends_a_run_explicitly_and_refuses_other_changes(tmp_path):
 
 def test_nan_loss_fails_and_a_start_without_checkpoint_leaves_nothing(tmp_path):
     run = tmp_path / "run"
-    cfg = short(TINY, 2, train=dataclasses.replace(TINY.train, epochs=2, lr=1e12, schedule="constant"))
+    cfg = short(TINY, 2, **{"train.lr": 1e12, "train.schedule": "constant"})
     with pytest.raises(FloatingPointError, match="epoch 1: the training loss is not finite"):
         run_study(cfg, str(run), progress=False)
     assert not run.exists()
 
 
 def test_a_run_without_heldout_split_keeps_the_train_read(tmp_path):
-    no_split = dataclasses.replace(TINY_MI, heldout_fraction=0.0)
-    summary = run_study(short(TINY, 1, xt=no_split, ty=no_split), str(tmp_path / "run"), progress=False)
+    no_split = resolve_config(TINY_MI, heldout_fraction=0.0)
+    summary = run_study(short(TINY, 1, **{"mi.xt": no_split, "mi.ty": no_split}), str(tmp_path / "run"), progress=False)
     assert "error" in summary["stealth"]["heldout"] and np.isfinite(summary["stealth"]["train"]["total"])
 
 
 def test_label_consistent_run_precomputes_pgd_perturbations_of_target_samples_only(tmp_path):
     run = str(tmp_path / "lc")
-    small_mi = dataclasses.replace(TINY_MI, batch_size=8, negatives=16)
-    cfg = short(TINY, 1, attack="label_consistent", poison=PoisonConfig(ratio=0.25), xt=small_mi, ty=small_mi,
-                attack_options=(("pgd_steps", "3"),))
+    small_mi = resolve_config(TINY_MI, batch_size=8, negatives=16)
+    cfg = short(TINY, 1, **{"attack.name": "label_consistent", "poison": PoisonConfig(ratio=0.25), "mi.xt": small_mi,
+                        "mi.ty": small_mi, "attack.options": (("pgd_steps", "3"),)})
     summary = run_study(cfg, run, progress=False)
     pert = np.load(os.path.join(run, "attack_precomputed.npy")).astype(np.float32)
     assert pert.shape == (15, 28, 28, 1)  # 25% of the 60 target-class samples
@@ -153,7 +153,7 @@ def test_trojannn_run_optimises_its_patch_against_a_clean_model(tmp_path):
     from ibjax.triggers import StaticArray, TrojanNNParams, get_attack, trojannn
 
     run = str(tmp_path / "trojannn")
-    run_study(short(TINY, 1, attack="trojannn", attack_options=(("steps", "20"),)), run, progress=False)
+    run_study(short(TINY, 1, **{"attack.name": "trojannn", "attack.options": (("steps", "20"),)}), run, progress=False)
     pattern = np.load(os.path.join(run, "attack_precomputed.npy"))
     assert pattern.shape == (28, 28, 1) and pattern.min() >= 0 and pattern.max() <= 1
     start = np.asarray(trojannn(np.zeros((28, 28, 1), np.float32), TrojanNNParams()))
@@ -202,10 +202,9 @@ def test_study_and_benchmarks_run_without_tfds_or_mlxtend(tmp_path):
         "assert 'tensorflow_datasets' not in sys.modules and 'mlxtend' not in sys.modules\n"
         "main(sys.argv[1:])\n"
     )
-    config = dataclasses.replace(short(TINY, 1), dataset=str(archive), per_class_limit=None,
-                                 train=dataclasses.replace(TINY.train, epochs=1, batch_size=16),
-                                 xt=dataclasses.replace(TINY_MI, epochs=2, batch_size=8, negatives=16, read_epochs=1),
-                                 ty=dataclasses.replace(TINY_MI, epochs=2, batch_size=8, negatives=16, read_epochs=1))
+    small_mi = resolve_config(TINY_MI, epochs=2, batch_size=8, negatives=16, read_epochs=1)
+    config = override(short(TINY, 1), {"data.name": str(archive), "data.per_class_limit": None,
+                                       "train.batch_size": 16, "mi.xt": small_mi, "mi.ty": small_mi})
     cfg_path = tmp_path / "c.json"
     cfg_path.write_text(json.dumps(config_to_dict(config)))
     args = ["--config", str(cfg_path), "--quiet", "--out", str(tmp_path / "run")]

@@ -1,7 +1,6 @@
 """Metric writers: TensorBoard event files of a tiny run hold its records, a resume purges what it
 recomputes, and a bad writer fails before any work."""
 
-import dataclasses
 import glob
 import json
 import os
@@ -10,6 +9,7 @@ import struct
 import pytest
 from tiny_config import TINY, short
 
+from ibjax.fields import override
 from ibjax.study import run_study
 from ibjax.study.writers import check_writers, epoch_scalars
 
@@ -42,7 +42,7 @@ def test_tensorboard_events_hold_the_records_and_a_resume_adds_the_rest(tmp_path
     run = str(tmp_path / "run")
     one = short(TINY, 1)
     run_study(one, run, progress=False, plots=False, writers=("tensorboard",))
-    two = dataclasses.replace(one, train=dataclasses.replace(one.train, epochs=2))
+    two = override(one, {"train.epochs": 2})
     run_study(two, run, resume=True, progress=False, plots=False, writers=("tensorboard",))
     scalars = _scalars(os.path.join(run, "tensorboard"))
     records = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]

@@ -109,7 +109,7 @@ def test_overrides_set_one_or_both_sides():
         ("badnets", {"colour": [1.0, 2.0, 0.0]}, r"colour = \(1.0, 2.0, 0.0\): expected one value in \[0, 1\]"),
         ("blend", {"alpha": 1.5}, r"alpha = 1.5: expected a number in \[0.0, 1.0\]"),
         ("blend", {"alpha": True}, r"alpha = True: expected a number"),
-        ("wanet", {"test_noise": "yes"}, r"noise = 'yes': expected true or false"),
+        ("wanet", {"test_noise": "maybe"}, r"noise = 'maybe': expected true or false"),  # text reads as the type: 'yes' is true
         ("ftrojan", {"positions": [1, 2]}, r"positions = \[1, 2\]"),
         ("ftrojan", {"channels": [3]}, r"channels = \(3,\)"),
         ("blend", {"pattern": 3.0}, r"pattern = 3.0: expected an array or a path"),

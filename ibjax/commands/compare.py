@@ -10,11 +10,11 @@ one seed each: a z-test on the runs' bootstrap standard errors (said so), or not
 Runs must share a protocol: every config.json field must be equal except the run-identity ones
 (ibjax.metrics.RUN_IDENTITY_FIELDS: attack, attack options, poison ratio, seeds, output paths) and
 the analysis settings (ibjax.metrics.ANALYSIS_FIELDS: stealth epochs / read / normalisation /
-classes, embeddings, data_dir), or the comparison is refused; ``--allow-mixed`` labels the protocols
+classes, embeddings, data.dir), or the comparison is refused; ``--allow-mixed`` labels the protocols
 P1, P2, ... instead, ranks them apart and lists the fields that differ. The stealthiness itself must
 have been computed on the same epochs, normalisation and clean classes in every run (checked on the
 results), or the comparison is always refused; ``--recompute`` recomputes it from each run's mi.json
-with each run's own clean classes (config field stealth_classes; empty = all) unless
+with each run's own clean classes (config field analysis.stealth.classes; empty = all) unless
 ``--stealth-classes`` names common ones.
 
 Writes, under ``--out``: compare.md (the tables and the ranking verdicts; also printed), compare.csv
@@ -36,6 +36,7 @@ import sys
 from typing import Any, Optional, Sequence
 
 from ibjax import metrics
+from ibjax.study.config import migrate_config_dict
 
 _STATS = ("mean", "ci_low", "ci_high", "min", "max", "sd")
 
@@ -62,11 +63,12 @@ def _load_json(path: str, what: str) -> Any:
 
 
 def _clean_of(run: str, config: Any) -> Optional[list[str]]:
-    """The clean-class groups a run's stealthiness compares with: config field ``stealth_classes``
-    (empty or absent: every clean class, None)."""
-    classes = config.get("stealth_classes") if isinstance(config, dict) else None
+    """The clean-class groups a run's stealthiness compares with: config field
+    ``analysis.stealth.classes`` (empty or absent: every clean class, None)."""
+    stealth = ((config.get("analysis") or {}).get("stealth") or {}) if isinstance(config, dict) else {}
+    classes = stealth.get("classes") if isinstance(stealth, dict) else None
     if classes and not (isinstance(classes, list) and all(isinstance(c, int) for c in classes)):
-        raise CompareError(f"{run}: config.json's stealth_classes is not a list of class indices: {classes!r}")
+        raise CompareError(f"{run}: config.json's analysis.stealth.classes is not a list of class indices: {classes!r}")
     return [f"class_{c}" for c in classes] if classes else None
 
 
@@ -118,6 +120,7 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
         if not os.path.isfile(c_path):
             raise CompareError(f"{d} has no config.json: its protocol cannot be checked")
         summary, config = _load_json(s_path, "the run summary"), _load_json(c_path, "the run config")
+        config = migrate_config_dict(config)  # a run of the flat layout compares with today's
         if not isinstance(summary, dict) or "attack" not in summary:
             raise CompareError(f"{s_path} has no 'attack': not a run summary")
         st = _stealth_of(d, summary, config, read, recompute)
@@ -316,7 +319,7 @@ def main(argv=None) -> dict:
                    help="with --recompute: comma-separated epochs (default: each run's recorded ones)")
     p.add_argument("--stealth-classes", default=None,
                    help="with --recompute: comma-separated clean classes to compare with, or 'all' (default: each "
-                        "run's config field stealth_classes; empty there = all)")
+                        "run's config field analysis.stealth.classes; empty there = all)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the seed intervals (default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05,
                    help="neighbours are within noise when the test's p > alpha (default: %(default)s)")

@@ -38,7 +38,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     with cli_errors():
         summary = run_study(QUICKSTART, a.out, resume="auto", fresh=a.fresh, progress=not a.quiet)
-    st = summary["stealth"].get(QUICKSTART.stealth_read, {})
+    st = summary["stealth"].get(QUICKSTART.analysis.stealth.read, {})
     print(json.dumps({"run_dir": summary["run_dir"], "test_accuracy": summary["test_accuracy"], "asr": summary["asr"],
                       "stealth_total": st.get("total"), "wall_s": round(time.perf_counter() - t0, 1)}, indent=1))
     print(f"summary: {a.out}/summary.md")

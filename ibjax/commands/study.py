@@ -36,9 +36,9 @@ def main(argv=None) -> dict:
                             devices=cmd.devices, writers=cmd.writers)
     if jax.process_index() != 0:
         return summary
-    st = summary["stealth"].get(cmd.study.stealth_read, {})
+    st = summary["stealth"].get(cmd.study.analysis.stealth.read, {})
     print(json.dumps({"run_dir": summary["run_dir"], "test_accuracy": summary["test_accuracy"], "asr": summary["asr"],
-                      f"stealth_total_{cmd.study.stealth_read}": st.get("total"), "wall_s": round(summary["wall_s"], 1)},
+                      f"stealth_total_{cmd.study.analysis.stealth.read}": st.get("total"), "wall_s": round(summary["wall_s"], 1)},
                      indent=1))
     return summary
 

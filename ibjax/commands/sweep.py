@@ -28,11 +28,11 @@ flags).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 from ibjax.cli import cli_errors, fail, parse_study_command, setup_logging
 from ibjax.commands import compare
+from ibjax.fields import override
 from ibjax.parallel import process_share
 from ibjax.progress import LOGGER
 from ibjax.runtime import prepare_cpu_process
@@ -77,12 +77,10 @@ def main(argv=None):
     base = cmd.study
     plan = [(attack, ratio, seed) for attack in _list(a.attacks, str) for ratio in _list(a.ratios, float)
             for seed in _list(a.seeds, int)]
-    configs, run_dirs = [], []
-    for attack, ratio, seed in plan:
-        configs.append(dataclasses.replace(base, attack=attack, seed=seed,
-                                           poison=dataclasses.replace(base.poison, ratio=ratio)))
-        run_dirs.append(os.path.join(a.root, f"{attack}_{ratio}_s{seed}"))
+    run_dirs = [os.path.join(a.root, f"{attack}_{ratio}_s{seed}") for attack, ratio, seed in plan]
     with cli_errors():
+        configs = [override(base, {"attack.name": attack, "seed": seed, "poison.ratio": ratio})
+                   for attack, ratio, seed in plan]
         for config in configs:  # every run's options are checked before the first one starts
             check_config(config)
         mine = process_share(range(len(configs)), index, count)

@@ -37,7 +37,8 @@ __all__ = [
 
 RUN_IDENTITY_FIELDS = (
     # which attack, with which options
-    "attack", "attack.*", "attack_options", "attack_options.*", "attack_params", "attack_params.*",
+    "attack.name", "attack.options", "attack.options.*", "attack_params", "attack_params.*",
+    "attack", "attack_options", "attack_options.*",  # their names before config sections
     # the poison ratio
     "poison.ratio", "poison_ratio",
     # seeds (the run's, and any sub-config's)
@@ -52,10 +53,12 @@ other field is protocol, and runs compared side by side must share it."""
 ANALYSIS_FIELDS = (
     # the stealthiness metric: recomputable from mi.json; the settings used are stored with each
     # result ("epochs", "read", "normalise", "clean") and compared there
-    "stealth_epochs", "stealth_read", "stealth_normalise", "stealth_classes",
-    # silhouettes and 2-D embeddings of T: not used when runs are compared
-    "embed_epochs", "embed_points",
-    # where the data lives, not what it is (the data set is "dataset", per_class_limit, ...)
+    # and silhouettes and 2-D embeddings of T, not used when runs are compared
+    "analysis.*",
+    # where the data lives, not what it is (the data set is data.name, data.per_class_limit, ...)
+    "data.dir",
+    # their names before config sections
+    "stealth_epochs", "stealth_read", "stealth_normalise", "stealth_classes", "embed_epochs", "embed_points",
     "data_dir",
 )
 """Config fields (as :data:`RUN_IDENTITY_FIELDS`) that only choose how a finished run is analysed or

@@ -7,9 +7,9 @@ One concern per module:
 - :mod:`ibjax.mi.bounds`: the variational lower bounds (InfoNCE, NWJ, DV) as functions of critic
   scores, in nats.
 - :mod:`ibjax.mi.groundtruth`: tasks whose MI is known exactly, to measure the estimator against.
-- :mod:`ibjax.mi.config`: :class:`MIConfig`, the authors' exact settings (:data:`XT_REFERENCE`,
+- :mod:`ibjax.mi.config`: :class:`MIConfig` (critic, optimiser and protocol parts), the authors' exact settings (:data:`XT_REFERENCE`,
   :data:`TY_REFERENCE`) and ibjax's defaults (:data:`XT_CONFIG`, :data:`TY_CONFIG`), the authors'
-  batches-per-epoch rule, the candidates of model selection (:func:`candidate_configs`).
+  batches-per-epoch rule, the candidates of model selection (:class:`Candidate`, :func:`candidate_configs`).
 - :mod:`ibjax.mi.training`: one critic step for all groups (:func:`init`, :func:`update`) and the
   authors' plateau rule (:func:`end_epoch`), for use inside other loops.
 - :mod:`ibjax.mi.online`: critics trained alongside a network on per-group ring buffers
@@ -25,15 +25,19 @@ One concern per module:
 
 from ibjax.mi import bounds, critics, groundtruth
 from ibjax.mi.config import (
-    CANDIDATE_FIELDS,
+    CANDIDATE_SECTIONS,
+    MI_ALIASES,
     TY_CONFIG,
     TY_REFERENCE,
     XT_CONFIG,
     XT_REFERENCE,
+    Candidate,
+    CriticConfig,
     MIConfig,
+    OptimiserConfig,
+    ProtocolConfig,
     batches_per_epoch,
     candidate_configs,
-    parse_overrides,
     resolve_config,
     split_sizes,
 )
@@ -57,6 +61,10 @@ from ibjax.mi.transform import Marginals, apply_marginals, fit_marginals, rank_g
 
 __all__ = [
     "MIConfig",
+    "CriticConfig",
+    "OptimiserConfig",
+    "ProtocolConfig",
+    "Candidate",
     "XT_REFERENCE",
     "TY_REFERENCE",
     "XT_CONFIG",
@@ -64,8 +72,8 @@ __all__ = [
     "resolve_config",
     "batches_per_epoch",
     "split_sizes",
-    "CANDIDATE_FIELDS",
-    "parse_overrides",
+    "CANDIDATE_SECTIONS",
+    "MI_ALIASES",
     "candidate_configs",
     "MIResult",
     "estimate_mi",

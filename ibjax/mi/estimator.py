@@ -145,13 +145,13 @@ def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup
     and (if ``negatives``) the negatives int32[R, K] among the first ``n_valid`` rows."""
     rows = positions.shape[0]
     k_pairs, k_u = jax.random.split(key)
-    widths = [config.negatives if negatives and config.negative_sampling == "sampled" else 0]
-    widths += [static.da, static.db] if config.preprocess == "rank" else [0, 0]
+    widths = [config.protocol.negatives if negatives and config.protocol.negative_sampling == "sampled" else 0]
+    widths += [static.da, static.db] if config.critic.preprocess == "rank" else [0, 0]
     u = rng.uniform(k_u, (rows, sum(widths))) if sum(widths) else jnp.zeros((rows, 0))
     u_neg, u_a, u_b = jnp.split(u, np.cumsum(widths[:2]), axis=1)
     a, b = sample_fn(shared, group_data, positions, k_pairs)
-    a = apply_marginals(setup.ma, a, config.preprocess, u_a)
-    b = apply_marginals(setup.mb, b, config.preprocess, u_b)
+    a = apply_marginals(setup.ma, a, config.critic.preprocess, u_a)
+    b = apply_marginals(setup.mb, b, config.critic.preprocess, u_b)
     return a, b, (negative_index(u_neg, rows, n_valid, config) if negatives else None)
 
 
@@ -164,12 +164,12 @@ def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, co
     train = valid & (rank >= sizes.n_ho + sizes.n_val)
     k_val_order, k_val_batches = jax.random.split(k_val)
 
-    kind = config.preprocess
+    kind = config.critic.preprocess
     if kind == "none":
         ma = fit_marginals(jnp.zeros((1, static.da)), jnp.ones((1,), bool), "none")
         mb = fit_marginals(jnp.zeros((1, static.db)), jnp.ones((1,), bool), "none")
     else:
-        bsz = config.batch_size
+        bsz = config.protocol.batch_size
         chunks = -(-static.fit_rows // bsz)
         positions = _window(split_order, sizes.n_ho + sizes.n_val, chunks * bsz).reshape(chunks, bsz)
         fit_keys = jax.random.split(k_fit, chunks)
@@ -187,9 +187,9 @@ def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, co
                    val_order=_ranks(k_val_order, validation),
                    val_keys=jax.random.split(k_val_batches, max(static.val_batches, 1)), ma=ma, mb=mb)
     state = init_one(k_init, static.da, static.db, config)
-    best = state.params if config.select == "best" else None
+    best = state.params if config.optimiser.select == "best" else None
     carry = _Carry(state=state, best_params=best, best_val=jnp.asarray(-jnp.inf, jnp.float32),
-                   best_epoch=jnp.asarray(config.epochs - 1, jnp.int32))
+                   best_epoch=jnp.asarray(config.protocol.epochs - 1, jnp.int32))
     return setup, carry
 
 
@@ -202,7 +202,7 @@ def _split_terms(params, order, n_split, n_batches, keys, group_data, shared, se
     the start of the pass (counted once: only the new rows' terms are kept), so every read sees B
     rows of negatives.
     """
-    bsz = config.batch_size
+    bsz = config.protocol.batch_size
 
     def batch(acc, h):
         j = h * bsz + jnp.arange(bsz)
@@ -234,7 +234,7 @@ def _allpairs_terms(params, order, n_split, n_batches, rows, keys, group_data, s
         a, b, _ = _batch(sample_fn, shared, group_data, positions, n_valid, keys[h], setup, config, static,
                          negatives=False)
         a, b = jnp.where(real[:, None], a, 0), jnp.where(real[:, None], b, 0)
-        scores = critic_matrix(config.critic, params, a, b, jnp.dtype(config.dtype))
+        scores = critic_matrix(config.critic.family, params, a, b, jnp.dtype(config.critic.dtype))
         terms = infonce_all_pairs_terms(scores, jnp.maximum(n_valid, 1))
         return acc.at[positions].add(jnp.where(real, terms, 0.0)), None
 
@@ -263,8 +263,8 @@ def loader_batches(order: jax.Array, n: jax.Array, batch_size: int, used: jax.Ar
 
 def _epochs_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, start, *, sample_fn,
                 config: MIConfig, static: _Static, length: int):
-    bsz = config.batch_size
-    use_val = config.validation_fraction > 0
+    bsz = config.protocol.batch_size
+    use_val = config.protocol.validation_fraction > 0
 
     def epoch(carry: _Carry, e):
         keys = jax.random.split(jax.random.fold_in(setup.key_epochs, e), static.steps + 1)
@@ -292,8 +292,8 @@ def _epochs_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
                                   group_data, shared, setup, sample_fn=sample_fn, config=config, static=static)
         else:
             val = jnp.asarray(jnp.nan, jnp.float32)
-        state = plateau_state(state, -(val if config.plateau_on == "validation" else est), config)
-        if config.select == "best":
+        state = plateau_state(state, -(val if config.optimiser.plateau_on == "validation" else est), config)
+        if config.optimiser.select == "best":
             better = val > carry.best_val
             carry = carry.replace(
                 best_params=jax.tree.map(lambda n, o: jnp.where(better, n, o), state.params, carry.best_params),
@@ -308,9 +308,9 @@ def _epochs_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
 
 def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, trajectory, validation, *, sample_fn,
                 config: MIConfig, static: _Static):
-    train_read = jnp.mean(trajectory[-config.read_epochs:])
-    params = carry.best_params if config.select == "best" else carry.state.params
-    if config.heldout_fraction > 0:
+    train_read = jnp.mean(trajectory[-config.protocol.read_epochs:])
+    params = carry.best_params if config.optimiser.select == "best" else carry.state.params
+    if config.protocol.heldout_fraction > 0:
         def one_pass(acc, p):
             keys = jax.random.split(jax.random.fold_in(setup.key_ho, p), static.ho_batches + 1)
             order = _ranks(keys[0], setup.heldout)
@@ -322,13 +322,13 @@ def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
                                         setup, sample_fn=sample_fn, config=config, static=static)
             return acc + terms, None
 
-        acc, _ = jax.lax.scan(one_pass, jnp.zeros(setup.heldout.shape, jnp.float32), jnp.arange(config.heldout_passes))
-        heldout, heldout_se = mean_and_se(acc / config.heldout_passes, setup.heldout.astype(jnp.float32))
+        acc, _ = jax.lax.scan(one_pass, jnp.zeros(setup.heldout.shape, jnp.float32), jnp.arange(config.protocol.heldout_passes))
+        heldout, heldout_se = mean_and_se(acc / config.protocol.heldout_passes, setup.heldout.astype(jnp.float32))
     else:
         heldout = heldout_se = jnp.asarray(jnp.nan, jnp.float32)
-    read = validation if config.validation_fraction > 0 else trajectory
+    read = validation if config.protocol.validation_fraction > 0 else trajectory
     rise, rise_se = trend(read, config.convergence_window)
-    converged = convergence_verdict(rise, rise_se, config.convergence_tol, two_sided=config.select == "last")
+    converged = convergence_verdict(rise, rise_se, config.protocol.convergence_tol, two_sided=config.optimiser.select == "last")
     if config.reads_all_pairs:
         heldout_cap = jnp.log(jnp.maximum(sizes.ho_rows, 1).astype(jnp.float32))
     else:
@@ -408,8 +408,8 @@ def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[Sequence[s
     lengths agree; raises ValueError naming the first group too small for ``config``."""
     n = valid.sum(axis=1)
     n_ho, n_val, n_tr = split_sizes(n, config)
-    needs = [("training", n_tr, True), ("held-out", n_ho, config.heldout_fraction > 0),
-             ("validation", n_val, config.validation_fraction > 0)]
+    needs = [("training", n_tr, True), ("held-out", n_ho, config.protocol.heldout_fraction > 0),
+             ("validation", n_val, config.protocol.validation_fraction > 0)]
     for what, count, required in needs:
         small = np.flatnonzero(required & (count < 2))
         if small.size:
@@ -417,16 +417,16 @@ def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[Sequence[s
             label = names[g] if names else f"group {g}"
             raise ValueError(
                 f"{label} has {int(count[g])} {what} samples (of {int(n[g])}; heldout_fraction "
-                f"{config.heldout_fraction}, validation_fraction {config.validation_fraction}); InfoNCE needs at "
+                f"{config.protocol.heldout_fraction}, validation_fraction {config.protocol.validation_fraction}); InfoNCE needs at "
                 "least 2: change those fractions or leave that group out"
             )
-    bsz = config.batch_size
+    bsz = config.protocol.batch_size
     if config.reads_all_pairs:  # equal batches of at most read_batch_size rows
-        ho_batches = -(-n_ho // config.read_batch_size)
+        ho_batches = -(-n_ho // config.protocol.read_batch_size)
         ho_rows = -(-n_ho // np.maximum(ho_batches, 1))
     else:
         ho_batches, ho_rows = -(-n_ho // bsz), np.full_like(n_ho, bsz)
-    return dict(n_ho=n_ho, n_val=n_val, n_tr=n_tr, steps=batches_per_epoch(n_tr, bsz, config.batch_fraction),
+    return dict(n_ho=n_ho, n_val=n_val, n_tr=n_tr, steps=batches_per_epoch(n_tr, bsz, config.optimiser.batch_fraction),
                 ho_batches=ho_batches, ho_rows=ho_rows, val_batches=-(-n_val // bsz))
 
 
@@ -549,7 +549,7 @@ def estimate_mi_sampled(
     valid = np.asarray(valid, bool)
     if valid.ndim != 2:
         raise ValueError(f"valid/mask must be (G, N), got shape {valid.shape}")
-    chunk = default_chunk(config.epochs) if chunk_epochs is None else int(chunk_epochs)
+    chunk = default_chunk(config.protocol.epochs) if chunk_epochs is None else int(chunk_epochs)
     if chunk < 1:
         raise ValueError(f"chunk_epochs must be >= 1, got {chunk_epochs}")
     configs = candidate_configs(config)
@@ -559,7 +559,7 @@ def estimate_mi_sampled(
     results = []
     for i, (cfg, cnt) in enumerate(zip(configs, counts)):
         report = None if progress is None else (
-            lambda done, _, d=i * config.epochs: progress(d + done, config.total_epochs))
+            lambda done, _, d=i * config.protocol.epochs: progress(d + done, config.total_epochs))
         results.append(_estimate(key, sample_fn, shared, group_data, valid, da, db, cfg, cnt, report, chunk,
                                  group_batch))
     return results[0] if len(results) == 1 else select_by_validation(results)[0]
@@ -571,8 +571,8 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
     static = _Static(
         group_batch=resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
-        read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.batch_size,
-        val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.fit_samples, counts["n_tr"].max())),
+        read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.protocol.batch_size,
+        val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.critic.fit_samples, counts["n_tr"].max())),
         da=int(da), db=int(db),
     )
     sizes = _Sizes(**{k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
@@ -580,8 +580,8 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
     kw = dict(sample_fn=sample_fn, config=config, static=static)
     setup, carry = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
     trajectory, validation, done = [], [], 0
-    while done < config.epochs:
-        length = min(chunk, config.epochs - done)
+    while done < config.protocol.epochs:
+        length = min(chunk, config.protocol.epochs - done)
         carry, est, val = _run_epochs(carry, setup, sizes, group_data, shared, jnp.asarray(done, jnp.int32),
                                       length=length, **kw)
         trajectory.append(est)
@@ -589,7 +589,7 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
         done += length
         if progress is not None:
             jax.block_until_ready(est)
-            progress(done, config.epochs)
+            progress(done, config.protocol.epochs)
     trajectory = jnp.concatenate(trajectory, axis=1)
     validation = jnp.concatenate(validation, axis=1)
     train, heldout, heldout_se, rise, rise_se, converged, best_epoch, lr, heldout_cap = _finish(

@@ -40,8 +40,8 @@ class PairBuffer:
 
 
 def buffer_init(num_groups: int, da: int, db: int, config: Optional[MIConfig] = None, **overrides) -> PairBuffer:
-    """Empty buffers of ``config.batch_size`` pairs for ``num_groups`` groups."""
-    bsz = resolve_config(config, **overrides).batch_size
+    """Empty buffers of ``config.protocol.batch_size`` pairs for ``num_groups`` groups."""
+    bsz = resolve_config(config, **overrides).protocol.batch_size
     return PairBuffer(
         a=jnp.zeros((num_groups, bsz, da), jnp.float32),
         b=jnp.zeros((num_groups, bsz, db), jnp.float32),
@@ -73,9 +73,9 @@ def _fresh_read(params, buf_a, buf_b, count, a, b, member, key, config: MIConfig
     all_b = jnp.concatenate([b[order].astype(buf_b.dtype), buf_b])
     u = rng.uniform(key, (all_a.shape[0], config.num_negatives))
     neg = rows + jnp.minimum(jnp.floor(u * count), count - 1).astype(jnp.int32)
-    pos, neg_scores = critic_scores(config.critic, params, all_a, all_b, neg, jnp.dtype(config.dtype))
+    pos, neg_scores = critic_scores(config.critic.family, params, all_a, all_b, neg, jnp.dtype(config.critic.dtype))
     real = jnp.arange(all_a.shape[0]) < n_new
-    return get_bound(config.bound)(pos, neg_scores, real.astype(jnp.float32)), n_new
+    return get_bound(config.protocol.bound)(pos, neg_scores, real.astype(jnp.float32)), n_new
 
 
 def update_buffered(state: CriticState, buffer: PairBuffer, a, b, member, key, config: MIConfig):

@@ -47,19 +47,19 @@ def _optimizer(config: MIConfig) -> optax.GradientTransformation:
     # AdamW as PyTorch applies it (decoupled decay scaled by lr); the lr is applied in the step from
     # the state so the plateau schedule can halve it per group.
     return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
+        optax.clip_by_global_norm(config.optimiser.grad_clip),
         optax.scale_by_adam(),
-        optax.add_decayed_weights(config.weight_decay),
+        optax.add_decayed_weights(config.optimiser.weight_decay),
     )
 
 
 def init_one(key: jax.Array, da: int, db: int, config: MIConfig) -> CriticState:
     """One group's critic state (no group axis)."""
-    params = init_critic(key, config.critic, da, db, config.hidden, config.embed_dim, config.critic_rank)
+    params = init_critic(key, config.critic.family, da, db, config.critic.hidden, config.critic.embed_dim, config.critic.rank)
     return CriticState(
         params=params,
         opt_state=_optimizer(config).init(params),
-        lr=jnp.asarray(config.lr, jnp.float32),
+        lr=jnp.asarray(config.optimiser.lr, jnp.float32),
         best_loss=jnp.asarray(jnp.inf, jnp.float32),
         bad_epochs=jnp.asarray(0, jnp.int32),
     )
@@ -81,7 +81,7 @@ def negative_index(u: Optional[jax.Array], batch: int, n_valid: jax.Array, confi
     ``u`` f32[B, K] uniform in [0, 1) picks them for ``negative_sampling="sampled"`` (unused, may be
     None, for ``"all"``).
     """
-    if config.negative_sampling == "all":
+    if config.protocol.negative_sampling == "all":
         # Every other real row; in a partial batch they are cycled to fill the B - 1 slots (never the
         # row itself), as sampling with replacement would repeat them.
         k = jnp.arange(batch - 1)[None, :] % jnp.maximum(n_valid - 1, 1)
@@ -91,9 +91,9 @@ def negative_index(u: Optional[jax.Array], batch: int, n_valid: jax.Array, confi
 
 def negative_uniforms(key: jax.Array, batch: int, config: MIConfig) -> Optional[jax.Array]:
     """The uniforms f32[B, K] :func:`negative_index` draws negatives from (None for all-pairs)."""
-    if config.negative_sampling == "all":
+    if config.protocol.negative_sampling == "all":
         return None
-    return rng.uniform(key, (batch, config.negatives))
+    return rng.uniform(key, (batch, config.protocol.negatives))
 
 
 def batch_scores(params, a, b, neg_index, n_valid, config: MIConfig):
@@ -105,7 +105,7 @@ def batch_scores(params, a, b, neg_index, n_valid, config: MIConfig):
     real = jnp.arange(a.shape[0]) < n_valid
     a = jnp.where(real[:, None], a, 0)
     b = jnp.where(real[:, None], b, 0)
-    return critic_scores(config.critic, params, a, b, neg_index, jnp.dtype(config.dtype))
+    return critic_scores(config.critic.family, params, a, b, neg_index, jnp.dtype(config.critic.dtype))
 
 
 def _weight(batch: int, n_valid) -> jax.Array:
@@ -117,14 +117,14 @@ def estimate_batch(params, a, b, key, n_valid, config: MIConfig, weight=None):
     among them (``weight`` f32[B] overrides which rows count)."""
     neg_index = negative_index(negative_uniforms(key, a.shape[0], config), a.shape[0], n_valid, config)
     pos, neg = batch_scores(params, a, b, neg_index, n_valid, config)
-    return get_bound(config.bound)(pos, neg, _weight(a.shape[0], n_valid) if weight is None else weight)
+    return get_bound(config.protocol.bound)(pos, neg, _weight(a.shape[0], n_valid) if weight is None else weight)
 
 
 def batch_terms(params, a, b, neg_index, n_valid, config: MIConfig, weight):
     """Per-row terms f32[B] of the bound (see :func:`ibjax.mi.bounds.bound_terms`); their mean over
     ``weight`` is the bound."""
     pos, neg = batch_scores(params, a, b, neg_index, n_valid, config)
-    return bound_terms(config.bound)(pos, neg, weight)
+    return bound_terms(config.protocol.bound)(pos, neg, weight)
 
 
 def step_indexed(state: CriticState, a, b, neg_index, active, config: MIConfig, n_valid):
@@ -136,7 +136,7 @@ def step_indexed(state: CriticState, a, b, neg_index, active, config: MIConfig, 
 
     def objective(p):
         pos, neg = batch_scores(p, a, b, neg_index, n_valid, config)
-        return get_bound(config.bound)(pos, neg, weight)
+        return get_bound(config.protocol.bound)(pos, neg, weight)
 
     est, grads = jax.value_and_grad(objective)(state.params)
     grads = jax.tree.map(lambda g: -g, grads)  # maximise the bound
@@ -183,8 +183,8 @@ def plateau_update(lr, best_loss, bad_epochs, loss, config: MIConfig):
     ``loss`` is the epoch's mean loss (minus the mean estimate, nats). Returns ``(lr, best_loss,
     bad_epochs)``.
     """
-    return reduce_on_plateau(lr, best_loss, bad_epochs, loss, patience=config.plateau_patience,
-                             factor=config.plateau_factor, threshold=config.plateau_threshold, eps=config.plateau_eps)
+    return reduce_on_plateau(lr, best_loss, bad_epochs, loss, patience=config.optimiser.plateau_patience,
+                             factor=config.optimiser.plateau_factor, threshold=config.optimiser.plateau_threshold, eps=config.optimiser.plateau_eps)
 
 
 def plateau_state(state: CriticState, loss: jax.Array, config: MIConfig) -> CriticState:

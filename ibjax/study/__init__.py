@@ -19,7 +19,13 @@
 
 from ibjax.study.config import (
     REFERENCE_MI_EPOCHS,
+    AnalysisConfig,
+    AttackConfig,
+    DataConfig,
+    EmbeddingConfig,
+    StealthConfig,
     StudyConfig,
+    StudyMIConfig,
     check_config,
     config_diff,
     config_from_dict,
@@ -35,6 +41,12 @@ from ibjax.study.steps import FreshPairs, estimate_network_mi, representation_cl
 
 __all__ = [
     "StudyConfig",
+    "DataConfig",
+    "AttackConfig",
+    "StudyMIConfig",
+    "AnalysisConfig",
+    "StealthConfig",
+    "EmbeddingConfig",
     "REFERENCE_MI_EPOCHS",
     "PRESETS",
     "preset",

@@ -1,11 +1,14 @@
-"""The study's configuration: one frozen dataclass tree, the single source of truth.
+"""The study's configuration: one frozen dataclass tree in sections, the single source of truth.
 
-:class:`StudyConfig` nests the library's own configs (:class:`~ibjax.poison.PoisonConfig`,
-:class:`~ibjax.models.ModelConfig`, :class:`~ibjax.train.TrainConfig`, two
-:class:`~ibjax.mi.MIConfig`). The command line is generated from it (``experiments.study --help``
-lists every field with its default), a JSON file of it is a config file, and run directories store
-it as ``config.json``. Everything here is plain data and pure functions: dict round trips, a
-field-by-field diff, and the checks that need no data set.
+:class:`StudyConfig` nests ``data``, ``attack``, ``poison`` (:class:`~ibjax.poison.PoisonConfig`),
+``model`` (:class:`~ibjax.models.ModelConfig`), ``train`` (:class:`~ibjax.train.TrainConfig`), ``mi``
+(when and how MI is estimated, with the two :class:`~ibjax.mi.MIConfig` estimators ``xt`` and ``ty``)
+and ``analysis`` (stealthiness, embeddings). Every section is an :class:`ibjax.fields.Config`: its
+values are coerced to their annotations at construction and :meth:`~ibjax.fields.Config.validate`
+names a bad one by its dotted path. The command line is generated from the tree (``python -m
+experiments.study --help`` lists every field with its default: ``--mi.xt.optimiser.lr``), a JSON file
+of it is a config file, and run directories store it as ``config.json``; files of the earlier flat
+layout are read through :data:`STUDY_RENAMES`.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import typing
 from typing import Any, Literal, Optional
 
-from ibjax.mi import TY_CONFIG, XT_CONFIG, MIConfig
+from ibjax.fields import Config, ConfigError, from_dict, resolve_path, to_dict
+from ibjax.mi import MI_ALIASES, TY_CONFIG, XT_CONFIG, MIConfig
 from ibjax.models import ModelConfig
 from ibjax.poison import PoisonConfig
 from ibjax.quantities import QUANTITIES
@@ -25,6 +28,14 @@ from ibjax.triggers import ATTACKS
 
 __all__ = [
     "StudyConfig",
+    "DataConfig",
+    "AttackConfig",
+    "StudyMIConfig",
+    "AnalysisConfig",
+    "StealthConfig",
+    "EmbeddingConfig",
+    "STUDY_RENAMES",
+    "migrate_config_dict",
     "REFERENCE_MI_EPOCHS",
     "config_to_dict",
     "config_from_dict",
@@ -42,80 +53,221 @@ AttackName = Literal[ATTACKS]  # type: ignore[valid-type]  (choices in --help co
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
+class DataConfig(Config):
+    """The data set.
+
+    Attributes:
+      name: 'mnist5k' (embedded, no download), a TFDS name ('cifar10', 'svhn_cropped', ...), or the
+        path of an image folder / .tar.gz archive laid out split/class/image.
+      dir: an image folder or .tar.gz archive (then 'name' is only a label), or a TFDS data dir.
+      per_class_limit: keep the first N training images of every class (SVHN reference cut: 4000).
+    """
+
+    name: str = "cifar10"
+    dir: Optional[str] = None
+    per_class_limit: Optional[int] = None
+
+    def check(self) -> None:
+        if self.per_class_limit is not None and self.per_class_limit < 1:
+            raise ValueError(f"per_class_limit must be >= 1, got {self.per_class_limit}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig(Config):
+    """The attack: its trigger and poisoning rules.
+
+    Attributes:
+      name: one of ibjax.triggers.ATTACKS.
+      options: trigger parameter overrides as NAME VALUE pairs, each VALUE read as its parameter's
+        type (e.g. 'size 3', 'alpha 0.2', 'colour [0,1,0]', 'pattern path/to/pattern.npy'); prefix a
+        name with train_ or test_ to set one side only.
+      trigger_rules: 'ibjax' or 'reference': where a trigger's details differ between ibjax's default and
+        the authors' code (e.g. WaNet's noise warp on test images), which to follow.
+    """
+
+    name: AttackName = "badnets"
+    options: tuple[tuple[str, str], ...] = ()
+    trigger_rules: Literal["ibjax", "reference"] = "ibjax"
+
+    def _coerce_rules(self, f):
+        # A JSON config file may give an option's value as a number or a list: kept as its JSON text,
+        # which the trigger parameter reads as its own type.
+        def text(v: Any, where: str) -> str:
+            if isinstance(v, str):
+                return v
+            if isinstance(v, (bool, int, float, list, tuple)):
+                return json.dumps(v)
+            raise ValueError(f"{where} = {v!r}: expected a NAME VALUE pair of text")
+
+        return {str: text} if f.name == "options" else None
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyMIConfig(Config):
+    """When and how the study estimates MI, and the two estimators.
+
+    Attributes:
+      epochs: epochs (1-based, after that epoch's training) at which MI is estimated offline.
+      mode: 'offline' (at the MI epochs, the reference), 'online' (critics trained alongside the
+        network, read every epoch) or 'both'.
+      features: 'fresh' (a new noise draw of the network at every critic step, the reference) or
+        'bank' (a cached bank of bank_draws noise draws per sample: far faster).
+      bank_draws: noise draws per sample in the bank (features 'bank').
+      xt: the I(X;T) estimator.
+      ty: the I(T;Y_pred) estimator.
+    """
+
+    epochs: tuple[int, ...] = REFERENCE_MI_EPOCHS
+    mode: Literal["offline", "online", "both"] = "offline"
+    features: Literal["fresh", "bank"] = "fresh"
+    bank_draws: int = 8
+    xt: MIConfig = XT_CONFIG
+    ty: MIConfig = TY_CONFIG
+
+    @property
+    def offline(self) -> bool:
+        return self.mode in ("offline", "both")
+
+    @property
+    def online(self) -> bool:
+        return self.mode in ("online", "both")
+
+    def check(self) -> None:
+        if self.bank_draws < 1:
+            raise ValueError(f"bank_draws must be >= 1, got {self.bank_draws}")
+        if not self.offline and any(getattr(self, q).candidates for q in QUANTITIES):
+            raise ValueError("xt/ty.candidates choose among offline estimates, and mode 'online' makes none: "
+                             "use mode 'offline' or 'both', or leave candidates empty")
+        e = list(self.epochs)
+        if self.offline:
+            if not e:
+                raise ValueError("epochs is empty: give at least one epoch for the offline MI estimates "
+                                 "(or mode online)")
+            if any(b <= a for a, b in zip(e, e[1:])):
+                raise ValueError(f"epochs must be strictly increasing, got {e}")
+
+
+@dataclasses.dataclass(frozen=True)
+class StealthConfig(Config):
+    """The stealthiness metric.
+
+    Attributes:
+      epochs: epochs of the metric (the nearest MI epochs stand in on shorter runs; the epochs
+        actually used are recorded).
+      read: the read behind the headline stealthiness: 'heldout' (ibjax) or 'train' (the authors');
+        both are computed and stored.
+      normalise: min-max normalisation of the metric: 'per_epoch' (the authors') or 'joint'.
+      classes: clean classes the metric compares with (empty: all of them; the authors track 1 2 3).
+    """
+
+    epochs: tuple[int, ...] = (5, 40, 100)
+    read: Literal["heldout", "train"] = "heldout"
+    normalise: Literal["per_epoch", "joint"] = "per_epoch"
+    classes: tuple[int, ...] = ()
+
+    def check(self) -> None:
+        if not self.epochs:
+            raise ValueError("epochs is empty: give the epochs of the stealthiness metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbeddingConfig(Config):
+    """Silhouette scores and 2-D embeddings of T.
+
+    Attributes:
+      epochs: epochs of the embeddings (empty: the first and last MI epoch).
+      points: points drawn in each 2-D embedding.
+    """
+
+    epochs: tuple[int, ...] = ()
+    points: int = 2000
+
+    def check(self) -> None:
+        if self.points < 2:
+            raise ValueError(f"points must be >= 2, got {self.points}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalysisConfig(Config):
+    """What the run computes from its MI histories and features.
+
+    Attributes:
+      stealth: the stealthiness metric.
+      embedding: silhouette scores and 2-D embeddings of T.
+    """
+
+    stealth: StealthConfig = StealthConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyConfig(Config):
     """Everything that defines a run. Defaults: the reference protocol (SPEC.md: CIFAR-10, BadNets 10%,
     ResNet-18, 120 epochs, MI of all groups at 9 epochs) with ibjax's own estimator defaults (held-out
     reads); the preset 'reference' is the authors' code exactly.
 
     Attributes:
-      dataset: 'mnist5k' (embedded, no download), a TFDS name ('cifar10', 'svhn_cropped', ...), or the
-        path of an image folder / .tar.gz archive laid out split/class/image.
-      data_dir: an image folder or .tar.gz archive (then 'dataset' is only a label), or a TFDS data dir.
-      per_class_limit: keep the first N training images of every class (SVHN reference cut: 4000).
-      attack: the attack (trigger and poisoning rules), one of ibjax.triggers.ATTACKS.
-      attack_options: trigger parameter overrides as NAME VALUE pairs (VALUE parsed as JSON when it
-        can be, e.g. 'size 3', 'alpha 0.2', 'colour [0,1,0]', 'pattern path/to/pattern.npy'); prefix a
-        name with train_ or test_ to set one side only.
-      trigger_rules: 'ibjax' or 'reference': where a trigger's details differ between ibjax's default and
-        the authors' code (e.g. WaNet's noise warp on test images), which to follow.
+      data: the data set.
+      attack: the attack (trigger and poisoning rules).
       poison: how the training set is poisoned.
       model: the network.
       train: the training recipe.
-      mi_epochs: epochs (1-based, after that epoch's training) at which MI is estimated offline.
-      xt: the I(X;T) estimator.
-      ty: the I(T;Y_pred) estimator.
-      mi_mode: 'offline' (at mi_epochs, the reference), 'online' (critics trained alongside the network,
-        read every epoch) or 'both'.
-      feature_mode: 'fresh' (a new noise draw of the network at every critic step, the reference) or
-        'bank' (a cached bank of bank_draws noise draws per sample: far faster).
-      bank_draws: noise draws per sample in the bank (feature_mode 'bank').
-      stealth_epochs: epochs of the stealthiness metric (the nearest MI epochs stand in on shorter runs;
-        the epochs actually used are recorded).
-      stealth_read: the read behind the headline stealthiness: 'heldout' (ibjax) or 'train' (the
-        authors'); both are computed and stored.
-      stealth_normalise: min-max normalisation of the metric: 'per_epoch' (the authors') or 'joint'.
-      stealth_classes: clean classes the metric compares with (empty: all of them; the authors track 1 2 3).
-      embed_epochs: epochs for silhouette scores and 2-D embeddings of T (empty: first and last MI epoch).
-      embed_points: points drawn in each 2-D embedding.
+      mi: when and how MI is estimated, and the two estimators.
+      analysis: the stealthiness metric and the embeddings.
       seed: the run's seed (every random choice derives from it and the epoch).
     """
 
-    dataset: str = "cifar10"
-    data_dir: Optional[str] = None
-    per_class_limit: Optional[int] = None
-    attack: AttackName = "badnets"
-    attack_options: tuple[tuple[str, str], ...] = ()
-    trigger_rules: Literal["ibjax", "reference"] = "ibjax"
+    data: DataConfig = DataConfig()
+    attack: AttackConfig = AttackConfig()
     poison: PoisonConfig = PoisonConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    mi_epochs: tuple[int, ...] = REFERENCE_MI_EPOCHS
-    xt: MIConfig = XT_CONFIG
-    ty: MIConfig = TY_CONFIG
-    mi_mode: Literal["offline", "online", "both"] = "offline"
-    feature_mode: Literal["fresh", "bank"] = "fresh"
-    bank_draws: int = 8
-    stealth_epochs: tuple[int, ...] = (5, 40, 100)
-    stealth_read: Literal["heldout", "train"] = "heldout"
-    stealth_normalise: Literal["per_epoch", "joint"] = "per_epoch"
-    stealth_classes: tuple[int, ...] = ()
-    embed_epochs: tuple[int, ...] = ()
-    embed_points: int = 2000
+    mi: StudyMIConfig = StudyMIConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
     seed: int = 0
 
     @property
-    def offline(self) -> bool:
-        return self.mi_mode in ("offline", "both")
-
-    @property
-    def online(self) -> bool:
-        return self.mi_mode in ("online", "both")
-
-    @property
     def resolved_embed_epochs(self) -> tuple[int, ...]:
-        if self.embed_epochs:
-            return self.embed_epochs
-        return tuple(sorted({self.mi_epochs[0], self.mi_epochs[-1]})) if self.mi_epochs else ()
+        """The embedding epochs: ``analysis.embedding.epochs``, or the first and last MI epoch."""
+        if self.analysis.embedding.epochs:
+            return self.analysis.embedding.epochs
+        e = self.mi.epochs
+        return tuple(sorted({e[0], e[-1]})) if e else ()
+
+    def check(self) -> None:
+        # Relations between sections; each section checks its own fields.
+        last = self.train.epochs
+        e = list(self.mi.epochs)
+        if self.mi.offline and e and (e[0] < 1 or e[-1] > last):
+            raise ConfigError("mi", f"epochs must lie in 1..{last} (train.epochs), got {e}")
+        bad = [x for x in self.resolved_embed_epochs if not 1 <= x <= last]
+        if bad:
+            raise ConfigError("analysis.embedding", f"epochs {bad} lie outside 1..{last} (train.epochs)")
+
+
+STUDY_RENAMES = {
+    "dataset": "data.name",
+    "data_dir": "data.dir",
+    "per_class_limit": "data.per_class_limit",
+    "attack": "attack.name",
+    "attack_options": "attack.options",
+    "trigger_rules": "attack.trigger_rules",
+    "mi_epochs": "mi.epochs",
+    "mi_mode": "mi.mode",
+    "feature_mode": "mi.features",
+    "bank_draws": "mi.bank_draws",
+    "xt": "mi.xt",
+    "ty": "mi.ty",
+    "stealth_epochs": "analysis.stealth.epochs",
+    "stealth_read": "analysis.stealth.read",
+    "stealth_normalise": "analysis.stealth.normalise",
+    "stealth_classes": "analysis.stealth.classes",
+    "embed_epochs": "analysis.embedding.epochs",
+    "embed_points": "analysis.embedding.points",
+}
+"""Top-level fields of the flat StudyConfig of earlier versions and where they live now: old
+``config.json`` files are read through it (:func:`config_from_dict`), old flags are refused naming
+the new one (:mod:`ibjax.cli`)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,46 +276,54 @@ class StudyConfig:
 
 def config_to_dict(config) -> dict:
     """A JSON-ready nested dict of a config dataclass."""
-    return json.loads(json.dumps(dataclasses.asdict(config)))
+    return to_dict(config)
 
 
-def _convert(tp, value, where: str):
-    """``value`` (from JSON) as the annotated type ``tp``: nested dataclasses and tuples rebuilt."""
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _from_dict(tp, value, where)
-    if origin is typing.Union:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _convert(args[0], value, where)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config field {where} must be a list, got {value!r}")
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(args[0], v, where) for v in value)
-        return tuple(_convert(a, v, where) for a, v in zip(args, value))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+def _migrate_mi(d: Any) -> Any:
+    """A flat MIConfig dict of earlier versions as its sections (a sectioned one unchanged)."""
+    sections = {f.name for f in dataclasses.fields(MIConfig)} - {"candidates"}
+    if not isinstance(d, dict) or all(k in sections and isinstance(v, dict) or k == "candidates" for k, v in d.items()):
+        return d
+    out: dict = {}
+    for name, value in d.items():
+        if name == "candidates":
+            out[name] = value
+            continue
+        path = MI_ALIASES.get(name) or resolve_path(MIConfig, name)  # an unknown name: a ValueError naming the fields
+        section, leaf = path.split(".")
+        out.setdefault(section, {})[leaf] = value
+    return out
 
 
-def _from_dict(cls, d: Any, where: str = ""):
+def migrate_config_dict(d: Any) -> Any:
+    """A StudyConfig dict of an earlier version (flat sections, see :data:`STUDY_RENAMES`) in today's
+    layout; today's layout unchanged."""
     if not isinstance(d, dict):
-        raise ValueError(f"config section {where or cls.__name__} must be an object, got {d!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ValueError(f"unknown config field(s) {[f'{where}.{u}'.lstrip('.') for u in unknown]}; "
-                         f"{cls.__name__} has {sorted(names)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}".lstrip(".")) for k, v in d.items()}
-    return cls(**kwargs)
+        return d
+    out = {k: v for k, v in d.items() if k not in STUDY_RENAMES or isinstance(v, dict) and k == "attack"}
+    for old, new in STUDY_RENAMES.items():
+        if old not in d or (old == "attack" and isinstance(d[old], dict)):
+            continue
+        node = out
+        *heads, leaf = new.split(".")
+        for h in heads:
+            node = node.setdefault(h, {})
+        node[leaf] = d[old]
+    mi = out.get("mi")
+    if isinstance(mi, dict):
+        for q in QUANTITIES:
+            if q in mi:
+                mi[q] = _migrate_mi(mi[q])
+    return out
 
 
 def config_from_dict(d: dict, cls=StudyConfig):
-    """Rebuild a config from :func:`config_to_dict`'s output. Missing fields take their defaults (so
-    older files still load); unknown fields raise ValueError naming them."""
-    return _from_dict(cls, d)
+    """Rebuild a config from :func:`config_to_dict`'s output. Missing fields take their defaults;
+    a StudyConfig dict of an earlier, flat version is read in today's sections; unknown fields
+    raise ValueError naming them."""
+    if cls is StudyConfig:
+        d = migrate_config_dict(d)
+    return from_dict(cls, d)
 
 
 def load_config(path: str | os.PathLike, cls=StudyConfig):
@@ -209,42 +369,7 @@ def config_diff(a, b) -> dict[str, tuple[Any, Any]]:
 
 
 def check_config(config: StudyConfig) -> None:
-    """Raise ValueError, naming the field and what to do, for any option that cannot work; called
+    """Raise ValueError (``section.field: what to do``) for any option that cannot work; called
     before any data is loaded. Checks that need the data (the target class's range, group sizes,
     whether the trigger fits the images) follow once it is loaded."""
-    if config.attack not in ATTACKS:
-        raise ValueError(f"attack {config.attack!r} is unknown; choose one of {', '.join(ATTACKS)}")
-    config.train.validate()
-    config.poison.validate()
-    for name in QUANTITIES:
-        mi_cfg = getattr(config, name)
-        try:
-            mi_cfg.validate()
-        except ValueError as e:
-            raise ValueError(f"{name}: {e}") from e
-    if not config.offline and (config.xt.candidates or config.ty.candidates):
-        raise ValueError("xt/ty.candidates choose among offline estimates, and mi_mode 'online' makes none: "
-                         "use mi_mode 'offline' or 'both', or leave candidates empty")
-    e = list(config.mi_epochs)
-    if config.offline:
-        if not e:
-            raise ValueError("mi_epochs is empty: give at least one epoch for the offline MI estimates "
-                             "(or mi_mode online)")
-        if any(b <= a for a, b in zip(e, e[1:])):
-            raise ValueError(f"mi_epochs must be strictly increasing, got {e}")
-        if e[0] < 1 or e[-1] > config.train.epochs:
-            raise ValueError(f"mi_epochs must lie in 1..{config.train.epochs} (train.epochs), got {e}")
-    if config.bank_draws < 1:
-        raise ValueError(f"bank_draws must be >= 1, got {config.bank_draws}")
-    if config.embed_points < 2:
-        raise ValueError(f"embed_points must be >= 2, got {config.embed_points}")
-    bad = [x for x in config.resolved_embed_epochs if not 1 <= x <= config.train.epochs]
-    if bad:
-        raise ValueError(f"embed_epochs {bad} lie outside 1..{config.train.epochs} (train.epochs)")
-    if not config.stealth_epochs:
-        raise ValueError("stealth_epochs is empty: give the epochs of the stealthiness metric")
-    if config.per_class_limit is not None and config.per_class_limit < 1:
-        raise ValueError(f"per_class_limit must be >= 1, got {config.per_class_limit}")
-    for pair in config.attack_options:
-        if len(pair) != 2:
-            raise ValueError(f"attack_options must be NAME VALUE pairs, got {pair!r}")
+    config.validate()

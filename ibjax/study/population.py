@@ -73,7 +73,7 @@ def member_incompatibility(config: StudyConfig) -> Optional[str]:
     can). Raises ValueError for a bad config."""
     check_config(config)
     if build_attack(config).optimised_pattern:
-        return (f"attack {config.attack!r} optimises its trigger pattern per run (a static part of the compiled "
+        return (f"attack {config.attack.name!r} optimises its trigger pattern per run (a static part of the compiled "
                 "trigger)")
     return None
 
@@ -93,7 +93,7 @@ def population_incompatibility(configs: Sequence[StudyConfig]) -> Optional[str]:
     for i, c in enumerate(configs):
         why = member_incompatibility(c)
         if why:
-            return f"run {i} ({c.attack}, seed {c.seed}): {why}"
+            return f"run {i} ({c.attack.name}, seed {c.seed}): {why}"
     ref = population_signature(configs[0])
     for i, c in enumerate(configs[1:], 1):
         if population_signature(c) != ref:

@@ -1,4 +1,5 @@
-"""Named configurations: ``default``, ``reference``, ``fast`` and ``cpu``.
+"""Named configurations: ``default``, ``reference``, ``fast`` and ``cpu``, each a set of overrides of
+:class:`~ibjax.study.config.StudyConfig`'s defaults (as the flax examples' ``configs/``).
 
 - ``default``: :class:`~ibjax.study.config.StudyConfig`'s own defaults: SPEC.md's protocol (CIFAR-10,
   ResNet-18, 120 epochs, MI at 9 epochs, the reference's estimator sizes) with ibjax's estimator
@@ -10,8 +11,7 @@
 - ``fast``: the reference protocol with what a GPU run wants: MI on a cached bank of 4 noise draws
   per sample instead of a fresh network pass per critic step (``experiments.feature_modes``: with
   R >= 4 draws the held-out reads stay within the seed-to-seed spread of fresh draws, see
-  docs/measurements.md),
-  and bfloat16 network compute.
+  docs/measurements.md), and bfloat16 network compute.
 - ``cpu``: a meaningful mnist5k run on 2 CPU cores in about a minute (the quickstart): small noisy
   CNN (Philox noise: half Threefry's cost on XLA:CPU), 8 epochs, light estimators on a bank of 2
   draws (4 draws cost more time and moved no finding), MI at epochs 1, 4 and 8. Measured times,
@@ -20,57 +20,66 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any, Mapping
 
-from ibjax.mi import TY_REFERENCE, XT_CONFIG, XT_REFERENCE
-from ibjax.models import ModelConfig
-from ibjax.poison import REFERENCE_POISON, PoisonConfig
+from ibjax.fields import override
+from ibjax.mi import TY_REFERENCE, XT_REFERENCE
+from ibjax.poison import REFERENCE_POISON
 from ibjax.study.config import StudyConfig
-from ibjax.train import TrainConfig
 
-__all__ = ["PRESETS", "preset", "preset_names"]
+__all__ = ["PRESETS", "PRESET_OVERRIDES", "preset", "preset_names"]
 
 # ibjax's estimator (held-out and validation splits, best critic) at light sizes, with standardised
 # instead of rank-Gaussianised inputs: on 784 pixel coordinates the per-batch rank map costs several
 # times the rest of the estimator on a CPU (docs/measurements.md, "Estimator inputs on MNIST pixels"),
 # and the quickstart must stay near a minute.
-_CPU_MI = dataclasses.replace(XT_CONFIG, epochs=30, batch_size=64, negatives=128, hidden=(64, 64), lr=1e-3, read_epochs=5,
-                              preprocess="standardize")
+_CPU_MI = {"protocol.epochs": 30, "protocol.batch_size": 64, "protocol.negatives": 128, "critic.hidden": (64, 64),
+           "optimiser.lr": 1e-3, "protocol.read_epochs": 5, "critic.preprocess": "standardize"}
 
-PRESETS: dict[str, StudyConfig] = {
-    "default": StudyConfig(),
-    "reference": StudyConfig(
-        poison=REFERENCE_POISON,
-        trigger_rules="reference",
-        train=TrainConfig(asr_on_all=True),
-        xt=XT_REFERENCE,
-        ty=TY_REFERENCE,
-        feature_mode="fresh",
-        stealth_read="train",
-        stealth_normalise="per_epoch",
-        stealth_classes=(1, 2, 3),
-    ),
-    "fast": StudyConfig(
-        model=ModelConfig(dtype="bfloat16"),
-        feature_mode="bank",
-        bank_draws=4,
-    ),
-    "cpu": StudyConfig(
-        dataset="mnist5k",
-        attack="badnets",
-        poison=PoisonConfig(ratio=0.1, target=0),
-        model=ModelConfig(name="small_cnn", gamma_xt=0.4, gamma_ty=0.4, noise_generator="philox"),
-        train=TrainConfig(epochs=8, batch_size=64, lr=0.05, schedule="cosine"),
-        mi_epochs=(1, 4, 8),
-        xt=_CPU_MI,
-        ty=dataclasses.replace(_CPU_MI, lr=2e-3),
-        mi_mode="offline",
-        feature_mode="bank",
-        bank_draws=2,
-        stealth_epochs=(1, 4, 8),
-        embed_epochs=(1, 8),
-    ),
+PRESET_OVERRIDES: dict[str, Mapping[str, Any]] = {
+    "default": {},
+    "reference": {
+        "poison": REFERENCE_POISON,
+        "attack.trigger_rules": "reference",
+        "train.asr_on_all": True,
+        "mi.xt": XT_REFERENCE,
+        "mi.ty": TY_REFERENCE,
+        "mi.features": "fresh",
+        "analysis.stealth.read": "train",
+        "analysis.stealth.normalise": "per_epoch",
+        "analysis.stealth.classes": (1, 2, 3),
+    },
+    "fast": {
+        "model.dtype": "bfloat16",
+        "mi.features": "bank",
+        "mi.bank_draws": 4,
+    },
+    "cpu": {
+        "data.name": "mnist5k",
+        "attack.name": "badnets",
+        "poison.ratio": 0.1,
+        "poison.target": 0,
+        "model.name": "small_cnn",
+        "model.gamma_xt": 0.4,
+        "model.gamma_ty": 0.4,
+        "model.noise_generator": "philox",
+        "train.epochs": 8,
+        "train.batch_size": 64,
+        "train.lr": 0.05,
+        "train.schedule": "cosine",
+        "mi.epochs": (1, 4, 8),
+        "mi.mode": "offline",
+        "mi.features": "bank",
+        "mi.bank_draws": 2,
+        **{f"mi.xt.{k}": v for k, v in _CPU_MI.items()},
+        **{f"mi.ty.{k}": v for k, v in {**_CPU_MI, "optimiser.lr": 2e-3}.items()},
+        "analysis.stealth.epochs": (1, 4, 8),
+        "analysis.embedding.epochs": (1, 8),
+    },
 }
+"""Each preset as dotted-path overrides of ``StudyConfig()`` (a section's path with a whole section)."""
+
+PRESETS: dict[str, StudyConfig] = {name: override(StudyConfig(), changes) for name, changes in PRESET_OVERRIDES.items()}
 
 
 def preset_names() -> tuple[str, ...]:

@@ -29,9 +29,9 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names
     made.append(plots.plot_training_curves(records, os.path.join(pdir, "accuracy_asr.png")))
     made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), **names))
     if "xt" in mi_hist:
-        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.stealth_read, **names))
+        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.analysis.stealth.read, **names))
         made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png"),
-                                                 read=config.stealth_read, **names))
+                                                 read=config.analysis.stealth.read, **names))
     online = tuple(q.online_name for q in QUANTITIES.values() if q.online_name in mi_hist)
     if online:
         made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves_online.png"), read="heldout",
@@ -65,20 +65,20 @@ def _mi_cell(entry: dict) -> str:
 def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
     """summary.md of a run: results, stealthiness (both reads), MI tables, clustering, cost, plots."""
     lines = [
-        f"# {config.attack} on {config.dataset} ({config.model.name})",
+        f"# {config.attack.name} on {config.data.name} ({config.model.name})",
         "",
         f"Poison ratio {config.poison.ratio}, target class {config.poison.target}, noise "
         f"{config.model.gamma_xt}/{config.model.gamma_ty}, {s['epochs']} epochs, seed {config.seed}; "
-        f"MI {config.mi_mode} ({config.feature_mode} features), estimator epochs {config.xt.epochs}/{config.ty.epochs}.",
+        f"MI {config.mi.mode} ({config.mi.features} features), estimator epochs {config.mi.xt.protocol.epochs}/{config.mi.ty.protocol.epochs}.",
         "",
         "| clean test accuracy | ASR | training (s) | MI estimation (s) | total (s) |",
         "|---|---|---|---|---|",
         f"| {_fmt(s['test_accuracy'])} | {_fmt(s['asr'])} | {s['train_s']:.1f} | {s['mi_s']:.1f} | {s['wall_s']:.1f} |",
         "",
     ]
-    for read in sorted(s["stealth"], key=lambda r: r != config.stealth_read):
+    for read in sorted(s["stealth"], key=lambda r: r != config.analysis.stealth.read):
         st = s["stealth"][read]
-        headline = " (headline)" if read == config.stealth_read else ""
+        headline = " (headline)" if read == config.analysis.stealth.read else ""
         if "error" in st:
             lines += [f"## Stealthiness, {read} read{headline}: not computed", "", st["error"], ""]
             continue

@@ -52,8 +52,9 @@ from ibjax.study.writers import check_writers, epoch_scalars, open_writers, writ
 __all__ = ["run_study", "run_population", "run_many", "study_mesh", "open_run", "check_mesh_processes", "RunRecorder",
            "finalize", "resume_changes", "RESUMABLE_CHANGES", "memory_usage", "clustering_key"]
 
-RESUMABLE_CHANGES = ("train.epochs", "mi_epochs", "embed_epochs", "embed_points", "stealth_epochs", "stealth_read",
-                     "stealth_normalise", "stealth_classes")
+RESUMABLE_CHANGES = ("train.epochs", "mi.epochs", "analysis.embedding.epochs", "analysis.embedding.points",
+                     "analysis.stealth.epochs", "analysis.stealth.read", "analysis.stealth.normalise",
+                     "analysis.stealth.classes")
 """Fields a resumed run may change: they extend the run or only change the analysis at the end."""
 
 
@@ -70,10 +71,11 @@ def resume_changes(saved: StudyConfig, new: StudyConfig, completed: int) -> dict
             bad["train.epochs"] = diff["train.epochs"]  # the cosine schedule's length is part of every step
         elif new.train.epochs < completed:
             bad["train.epochs"] = diff["train.epochs"]
-    for name in ("mi_epochs", "embed_epochs"):
+    for name, epochs_of in (("mi.epochs", lambda c: c.mi.epochs),
+                            ("analysis.embedding.epochs", lambda c: c.analysis.embedding.epochs)):
         if name in diff:
-            old_done = [e for e in getattr(saved, name) if e <= completed]
-            new_done = [e for e in getattr(new, name) if e <= completed]
+            old_done = [e for e in epochs_of(saved) if e <= completed]
+            new_done = [e for e in epochs_of(new) if e <= completed]
             if old_done != new_done:
                 bad[name] = diff[name]
     if bad:
@@ -358,7 +360,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
         state = stack_states([rec.restore(init_run_state(m)) for rec, m in zip(recorders, pop.members)], mesh)
         config = pop.config
         epochs = config.train.epochs
-        mi_epochs = set(config.mi_epochs) if config.offline else set()
+        mi_epochs = set(config.mi.epochs) if config.mi.offline else set()
         embed_epochs = set(config.resolved_embed_epochs)
         first = True
         for epoch in range(int(to_host(state.epoch)[0]) + 1, epochs + 1):
@@ -381,7 +383,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                 t_mi = time.perf_counter()
                 groups = "" if size == 1 else f"{size} runs x "
                 with phase(f"epoch {epoch}: MI of {groups}{pop.members[0].num_groups} groups "
-                           f"({config.feature_mode} features)", enabled=progress):
+                           f"({config.mi.features} features)", enabled=progress):
                     res = estimate_network_mi([jax.random.fold_in(m.keys.mi, epoch) for m in pop.members],
                                               state.train.variables, pop, progress=progress, label=f"epoch {epoch} ")
                 mi_s = time.perf_counter() - t_mi
@@ -389,7 +391,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                     rec.add_mi(epoch, r, mi_s, record)
             if epoch in embed_epochs:
                 clustered = representation_clustering([clustering_key(m.keys.train, epoch) for m in pop.members],
-                                                      state.train.variables, pop, config.embed_points)
+                                                      state.train.variables, pop, config.analysis.embedding.points)
                 for rec, (silhouettes, embedding) in zip(recorders, clustered):
                     rec.add_clustering(epoch, silhouettes, embedding)
             host = jax.tree.map(to_host, state)
@@ -427,20 +429,20 @@ def _stealth(config: StudyConfig, mi_hist: dict) -> dict:
     if "xt" not in mi_hist or "ty" not in mi_hist:
         return {}
     available = ibmetrics.available_epochs(mi_hist)
-    epochs = ibmetrics.select_epochs(available, config.stealth_epochs)
-    if sorted(epochs) != sorted(set(config.stealth_epochs)):
-        LOGGER.warning("stealthiness: epochs %s requested, MI exists at %s: using %s", list(config.stealth_epochs),
+    epochs = ibmetrics.select_epochs(available, config.analysis.stealth.epochs)
+    if sorted(epochs) != sorted(set(config.analysis.stealth.epochs)):
+        LOGGER.warning("stealthiness: epochs %s requested, MI exists at %s: using %s", list(config.analysis.stealth.epochs),
                        available, epochs)
-    clean = [f"class_{c}" for c in config.stealth_classes] or None
+    clean = [f"class_{c}" for c in config.analysis.stealth.classes] or None
     out = {}
     for read in ("heldout", "train"):
         try:
-            out[read] = ibmetrics.stealthiness(mi_hist, epochs=epochs, read=read, normalise=config.stealth_normalise,
+            out[read] = ibmetrics.stealthiness(mi_hist, epochs=epochs, read=read, normalise=config.analysis.stealth.normalise,
                                                clean=clean)
             out[read]["size_matched"] = ibmetrics.size_matched_comparisons(mi_hist, read, clean=clean)
         except ValueError as err:  # e.g. no held-out split (heldout_fraction=0): keep the other read
             out[read] = {"error": str(err)}
-        out[read]["requested_epochs"] = list(config.stealth_epochs)
+        out[read]["requested_epochs"] = list(config.analysis.stealth.epochs)
     return out
 
 
@@ -455,15 +457,15 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: dict, class_n
     last = records[-1] if records else {}
     summary = {
         "run_dir": rd.path,
-        "attack": config.attack,
-        "dataset": config.dataset,
+        "attack": config.attack.name,
+        "dataset": config.data.name,
         "model": config.model.name,
         "poison_ratio": config.poison.ratio,
         "seed": config.seed,
         "epochs": len(records),
         "test_accuracy": last.get("test_accuracy"),
         "asr": last.get("asr"),
-        "stealth_read": config.stealth_read,
+        "stealth_read": config.analysis.stealth.read,
         "stealth": stealth,
         "train_s": float(sum(r.get("train_s", 0.0) for r in records)),
         "mi_s": float(sum(r.get("mi_s", 0.0) for r in records)),

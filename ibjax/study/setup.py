@@ -9,7 +9,6 @@ caller to keep (the runner stores it in the run directory for resume).
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Callable, Optional
 
 import jax
@@ -29,7 +28,7 @@ from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
 from ibjax.triggers import Attack, get_attack, pgd_l2, trojannn_pattern
 
-__all__ = ["load_data", "parse_attack_options", "build_attack", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
+__all__ = ["load_data", "build_attack", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
 
 PRECOMPUTED_FILE = "attack_precomputed.npy"
 """The file a run keeps what its attack computed against a clean model in (label-consistent: the PGD
@@ -38,37 +37,24 @@ perturbations of the poisoned samples; TrojanNN: the optimised pattern)."""
 
 def load_data(config: StudyConfig) -> tuple[Dataset, Dataset]:
     """The training (with ``per_class_limit``) and test splits of the config's data set."""
-    train_set = load_dataset(config.dataset, "train", data_dir=config.data_dir, per_class_limit=config.per_class_limit)
-    test_set = load_dataset(config.dataset, "test", data_dir=config.data_dir)
+    train_set = load_dataset(config.data.name, "train", data_dir=config.data.dir, per_class_limit=config.data.per_class_limit)
+    test_set = load_dataset(config.data.name, "test", data_dir=config.data.dir)
     if train_set.images.shape[1:] != test_set.images.shape[1:]:
-        raise ValueError(f"train and test images of {config.dataset!r} differ in shape: "
+        raise ValueError(f"train and test images of {config.data.name!r} differ in shape: "
                          f"{train_set.images.shape[1:]} vs {test_set.images.shape[1:]}")
     return train_set, test_set
 
 
-def parse_attack_options(options) -> dict:
-    """``(("size", "3"), ("alpha", "0.2"))`` -> ``{"size": 3, "alpha": 0.2}``: values parsed as JSON
-    where they can be (numbers, booleans, lists), else kept as strings (names, paths)."""
-    out = {}
-    for name, value in options:
-        if isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[str(name)] = value
-    return out
-
-
 def build_attack(config: StudyConfig, image_shape: Optional[tuple[int, ...]] = None, **extra) -> Attack:
-    """The config's attack: its options, the authors' trigger details where ``trigger_rules`` is
+    """The config's attack: its options, the authors' trigger details where ``attack.trigger_rules`` is
     'reference', and ``extra`` overrides (a prepared pattern). Checked against ``image_shape``."""
     from ibjax import triggers
 
-    options = parse_attack_options(config.attack_options)
-    if config.trigger_rules == "reference":
-        options = {**triggers.reference_attack_overrides(config.attack), **options}
-    attack = get_attack(config.attack, **options, **extra)
+    # Option values stay text: each trigger parameter reads its own type (ibjax.fields.coerce).
+    options = dict(config.attack.options)
+    if config.attack.trigger_rules == "reference":
+        options = {**triggers.reference_attack_overrides(config.attack.name), **options}
+    attack = get_attack(config.attack.name, **options, **extra)
     if image_shape is not None:
         attack.validate(tuple(image_shape))
     return attack
@@ -169,7 +155,7 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
     check_config(config)
     check_batch_divisible(config.train.batch_size, mesh)
     build_attack(config)  # bad attack options fail before the data set is read
-    with phase(f"loading {config.dataset}", enabled=progress):
+    with phase(f"loading {config.data.name}", enabled=progress):
         train_set, test_set = load_data(config)
     image_shape = tuple(train_set.images.shape[1:])
     num_classes = train_set.num_classes
@@ -184,9 +170,9 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
     plan = make_poison_plan(train_set.labels, num_classes, poison_cfg, keys.plan)
     if config.train.batch_size > len(train_set):
         raise ValueError(f"train.batch_size ({config.train.batch_size}) exceeds the {len(train_set)} training images")
-    if config.offline:
+    if config.mi.offline:
         for name in QUANTITIES:  # fail now, not after the first epochs
-            cfg = getattr(config, name)
+            cfg = getattr(config.mi, name)
             try:
                 ibmi.check_groups(plan.group_masks, cfg, plan.group_names)
             except ValueError as e:

@@ -115,7 +115,7 @@ class StudySetup:
 
 @struct.dataclass
 class OnlineCritics:
-    """Critics trained alongside the network (``mi_mode`` online/both), every leaf with a group axis G:
+    """Critics trained alongside the network (``mi.mode`` online/both), every leaf with a group axis G:
     a critic and a pair buffer per quantity of :data:`ibjax.quantities.QUANTITIES` (named fields, the
     layout checkpoints hold).
 
@@ -138,7 +138,7 @@ class RunState:
       epoch: int32 scalar, training epochs completed.
       train: the network's :class:`~ibjax.train.TrainState` (its ``lr`` is the schedule's base rate).
       plateau: the reduce-on-plateau schedule's state (unused by other schedules).
-      online: the online critics, or None when ``mi_mode`` is offline.
+      online: the online critics, or None when ``mi.mode`` is offline.
     """
 
     epoch: jax.Array
@@ -154,11 +154,11 @@ def init_run_state(setup: StudySetup) -> RunState:
     init = jax.jit(create_train_state, static_argnums=(1, 2, 3))
     train_state = init(setup.keys.init, setup.model, setup.image_shape, cfg.train)
     online = None
-    if cfg.online:
+    if cfg.mi.online:
         g, k = setup.num_groups, setup.keys.init
         fields = {}
         for i, (name, q) in enumerate(QUANTITIES.items()):
-            mi_cfg = getattr(cfg, name)
+            mi_cfg = getattr(cfg.mi, name)
             fields[name] = ibmi.init(jax.random.fold_in(k, 1 + i), g, *q.pair(setup.feature_sizes), mi_cfg)
             fields[f"{name}_pairs"] = ibmi.buffer_init(g, *q.pair(setup.feature_sizes), mi_cfg)
         online = OnlineCritics(**fields)

@@ -59,7 +59,7 @@ __all__ = ["run_epoch", "evaluate_members", "evaluate_attack_members", "populati
 def mi_configs(config) -> tuple[tuple[str, ibmi.MIConfig], ...]:
     """``((name, estimator config), ...)`` of every quantity (:data:`ibjax.quantities.QUANTITIES`),
     hashable: the online critics' static argument."""
-    return tuple((name, getattr(config, name)) for name in QUANTITIES)
+    return tuple((name, getattr(config.mi, name)) for name in QUANTITIES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def _quantity_keys(key: jax.Array) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class PopulationBank:
-    """The inputs of a population's joint estimator calls (``feature_mode="bank"``).
+    """The inputs of a population's joint estimator calls (``mi.features="bank"``).
 
     Attributes:
       shared: per quantity its ``(a, b)`` banks (``{"xt": (t_bank, x), "ty": (y_bank, t_bank)}``),
@@ -401,13 +401,13 @@ class PopulationBank:
 
 
 def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> PopulationBank:
-    """Every member's feature bank (``bank_draws`` noise draws of the samples its groups use) and
+    """Every member's feature bank (``mi.bank_draws`` noise draws of the samples its groups use) and
     group tables for one joint estimator call per quantity, from the members' MI keys (``keys[r]``,
     split into xt / ty / bank keys) and stacked variables."""
     tables = [group_index_table(m.plan.group_masks) for m in pop.members]
     split = [_quantity_keys(k) for k in keys]
     used = [np.unique(index[valid]) for index, valid in tables]
-    draw_keys = [[jax.random.fold_in(s["bank"], d) for s in split] for d in range(pop.config.bank_draws)]
+    draw_keys = [[jax.random.fold_in(s["bank"], d) for s in split] for d in range(pop.config.mi.bank_draws)]
     x, t_bank, y_bank = put_replicated(_population_features(variables, pop, used, draw_keys), pop.mesh)
     width = max(index.shape[1] for index, _ in tables)
     rows, valids, offsets, names, offset = [], [], [], [], 0
@@ -434,8 +434,8 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
     """I(X;T) and I(T;Y_pred) of every member's network for every group of that member (member r
     with its MI key ``keys[r]``, stacked ``variables``).
 
-    Pairs are drawn per the config's ``feature_mode``: with ``"bank"`` every member's groups read a
-    bank of ``bank_draws`` noise draws per sample computed once here, and share one estimator call
+    Pairs are drawn per the config's ``mi.features``: with ``"bank"`` every member's groups read a
+    bank of ``mi.bank_draws`` noise draws per sample computed once here, and share one estimator call
     per quantity (members x groups as one group axis, split over every device;
     :func:`population_bank`); with ``"fresh"`` (a new noise draw per critic step) each member is
     estimated in its own call.
@@ -448,7 +448,7 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
     dims = {q: Q.pair(pop.members[0].feature_sizes) for q, Q in QUANTITIES.items()}
     runs = "" if pop.size == 1 else f" ({pop.size} runs)"
     out = [{} for _ in pop.members]
-    if cfg.feature_mode == "bank":
+    if cfg.mi.features == "bank":
         bank = population_bank(keys, variables, pop)
         for q, mi_cfg in mi_configs(cfg):
             bar = Progress(f"{label}{QUANTITIES[q].label} estimator{runs}", mi_cfg.total_epochs, "epoch",

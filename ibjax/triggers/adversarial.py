@@ -50,7 +50,7 @@ class PGDParams(TriggerParams):
     steps: int = 100
     random_start: bool = False
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "eps", 0.0)
         check_range(self, "step_size", 0.0)
         check_range(self, "steps", 0, integer=True)
@@ -152,7 +152,7 @@ class LabelConsistentParams(TriggerParams):
     pgd_steps: int = 100
     pgd_random_start: bool = False
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "amplitude", 0.0)
         check_range(self, "size", 1, integer=True)
         # The PGD fields by their own names (as PGDParams checks eps, step_size and steps), so that

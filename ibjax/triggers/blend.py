@@ -65,7 +65,7 @@ class BlendParams(TriggerParams):
     seed: int = 0
     pattern: Optional[StaticArray] = None
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "alpha", 0.0, 1.0)
         check_range(self, "seed", 0, integer=True)
 
@@ -120,7 +120,7 @@ class AdaptiveBlendParams(TriggerParams):
     pattern: Optional[StaticArray] = None
     darken_masked: bool = True
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "alpha", 0.0, 1.0)
         check_range(self, "seed", 0, integer=True)
         check_range(self, "grid", 1, integer=True)

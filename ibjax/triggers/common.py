@@ -25,12 +25,13 @@ import dataclasses
 import functools
 import hashlib
 import os
-import typing
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ibjax.fields import Config
 
 __all__ = ["StaticArray", "Trigger", "load_pattern", "uniform_pattern"]
 
@@ -114,6 +115,10 @@ class StaticArray:
     def value(self) -> np.ndarray:
         """The array, float32 of :attr:`shape` (read-only)."""
         return np.frombuffer(self.data, np.float32).reshape(self.shape)
+
+    @staticmethod
+    def describe() -> str:
+        return "an array or a path to a .npy / image file"
 
     def __repr__(self) -> str:
         digest = hashlib.sha1(self.data).hexdigest()[:10]
@@ -247,119 +252,37 @@ def square_mask(height: int, width: int, row: int, col: int, size: int) -> np.nd
 # --------------------------------------------------------------------------------------------------
 
 
-class TriggerParams:
+class TriggerParams(Config):
     """Base of every trigger's frozen params dataclass.
 
-    At construction each field is checked against its annotation and normalised so that the params
-    hash by value: lists become tuples, whole floats of int fields become ints, and a pattern field
-    (``Optional[StaticArray]``) takes an array, a :class:`StaticArray` or a path (:func:`load_pattern`;
-    a field with ``metadata={"signed": True}`` holds an additive perturbation). Then :meth:`_check`
-    checks the values' ranges. Either raises a one-line ValueError naming the field, the value and
-    what was expected.
+    At construction each field is coerced to its annotation by :func:`ibjax.fields.coerce` (the one
+    value parser: text such as an attack option's ``"3"`` or ``"[0,1,0]"`` is read as the field's
+    type; lists become tuples so the params hash by value; whole floats of int fields become ints),
+    and a pattern field (``Optional[StaticArray]``) takes an array, a :class:`StaticArray` or a path
+    (:func:`load_pattern`; a field with ``metadata={"signed": True}`` holds an additive
+    perturbation). Then :meth:`check` checks the values' ranges. Either raises a one-line ValueError
+    naming the field, the value and what was expected.
     """
 
     def __post_init__(self) -> None:
-        hints = typing.get_type_hints(type(self))
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            new = _coerce(value, hints[f.name], self, f)
-            if new is not value:
-                object.__setattr__(self, f.name, new)
-        self._check()
+        super().__post_init__()
+        self.check()
 
-    def _check(self) -> None:
-        """Range checks of the field values (no image shape needed)."""
+    def _coerce_rules(self, f: "dataclasses.Field[Any]") -> Mapping[Any, Callable[[Any, str], Any]]:
+        signed = bool(f.metadata.get("signed"))
+
+        def pattern(v: Any, where: str) -> StaticArray:
+            if isinstance(v, StaticArray):
+                return v
+            if isinstance(v, (str, os.PathLike, np.ndarray, jax.Array, list, tuple)):
+                return StaticArray.of(load_pattern(v, signed=signed, name=where))
+            raise ValueError(f"{where} = {v!r}: expected {StaticArray.describe()}")
+
+        return {StaticArray: pattern}
 
     def validate_shape(self, image_shape: Any) -> None:
         """Raise ValueError if this trigger cannot apply to images of shape ``(..., H, W, C)``."""
         image_hwc(image_shape)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, (np.ndarray, jax.Array)):
-        return f"<array shape={tuple(value.shape)} dtype={value.dtype}>"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is StaticArray:
-        return "an array or a path to a .npy / image file"
-    if origin is Union:
-        inner = [a for a in args if a is not type(None)]
-        return " or ".join(_describe(a) for a in inner) + (", or None" if len(inner) < len(args) else "")
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list, each {_describe(args[0])}"
-        return f"a list of {len(args)} ({', '.join(_describe(a) for a in args)})"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
-
-
-def _coerce(value: Any, hint: Any, params: Any, f: "dataclasses.Field[Any]") -> Any:
-    """``value`` as the annotation ``hint`` asks, or a ValueError naming the field."""
-
-    def bad(detail: str = "") -> ValueError:
-        return ValueError(f"{type(params).__name__}.{f.name} = {_show(value)}: expected {_describe(hint)}"
-                          + (f" ({detail})" if detail else ""))
-
-    def go(v: Any, h: Any) -> Any:
-        origin, args = typing.get_origin(h), typing.get_args(h)
-        if origin is Union:
-            if v is None and type(None) in args:
-                return None
-            inner = [a for a in args if a is not type(None)]
-            if len(inner) == 1:
-                return go(v, inner[0])
-            for a in inner:
-                try:
-                    return go(v, a)
-                except ValueError:
-                    pass
-            raise bad()
-        if origin is tuple:
-            if not isinstance(v, (list, tuple, np.ndarray)):
-                raise bad()
-            items = list(v)
-            if len(args) == 2 and args[1] is Ellipsis:
-                out = tuple(go(x, args[0]) for x in items)
-            else:
-                if len(items) != len(args):
-                    raise bad(f"got {len(items)} values")
-                out = tuple(go(x, a) for x, a in zip(items, args))
-            return v if isinstance(v, tuple) and all(a is b for a, b in zip(out, v)) else out
-        if h is bool:
-            if isinstance(v, (bool, np.bool_)):
-                return bool(v) if not isinstance(v, bool) else v
-            raise bad()
-        if h is int:
-            if isinstance(v, (bool, np.bool_)):
-                raise bad()
-            if isinstance(v, int):
-                return v
-            if isinstance(v, np.integer):
-                return int(v)
-            if isinstance(v, (float, np.floating)) and float(v).is_integer():
-                return int(v)
-            raise bad()
-        if h is float:
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-                raise bad()
-            return v if type(v) is float else float(v)
-        if h is str:
-            if not isinstance(v, str):
-                raise bad()
-            return v
-        if h is StaticArray:
-            if isinstance(v, StaticArray):
-                return v
-            if isinstance(v, (str, os.PathLike, np.ndarray, jax.Array, list, tuple)):
-                name = f"{type(params).__name__}.{f.name}"
-                return StaticArray.of(load_pattern(v, signed=bool(f.metadata.get("signed")), name=name))
-            raise bad()
-        return v  # an annotation without a rule here: accepted as given
-
-    return go(value, hint)
 
 
 def fail_field(params: Any, field: str, value: Any, expected: str) -> None:

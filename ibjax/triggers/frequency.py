@@ -55,7 +55,7 @@ class FTrojanParams(TriggerParams):
     block: int = 32
     channels: tuple[int, ...] = (1, 2)
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "magnitude", 0.0)
         check_range(self, "block", 1, integer=True)
         if self.positions is not None and (not self.positions or any(min(p) < 0 for p in self.positions)):
@@ -180,7 +180,7 @@ class LowFrequencyParams(TriggerParams):
     seed: int = 0
     pattern: Optional[StaticArray] = dataclasses.field(default=None, metadata={"signed": True})
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "eps", 0.0, 1.0)
         check_range(self, "cutoff", 1, integer=True)
         check_range(self, "seed", 0, integer=True)

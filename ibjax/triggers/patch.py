@@ -50,7 +50,7 @@ class BadNetsParams(TriggerParams):
     row: int = 0
     col: int = 0
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "size", 1, integer=True)
         check_range(self, "row", 0, integer=True)
         check_range(self, "col", 0, integer=True)
@@ -124,7 +124,7 @@ class TrojanNNParams(TriggerParams):
     steps: int = 200
     step_size: float = 0.02
 
-    def _check(self) -> None:
+    def check(self) -> None:
         for name, lo in (("size", 1), ("row", 0), ("col", 0), ("seed", 0), ("neurons", 1), ("steps", 0)):
             check_range(self, name, lo, integer=True)
         check_range(self, "step_size", 0.0)

@@ -22,7 +22,7 @@ class BPPParams(TriggerParams):
 
     levels: int = 8
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "levels", 2, integer=True)
 
 

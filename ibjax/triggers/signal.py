@@ -25,7 +25,7 @@ class SIGParams(TriggerParams):
     delta: float = 40.0 / 255.0
     f: float = 6.0
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "delta", 0.0, 1.0)
         check_range(self, "f", 0.0)
 

@@ -40,7 +40,7 @@ class WaNetParams(TriggerParams):
     noise_scale: float = 1.0
     noise: bool = True
 
-    def _check(self) -> None:
+    def check(self) -> None:
         check_range(self, "k", 1, integer=True)
         check_range(self, "s", 0.0)
         check_range(self, "seed", 0, integer=True)
