@@ -6,7 +6,8 @@ registry), ``poison`` (poisoning plans and MI sample groups), ``pipeline`` (on-d
 plateau rule of the network and the critics), ``train`` (pure train/eval steps), ``mi`` (critics,
 bounds and batched InfoNCE estimation with held-out reads, standard errors and convergence verdicts;
 ``mi.groundtruth``: MI tasks with known truth), ``metrics`` (stealthiness, clustering, run
-comparison), ``parallel`` (meshes and shardings), ``checkpoint``, ``plots``, ``study`` (one run of the
+comparison), ``fields`` (typed config fields: the one value parser, validation, dotted overrides),
+``records`` (typed run records: epoch records, MI histories, the run history), ``parallel`` (meshes and shardings), ``checkpoint``, ``plots``, ``study`` (one run of the
 protocol, populations of runs), ``cli`` (the study's command line) and ``runtime`` (CPU tuning of the
 entry points' processes).
 
@@ -18,7 +19,7 @@ first use, and so do ``StudyConfig`` and ``run_study`` (from ``study``), so ``im
 light.
 """
 
-from ibjax import data, metrics, mi, models, parallel, pipeline, poison, rng, schedules, train, triggers
+from ibjax import data, fields, metrics, mi, models, parallel, pipeline, poison, records, rng, schedules, train, triggers
 from ibjax.data import DataUnavailableError, Dataset, load_dataset
 from ibjax.metrics import (
     compare_runs,

@@ -6,10 +6,11 @@ folders created) and returns ``str(path)``. Figures are built on :class:`~matplo
 and rendered by the Agg canvas directly: pyplot's global state and the interactive backends are never
 touched (nothing is shown), so this is safe in scripts, tests and threads.
 
-MI histories have the layout ``mi[quantity][group][str(epoch)] = {"train": float, "heldout":
-float|None, "train_se": float|None, "heldout_se": float|None, "converged": bool|None, "cap": float,
-"trajectory": [...]}`` with quantity ``"xt"`` (I(X;T)) or ``"ty"`` (I(T;Y_pred)), in nats; keys
-missing from older files count as None. How the figures show it:
+MI histories are ``{quantity: MIHistory}`` (:class:`ibjax.records.MIHistory`, a run's records
+stacked over groups x epochs) with quantity ``"xt"`` (I(X;T)) or ``"ty"`` (I(T;Y_pred)), in nats;
+the layout of ``mi.json``, ``mi[quantity][group][str(epoch)] = {"train": float, "heldout":
+float|None, "train_se": ..., "heldout_se": ..., "converged": bool|None, "cap": float, ...}``, is read
+too (keys missing from older files count as None). How the figures show it:
 
 - the clean classes as one grey band (their range at each epoch) around their mean (dashed);
 - the target groups in the study's colours (target black and thick, target_clean blue,
@@ -41,6 +42,7 @@ from ibjax import quantities as ibq
 from ibjax.metrics.names import QUANTITIES, STEALTH_COMPONENTS, clean_group_key
 from ibjax.metrics.names import is_clean_group as _is_clean
 from ibjax.metrics.names import is_finite_number as _finite
+from ibjax.records import EpochRecord, MIHistory, as_mi_histories
 
 __all__ = [
     "QUANTITY_LABELS",
@@ -49,6 +51,7 @@ __all__ = [
     "group_style",
     "mi_series",
     "mi_points",
+    "history_points",
     "mi_curves_figure",
     "plot_mi_curves",
     "information_plane_figure",
@@ -100,37 +103,40 @@ def group_style(name: str, index: int = 0) -> dict:
 
 
 def mi_points(group_history: Mapping[str, Any], read: str = "heldout") -> dict[str, np.ndarray]:
-    """One group's MI over epochs with everything a figure marks.
+    """One group's MI over epochs with everything a figure marks (see :func:`history_points`).
 
     Args:
       group_history: ``{str(epoch): {"train": float, "heldout": float, "train_se": ..., "heldout_se":
-        ..., "converged": ..., "cap": ...}}``; missing keys count as None.
+        ..., "converged": ..., "cap": ...}}`` (mi.json's layout of one group); missing keys count as
+        None, a bare number as that epoch's ``read``.
       read: "heldout" or "train".
+    """
+    entries = {e: v if isinstance(v, Mapping) else {read: v} for e, v in group_history.items()}
+    return history_points(MIHistory.from_json({"group": entries}), "group", read)
+
+
+def history_points(history: MIHistory, group: str, read: str = "heldout") -> dict[str, np.ndarray]:
+    """``group``'s MI over the epochs it was measured, with everything a figure marks.
 
     Returns:
-      dict of arrays over the sorted epochs: ``"epochs"`` int[E]; ``"values"`` f64[E] (nats, NaN
-      where neither read exists); ``"se"`` f64[E] (the standard error of the value shown, NaN where
+      dict of arrays over those epochs: ``"epochs"`` int[E]; ``"values"`` f64[E] (nats, NaN where
+      neither read exists); ``"se"`` f64[E] (the standard error of the value shown, NaN where
       absent); ``"fell_back"`` bool[E] (``read`` was None/NaN and the train read is shown);
       ``"unconverged"`` bool[E] (``"converged"`` is False; None or absent count as converged);
       ``"cap"`` f64[E] (the bound's ceiling, NaN where absent).
     """
-    epochs = sorted(int(e) for e in group_history)
-    out = {k: [] for k in ("values", "se", "fell_back", "unconverged", "cap")}
-    for e in epochs:
-        entry = group_history[str(e)] if str(e) in group_history else group_history[e]
-        entry = entry if isinstance(entry, Mapping) else {read: entry}
-        used, v = read, entry.get(read)
-        if not _finite(v) and read != "train" and _finite(entry.get("train")):
-            used, v = "train", entry.get("train")
-        se = entry.get(f"{used}_se")
-        out["values"].append(float(v) if _finite(v) else math.nan)
-        out["se"].append(float(se) if _finite(se) and _finite(v) else math.nan)
-        out["fell_back"].append(used != read)
-        out["unconverged"].append(entry.get("converged") is False)
-        out["cap"].append(float(entry["cap"]) if _finite(entry.get("cap")) else math.nan)
-    res = {"epochs": np.asarray(epochs, int)}
-    res.update({k: np.asarray(v, bool if k in ("fell_back", "unconverged") else float) for k, v in out.items()})
-    return res
+    epochs = list(history.epochs_of(group))
+
+    def field(name: str) -> np.ndarray:
+        return history.values(name, [group], epochs)[0]
+
+    value, train = field(read), field("train")
+    fell_back = ~np.isfinite(value) & np.isfinite(train) & (read != "train")
+    values = np.where(fell_back, train, value)
+    se = np.where(fell_back, field("train_se"), field(f"{read}_se"))
+    return {"epochs": np.asarray(epochs, int), "values": values,
+            "se": np.where(np.isfinite(values) & np.isfinite(se), se, math.nan), "fell_back": fell_back,
+            "unconverged": field("converged") == 0.0, "cap": field("cap")}
 
 
 def mi_series(group_history: Mapping[str, Any], read: str = "heldout") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -221,11 +227,11 @@ def _empty_info(quantity: str) -> dict:
             "caps": []}
 
 
-def _mi_panel(ax, mi_q: Mapping[str, Any], read: str, show_train: bool, quantity: str) -> dict:
+def _mi_panel(ax, mi_q: MIHistory, read: str, show_train: bool, quantity: str) -> dict:
     """Draw one quantity's groups into ``ax``; returns flags and legend material."""
-    groups = _ordered_groups(list(mi_q))
+    groups = _ordered_groups(list(mi_q.groups))
     info = _empty_info(quantity)
-    points = {g: mi_points(mi_q[g], read) for g in groups}
+    points = {g: history_points(mi_q, g, read) for g in groups}
     cleans = [g for g in groups if _is_clean(g)]
     summary = _clean_summary([points[g] for g in cleans])
     if summary is not None:
@@ -251,7 +257,7 @@ def _mi_panel(ax, mi_q: Mapping[str, Any], read: str, show_train: bool, quantity
             ax.plot(p["epochs"][p["fell_back"]], p["values"][p["fell_back"]], ls="none", marker="s", ms=9, mfc="none",
                     mec=st["color"], zorder=6)
         if show_train and read != "train":
-            t = mi_points(mi_q[g], "train")
+            t = history_points(mi_q, g, "train")
             ax.plot(t["epochs"], t["values"], ls="--", lw=max(st["lw"] * 0.6, 0.8), color=st["color"], alpha=0.7,
                     zorder=st["zorder"])
         info["groups"].append(g)
@@ -303,6 +309,7 @@ def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: b
                      title: Optional[str] = None, class_names: Optional[Sequence[str]] = None,
                      target: Optional[int] = None, quantities: Sequence[str] = QUANTITIES) -> Figure:
     """Figure of :func:`plot_mi_curves`."""
+    mi = as_mi_histories(mi)
     fig = Figure(figsize=(12, 5.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(quantities)))
     infos = []
@@ -311,7 +318,7 @@ def mi_curves_figure(mi: Mapping[str, Any], read: str = "heldout", show_train: b
         ax.set_ylabel(f"{ibq.quantity_label(q)} [nats]")
         ax.grid(alpha=0.3)
         ax.set_title(ibq.quantity_label(q))
-        if q not in mi or not mi[q]:
+        if q not in mi or not mi[q].groups:
             _no_data(ax)
             infos.append(_empty_info(q))
             continue
@@ -364,11 +371,12 @@ def information_plane_figure(mi: Mapping[str, Any], read: str = "heldout", title
     """Figure of :func:`plot_information_plane`."""
     fig = Figure(figsize=(9.5, 6.5), layout="constrained")
     ax = fig.subplots()
-    xt, ty = mi.get("xt", {}), mi.get("ty", {})
-    groups = _ordered_groups([g for g in xt if g in ty])
+    mi = as_mi_histories(mi)
+    xt, ty = mi.get("xt", MIHistory.empty()), mi.get("ty", MIHistory.empty())
+    groups = _ordered_groups([g for g in xt.groups if g in ty.groups])
     pts = {}
     for g in groups:
-        px, py = mi_points(xt[g], read), mi_points(ty[g], read)
+        px, py = history_points(xt, g, read), history_points(ty, g, read)
         common = np.intersect1d(px["epochs"], py["epochs"])
         ix, iy = np.searchsorted(px["epochs"], common), np.searchsorted(py["epochs"], common)
         pts[g] = {"epochs": common, "x": px["values"][ix], "y": py["values"][iy], "xerr": px["se"][ix],
@@ -478,14 +486,19 @@ def plot_information_plane(mi: Mapping[str, Any], path: str | os.PathLike, read:
     return _save(information_plane_figure(mi, read, title, class_names, target), path)
 
 
-def _column(records: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
-    return np.asarray([float(r[key]) if _finite(r.get(key)) else math.nan for r in records], float)
+def _records(records: Sequence[Any]) -> list[EpochRecord]:
+    """Typed epoch records (metrics.jsonl's dicts are read as such)."""
+    return [r if isinstance(r, EpochRecord) else EpochRecord.from_json(r) for r in records]
+
+
+def _column(records: Sequence[EpochRecord], key: str) -> np.ndarray:
+    return np.asarray([float(r.get(key)) if _finite(r.get(key)) else math.nan for r in records], float)
 
 
 def training_curves_figure(metrics_records: Sequence[Mapping[str, Any]], title: Optional[str] = None) -> Figure:
     """Figure of :func:`plot_training_curves`."""
-    recs = sorted(metrics_records, key=lambda r: r["epoch"])
-    ep = np.asarray([r["epoch"] for r in recs], float)
+    recs = sorted(_records(metrics_records), key=lambda r: r.epoch)
+    ep = np.asarray([r.epoch for r in recs], float)
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     handles = []
@@ -535,12 +548,12 @@ def _class_name(c: int, class_names: Optional[Sequence[str]]) -> str:
 def class_loss_figure(metrics_records: Sequence[Mapping[str, Any]], target: int = 0, title: Optional[str] = None,
                       class_names: Optional[Sequence[str]] = None) -> Figure:
     """Figure of :func:`plot_class_loss`."""
-    recs = sorted((r for r in metrics_records if r.get("class_loss") is not None), key=lambda r: r["epoch"])
-    ep = np.asarray([r["epoch"] for r in recs], float)
-    k = max((len(r["class_loss"]) for r in recs), default=0)
+    recs = sorted((r for r in _records(metrics_records) if r.class_loss), key=lambda r: r.epoch)
+    ep = np.asarray([r.epoch for r in recs], float)
+    k = max((len(r.class_loss) for r in recs), default=0)
     loss = np.full((len(recs), k), math.nan)
     for i, r in enumerate(recs):
-        loss[i, : len(r["class_loss"])] = [float(v) if _finite(v) else math.nan for v in r["class_loss"]]
+        loss[i, : len(r.class_loss)] = [float(v) if _finite(v) else math.nan for v in r.class_loss]
     fig = Figure(figsize=(9, 4.8), layout="constrained")
     ax = fig.subplots()
     cmap = colormaps["tab10" if k <= 10 else "tab20"]

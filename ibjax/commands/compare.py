@@ -36,7 +36,9 @@ import sys
 from typing import Any, Optional, Sequence
 
 from ibjax import metrics
+from ibjax.records import SchemaError
 from ibjax.study.config import migrate_config_dict
+from ibjax.study.rundir import RunDirectory
 
 _STATS = ("mean", "ci_low", "ci_high", "min", "max", "sd")
 
@@ -77,7 +79,10 @@ def _stealth_of(run: str, summary: dict, config: Any, read: str, recompute: Opti
         mi_path = os.path.join(run, "mi.json")
         if not os.path.isfile(mi_path):
             raise CompareError(f"{run} has no mi.json: --recompute needs each run's MI history")
-        mi = _load_json(mi_path, "the MI history")
+        try:
+            mi = RunDirectory(run).history().mi  # typed; SchemaError for records this ibjax cannot read
+        except ValueError as err:
+            raise CompareError(f"{run}: cannot read its records ({err})") from None
         epochs = recompute["epochs"] or ((summary.get("stealth") or {}).get(read) or {}).get("epochs")
         if not epochs:
             raise CompareError(f"{run}: no stealth epochs recorded for the {read} read; pass --stealth-epochs")
@@ -119,6 +124,10 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
             raise CompareError(f"{d} has no summary.json (is it a finished run directory?)")
         if not os.path.isfile(c_path):
             raise CompareError(f"{d} has no config.json: its protocol cannot be checked")
+        try:
+            RunDirectory(d).schema()
+        except SchemaError as err:
+            raise CompareError(str(err)) from None
         summary, config = _load_json(s_path, "the run summary"), _load_json(c_path, "the run config")
         config = migrate_config_dict(config)  # a run of the flat layout compares with today's
         if not isinstance(summary, dict) or "attack" not in summary:

@@ -13,16 +13,9 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from ibjax.metrics.history import (
-    available_epochs,
-    check_read,
-    clean_groups,
-    entry_se,
-    entry_value,
-    history_entry,
-    read_matrix,
-)
+from ibjax.metrics.history import available_epochs, check_read, clean_groups, read_matrix
 from ibjax.metrics.names import QUANTITIES
+from ibjax.records import as_mi_histories
 
 __all__ = ["SIZE_MATCHED_GROUPS", "size_matched_comparisons", "size_matched_markdown"]
 
@@ -67,6 +60,7 @@ def size_matched_comparisons(mi: Mapping[str, Any], read: str = "heldout", *, ep
       group) whose difference is beyond z SE, each with diff, diff_se and, for "target", the verdict.
     """
     check_read(read)
+    mi = as_mi_histories(mi)
     if not z > 0:
         raise ValueError(f"z must be positive, got {z}")
     out: dict[str, Any] = {"read": read, "z": float(z), "quantities": {}, "flagged": []}
@@ -76,7 +70,7 @@ def size_matched_comparisons(mi: Mapping[str, Any], read: str = "heldout", *, ep
         cleans = list(clean) if clean is not None else clean_groups(mi, q)
         if not cleans:
             raise ValueError(f"MI history {q!r} has no clean classes (keys starting with 'class_')")
-        present = [g for g in groups if g in mi[q]]
+        present = [g for g in groups if g in mi[q].groups]
         avail = available_epochs(mi, (q,), [*present, *cleans])
         use = [int(e) for e in epochs] if epochs is not None else avail
         missing = sorted(set(use) - set(avail))
@@ -91,9 +85,8 @@ def size_matched_comparisons(mi: Mapping[str, Any], read: str = "heldout", *, ep
             entry = {"clean": {"mean": c_mean, "se": c_se, "min": float(cv.min()), "max": float(cv.max()), "n": n},
                      "groups": {}}
             for g in present:
-                ent = history_entry(mi, q, g, e)
-                v = entry_value(ent, read, f"{q}/{g}/epoch {e}")
-                se = entry_se(ent, read)
+                gv, gse = read_matrix(mi, q, [g], [e], read)
+                v, se = float(gv[0, 0]), (float(gse[0, 0]) if gse is not None else None)
                 diff = v - c_mean
                 d_se = math.sqrt(se ** 2 + c_se ** 2) if se is not None and c_se is not None else None
                 zs = diff / d_se if d_se is not None and d_se > 0 else None

@@ -48,6 +48,7 @@ import numpy as np
 from ibjax import rng
 from ibjax.metrics.history import available_epochs, check_read, clean_groups, read_matrix
 from ibjax.metrics.names import DEFAULT_STEALTH_EPOCHS, NORMALISATIONS, QUANTITIES, STEALTH_TARGET_GROUPS
+from ibjax.records import as_mi_histories
 
 __all__ = [
     "DEFAULT_SE_DRAWS",
@@ -243,6 +244,7 @@ def stealthiness(mi: Mapping[str, Any], epochs: Sequence[int] = DEFAULT_STEALTH_
     """
     check_read(read)
     _check_normalise(normalise)
+    mi = as_mi_histories(mi)
     epochs = [int(e) for e in epochs]
     if not epochs:
         raise ValueError("no epochs selected")

@@ -11,20 +11,21 @@ import numpy as np
 from ibjax import metrics as ibmetrics
 from ibjax import plots
 from ibjax.quantities import QUANTITIES
+from ibjax.records import RunHistory
 from ibjax.study.config import StudyConfig
 from ibjax.study.rundir import RunDirectory
 
 __all__ = ["make_plots", "summary_markdown"]
 
 
-def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names=None) -> list[str]:
+def make_plots(rd: RunDirectory, config: StudyConfig, history: RunHistory, class_names=None) -> list[str]:
     """Write every figure of the run under ``plots/``; returns their paths relative to the run."""
     rd.claim("plots")
     pdir = rd.file("plots")
     os.makedirs(pdir, exist_ok=True)
     made = []
-    records = history["metrics"]
-    mi_hist = history["mi"]
+    records = history.records
+    mi_hist = history.mi
     names = dict(class_names=class_names, target=config.poison.target)
     made.append(plots.plot_training_curves(records, os.path.join(pdir, "accuracy_asr.png")))
     made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), **names))
@@ -36,7 +37,7 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: dict, class_names
     if online:
         made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves_online.png"), read="heldout",
                                          quantities=online, **names))
-    for e in sorted(history["clustering"], key=int):
+    for e in sorted(history.clustering):
         path = rd.file(f"embedding_{e}.npz")
         if not os.path.exists(path):
             continue
@@ -62,7 +63,7 @@ def _mi_cell(entry: dict) -> str:
     return f"{ho} / {_fmt(entry.get('train'), 2)}{flag}"
 
 
-def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
+def summary_markdown(config: StudyConfig, history: RunHistory, s: dict) -> str:
     """summary.md of a run: results, stealthiness (both reads), MI tables, clustering, cost, plots."""
     lines = [
         f"# {config.attack.name} on {config.data.name} ({config.model.name})",
@@ -97,28 +98,29 @@ def summary_markdown(config: StudyConfig, history: dict, s: dict) -> str:
             lines += [f"Standard errors: {st['se_method']}.", ""]
         if st.get("size_matched"):
             lines += [ibmetrics.size_matched_markdown(st["size_matched"], only_flagged=True), ""]
-    mi_hist = history["mi"]
+    mi_hist = history.mi
     if "xt" in mi_hist:
-        epochs = sorted({int(e) for g in mi_hist["xt"].values() for e in g})
+        epochs = list(mi_hist["xt"].epochs)
         for q, label in ((q, quantity.label) for q, quantity in QUANTITIES.items() if q in mi_hist):
             lines += [f"## {label}, nats (held-out read ± standard error / reference-style train read; "
                       "* = critic not converged)", "",
                       "| group | " + " | ".join(str(e) for e in epochs) + " |", "|---|" + "---|" * len(epochs)]
-            for g, per in mi_hist[q].items():
-                cells = [_mi_cell(per[str(e)]) if str(e) in per else "" for e in epochs]
-                lines.append(f"| {g} | " + " | ".join(cells) + " |")
+            for g in mi_hist[q].groups:
+                entries = [mi_hist[q].entry(g, e) for e in epochs]
+                lines.append(f"| {g} | " + " | ".join(_mi_cell(x) if x else "" for x in entries) + " |")
             lines.append("")
-    if "xt_online" in mi_hist and "xt" in mi_hist:
+    online = {q: QUANTITIES[q].online_name for q in ("xt", "ty")}
+    if all(name in mi_hist for name in online.values()) and "xt" in mi_hist and "ty" in mi_hist:
         lines += ["## Online critics vs offline reads at the MI epochs (target group, reads on unseen pairs, nats)", "",
                   "| epoch | I(X;T) online | I(X;T) offline | I(T;Y) online | I(T;Y) offline |", "|---|---|---|---|---|"]
-        for e in sorted(int(e) for e in mi_hist["xt"]["target"]):
-            on = [mi_hist[f"{q}_online"]["target"].get(str(e), {}).get("heldout") for q in ("xt", "ty")]
-            off = [mi_hist[q]["target"][str(e)].get("heldout") for q in ("xt", "ty")]
+        for e in mi_hist["xt"].epochs_of("target"):
+            on = [(mi_hist[online[q]].entry("target", e) or {}).get("heldout") for q in ("xt", "ty")]
+            off = [(mi_hist[q].entry("target", e) or {}).get("heldout") for q in ("xt", "ty")]
             lines.append(f"| {e} | {_fmt(on[0])} | {_fmt(off[0])} | {_fmt(on[1])} | {_fmt(off[1])} |")
         lines.append("")
-    if history["clustering"]:
+    if history.clustering:
         lines += ["## Silhouette of T per group", ""]
-        for e, sil in sorted(history["clustering"].items(), key=lambda kv: int(kv[0])):
+        for e, sil in sorted(history.clustering.items()):
             lines.append(f"- epoch {e}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in sil.items()))
         lines.append("")
     mem = s.get("memory", {})

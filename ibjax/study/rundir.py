@@ -3,7 +3,8 @@ that fails before its first checkpoint leaves nothing that changes a later run.
 
 Layout (every file ibjax writes is listed in the manifest ``run.json`` before it is written):
 
-    run.json           the manifest: files written, whether a checkpoint exists, whether finished
+    run.json           the manifest: files written, whether a checkpoint exists, whether finished, and
+                       ``format``, the version of the record files (:data:`ibjax.records.SCHEMA_VERSION`)
     config.json        the run's full config, written when the run starts (and again on a resume)
     metrics.jsonl, mi.json, clustering.json, stealth.json, summary.json, summary.md, embedding_<e>.npz,
     attack_precomputed.npy (label-consistent PGD perturbations or the TrojanNN patch), checkpoints/,
@@ -30,10 +31,12 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ibjax.records import SCHEMA_VERSION, RunHistory, check_schema
+
 __all__ = ["RunDirectory", "MANIFEST"]
 
 MANIFEST = "run.json"
-_FORMAT = 1
+_FORMAT = SCHEMA_VERSION  # the manifest's "format": the version of the run's record files
 
 
 def _atomic_write(path: str, content: str | bytes) -> None:
@@ -127,9 +130,16 @@ class RunDirectory:
         self.created = True
         self._write_manifest({"format": _FORMAT, "files": [], "checkpointed": False, "finished": False, "epoch": 0})
 
+    def schema(self) -> int:
+        """The version of the run's record files (the manifest's ``format``; 1 before it was kept
+        up to date), or :class:`~ibjax.records.SchemaError` saying what to do with one this ibjax
+        cannot read."""
+        return check_schema((self.manifest() or {}).get("format"), self.path)
+
     def check_resumable(self) -> None:
         if not os.path.isdir(self.path):
             raise ValueError(f"cannot resume {self.path!r}: no such directory (start a new run with --out)")
+        self.schema()
         if not self.checkpointed():
             why = ("it holds no ibjax run" if self.manifest() is None and not os.path.exists(self.file("config.json"))
                    else "its run never reached a first checkpoint")
@@ -163,6 +173,7 @@ class RunDirectory:
         if not self.writable:
             return
         m["files"] = sorted(set(m["files"]))
+        m["format"] = _FORMAT  # what this ibjax writes (a resumed older run's files are rewritten in it)
         _atomic_write(self.file(MANIFEST), json.dumps(m, indent=1))
 
     def update_manifest(self, **fields) -> None:
@@ -210,3 +221,17 @@ class RunDirectory:
     def read_json(self, name: str) -> Any:
         with open(self.file(name)) as f:
             return json.load(f)
+
+    def history(self) -> RunHistory:
+        """The run's records as typed objects, read from its files (:class:`~ibjax.records.RunHistory`;
+        a file not written yet reads as empty). :class:`~ibjax.records.SchemaError` for records of a
+        version this ibjax cannot read."""
+        version = self.schema()
+
+        def read(name: str, empty: Any) -> Any:
+            return self.read_json(name) if os.path.exists(self.file(name)) else empty
+
+        p = self.file("metrics.jsonl")
+        metrics = [json.loads(line) for line in open(p) if line.strip()] if os.path.exists(p) else []
+        return RunHistory.from_json({"schema": version, "metrics": metrics, "mi": read("mi.json", {}),
+                                     "clustering": read("clustering.json", {})}, self.path)

@@ -24,7 +24,7 @@ import math
 import os
 import resource
 import time
-from typing import Literal, Optional, Sequence, Union
+from typing import Literal, Mapping, Optional, Sequence, Union
 
 import jax
 from jax.sharding import Mesh
@@ -34,6 +34,7 @@ from ibjax.checkpoint import Checkpointer
 from ibjax.parallel import barrier, check_batch_divisible, describe_mesh, make_mesh, population_mesh, to_host
 from ibjax.progress import LOGGER, Progress, phase
 from ibjax.quantities import QUANTITIES
+from ibjax.records import EpochRecord, MIHistory, RunHistory
 from ibjax.study import report
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
 from ibjax.study.population import (
@@ -251,7 +252,7 @@ class RunRecorder:
         self.label = label  # prefixes the epoch log line (a population's member)
         self.writer_names = tuple(writers)
         self.writers: Optional[list] = None  # opened at the first recorded epoch (a resume purges later ones)
-        self.history = {"metrics": [], "mi": {}, "clustering": {}, "timings": {}}
+        self.history = RunHistory()
         self.t_start = time.perf_counter()
         self.ckpt: Optional[Checkpointer] = None
         LOGGER.info("run directory %s; config:\n%s", rd.path, json.dumps(config_to_dict(config), indent=1))
@@ -264,7 +265,7 @@ class RunRecorder:
         self.rd.save_array(PRECOMPUTED_FILE, array)
 
     def start(self, setup_seconds: float) -> None:
-        self.history["timings"]["setup_s"] = setup_seconds
+        self.history.timings["setup_s"] = setup_seconds
         self.rd.claim("checkpoints")
         self.ckpt = Checkpointer(self.rd.file("checkpoints"))
 
@@ -272,10 +273,10 @@ class RunRecorder:
         """The checkpointed state (placed like ``state``, the fresh one) when resuming, else ``state``."""
         if not (self.resume and self.ckpt.latest_step() is not None):
             return state
-        setup_s = self.history["timings"]["setup_s"]
+        setup_s = self.history.timings["setup_s"]
         state, meta = self.ckpt.restore(self.ckpt.latest_step(), state)
-        self.history = meta["history"]
-        self.history["timings"]["setup_s"] = setup_s
+        self.history = RunHistory.from_json(meta["history"], f"the checkpoint of {self.rd.path}")
+        self.history.timings["setup_s"] = setup_s
         LOGGER.info("resumed %s after epoch %d", self.rd.path, int(state.epoch))
         return state
 
@@ -286,23 +287,23 @@ class RunRecorder:
 
     def add_mi(self, epoch: int, res: dict, seconds: float, record: dict) -> None:
         for q, groups in res.items():
-            for name, r in groups.items():
-                self.history["mi"].setdefault(q, {}).setdefault(name, {})[str(epoch)] = r
+            self.history.add_mi(q, epoch, groups)
         record["mi_s"] = seconds
 
     def add_clustering(self, epoch: int, silhouettes: dict, embedding: dict) -> None:
-        self.history["clustering"][str(epoch)] = silhouettes
+        self.history.clustering[epoch] = silhouettes
         self.rd.save_arrays(f"embedding_{epoch}.npz", **embedding)
 
     def record(self, epoch: int, state: RunState, record: dict) -> None:
-        """Append the epoch's record, checkpoint ``state`` and rewrite the history files."""
-        self.history["metrics"].append(record)
+        """Append the epoch's record (the step's measurements), checkpoint ``state`` and rewrite the
+        history files."""
+        rec = EpochRecord.from_json(record)
+        self.history.records.append(rec)
         if self.progress:
             LOGGER.info("%sepoch %d/%d: train acc %.3f, test acc %.3f, ASR %.3f, lr %.3g (%.1f s)",
-                        self.label, epoch, self.config.train.epochs, record["train_accuracy"],
-                        record["test_accuracy"], record["asr"], record.get("lr_last", record.get("lr", math.nan)),
-                        record["wall_s"])
-        self.ckpt.save(epoch, state, {"history": self.history})
+                        self.label, epoch, self.config.train.epochs, rec.train_accuracy, rec.test_accuracy, rec.asr,
+                        rec.lr_last, rec.wall_s)
+        self.ckpt.save(epoch, state, {"history": self.history.to_json()})
         if not self.rd.checkpointed():
             self.ckpt.wait()  # the first checkpoint is on disk before the run counts as resumable
             self.rd.update_manifest(checkpointed=True)
@@ -312,7 +313,7 @@ class RunRecorder:
             if self.writers is None:
                 self.rd.claim(*writer_folders(self.writer_names))
                 self.writers = open_writers(self.writer_names, self.rd.path, epoch)
-            scalars = epoch_scalars(record, self.history["mi"], epoch)
+            scalars = epoch_scalars(rec, self.history.mi, epoch)
             for w in self.writers:
                 w.write(epoch, scalars)
 
@@ -332,7 +333,7 @@ class RunRecorder:
         self.close()
 
     def finish(self, class_names=None) -> dict:
-        self.history["timings"]["run_s"] = time.perf_counter() - self.t_start
+        self.history.timings["run_s"] = time.perf_counter() - self.t_start
         summary = finalize(self.rd, self.config, self.history, class_names=class_names, plots=self.plots)
         self.rd.update_manifest(finished=True)
         return summary
@@ -408,23 +409,23 @@ def clustering_key(train_key: jax.Array, epoch: int) -> jax.Array:
     return jax.random.fold_in(jax.random.fold_in(train_key, epoch), 2)
 
 
-def _record_online(history: dict, reads: Optional[dict], setup, epoch: int) -> None:
+def _record_online(history: RunHistory, reads: Optional[dict], setup, epoch: int) -> None:
     """Online reads (on each step's new pairs, which the critic had not trained on) as "heldout"."""
     if reads is None:
         return
     for q, values in reads.items():
-        hist = history["mi"].setdefault(QUANTITIES[q].online_name, {})
-        for name, v in zip(setup.plan.group_names, values):
-            hist.setdefault(name, {})[str(epoch)] = {"heldout": v}
+        history.add_mi(QUANTITIES[q].online_name, epoch,
+                       {name: {"heldout": v} for name, v in zip(setup.plan.group_names, values)})
 
 
-def _write_history(rd: RunDirectory, history: dict) -> None:
-    rd.write_jsonl("metrics.jsonl", history["metrics"])
-    rd.write_json("mi.json", history["mi"])
-    rd.write_json("clustering.json", history["clustering"])
+def _write_history(rd: RunDirectory, history: RunHistory) -> None:
+    """The run directory's record files (JSON at the boundary)."""
+    rd.write_jsonl("metrics.jsonl", history.records_json())
+    rd.write_json("mi.json", history.mi_json())
+    rd.write_json("clustering.json", history.clustering_json())
 
 
-def _stealth(config: StudyConfig, mi_hist: dict) -> dict:
+def _stealth(config: StudyConfig, mi_hist: Mapping[str, MIHistory]) -> dict:
     """The stealthiness metric for both reads, with the epochs actually used (a warning if fewer)."""
     if "xt" not in mi_hist or "ty" not in mi_hist:
         return {}
@@ -446,15 +447,15 @@ def _stealth(config: StudyConfig, mi_hist: dict) -> dict:
     return out
 
 
-def finalize(rd: RunDirectory | str, config: StudyConfig, history: dict, class_names=None, plots: bool = True) -> dict:
+def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, class_names=None,
+             plots: bool = True) -> dict:
     """Stealthiness, plots (unless ``plots=False``), summary.json and summary.md from the run's history
     (idempotent)."""
     rd = rd if isinstance(rd, RunDirectory) else RunDirectory(rd)
-    stealth = _stealth(config, history["mi"])
+    stealth = _stealth(config, history.mi)
     rd.write_json("stealth.json", stealth)
     plots_made = report.make_plots(rd, config, history, class_names) if rd.writable and plots else []
-    records = history["metrics"]
-    last = records[-1] if records else {}
+    records = history.records
     summary = {
         "run_dir": rd.path,
         "attack": config.attack.name,
@@ -463,14 +464,13 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: dict, class_n
         "poison_ratio": config.poison.ratio,
         "seed": config.seed,
         "epochs": len(records),
-        "test_accuracy": last.get("test_accuracy"),
-        "asr": last.get("asr"),
+        "test_accuracy": records[-1].test_accuracy if records else None,
+        "asr": records[-1].asr if records else None,
         "stealth_read": config.analysis.stealth.read,
         "stealth": stealth,
-        "train_s": float(sum(r.get("train_s", 0.0) for r in records)),
-        "mi_s": float(sum(r.get("mi_s", 0.0) for r in records)),
-        "wall_s": float(sum(r.get("wall_s", 0.0) for r in records)),
-        "timings": history.get("timings", {}),
+        **{name: math.fsum(v for r in records if math.isfinite(v := getattr(r, name)))
+           for name in ("train_s", "mi_s", "wall_s")},
+        "timings": dict(history.timings),
         "memory": memory_usage(),
         "plots": plots_made,
     }

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
+
+from ibjax.records import EpochRecord, as_mi_histories
 
 __all__ = ["MetricWriter", "TensorBoardWriter", "WriterSpec", "WRITERS", "check_writers", "writer_folders",
            "open_writers", "epoch_scalars", "TENSORBOARD_DIR"]
@@ -112,18 +114,19 @@ def open_writers(names: Sequence[str], run_dir: str, first_epoch: int) -> list[M
     return [WRITERS[name].factory(run_dir, first_epoch) for name in names]
 
 
-def epoch_scalars(record: Mapping, mi: Mapping, epoch: int) -> dict[str, float]:
+def epoch_scalars(record: Union[EpochRecord, Mapping], mi: Mapping[str, Any], epoch: int) -> dict[str, float]:
     """The scalars of one epoch: the record's training and test metrics (``train/accuracy``,
     ``test/loss``, ``attack/asr``, ``lr``, ``time/wall_s``, ...) and every MI read at that epoch
-    (``mi/<quantity>/<group>/<read>`` in nats, from the run's ``mi.json`` layout
-    ``{quantity: {group: {epoch: entry}}}``). Non-finite values are left out."""
+    (``mi/<quantity>/<group>/<read>`` in nats, from the run's ``{quantity: MIHistory}``; mi.json's
+    layout is read too). Non-finite values are left out."""
+    record = record if isinstance(record, EpochRecord) else EpochRecord.from_json({"epoch": epoch, **record})
     names = {"train_accuracy": "train/accuracy", "train_loss": "train/loss", "test_accuracy": "test/accuracy",
              "test_loss": "test/loss", "asr": "attack/asr", "lr": "lr", "train_s": "time/train_s", "mi_s": "time/mi_s",
              "wall_s": "time/wall_s"}
-    out = {tag: record[key] for key, tag in names.items() if isinstance(record.get(key), (int, float))}
-    for quantity, groups in mi.items():
-        for group, per_epoch in groups.items():
-            entry = per_epoch.get(str(epoch))
+    out = {tag: record.get(key) for key, tag in names.items() if isinstance(record.get(key), (int, float))}
+    for quantity, history in as_mi_histories(mi).items():
+        for group in history.groups:
+            entry = history.entry(group, epoch)
             for read in ("heldout", "train"):
                 if entry is not None and isinstance(entry.get(read), (int, float)):
                     out[f"mi/{quantity}/{group}/{read}"] = entry[read]
