@@ -22,7 +22,6 @@ epochs, B 128, K 512), where a critic trained that long memorises its pairs; var
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from typing import Optional, Sequence
@@ -170,6 +169,7 @@ def run_variant(args, variant: str, tasks, ids) -> tuple[list[dict], dict]:
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    from ibjax.fields import to_dict
     from ibjax.mi import groundtruth
 
     tasks = groundtruth.SUITE if args.protocol == "light" else full_protocol_tasks()
@@ -198,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     base = _config(args, "default")
     config = {"n": args.n, "epochs": args.epochs, "batch_size": args.batch_size, "negatives": args.negatives,
               "tasks": [t.name for t in tasks], "seed": args.seed,
-              "base": {k: v for k, v in dataclasses.asdict(base).items()}}
+              "base": to_dict(base)}
     notes = ["goal (issue 8): MAE <= 0.06 nats, every task with truth >= 0.5 within 15%",
              "held-out read: the bound on the held-out 20% of each task with the selected critic; se: its standard error",
              "train read: the authors' number (mean of the last 5 epochs' training estimates)",

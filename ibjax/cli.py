@@ -174,8 +174,27 @@ def _renamed_flag(arg: str) -> Optional[str]:
         try:
             return _flag(f"mi.{head}.{resolve_path(MIConfig, leaf, MI_ALIASES)}")
         except ValueError:
-            return _flag(f"mi.{head}.{leaf}")
+            return f"--mi.{head}.SECTION.FIELD"
     return None
+
+
+def _check_candidates(argv: Sequence[str]) -> None:
+    """Fail with the candidate's own message (tyro would only say it found no valid parse)."""
+    in_candidates = False
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            in_candidates = name.endswith(".candidates")
+            if not (in_candidates and eq):
+                continue
+        elif not in_candidates:
+            continue
+        else:
+            value = arg
+        try:
+            Candidate(value)
+        except ValueError as e:
+            fail(str(e))
 
 
 def _tyro_registry() -> "tyro.constructors.ConstructorRegistry":
@@ -201,6 +220,7 @@ def parse_study_command(argv: Optional[Sequence[str]] = None) -> StudyCommand:
         new = _renamed_flag(arg)
         if new:
             fail(f"{arg.split('=', 1)[0]} is now {new} (the config is in sections; see --help)")
+    _check_candidates(argv)
     pre_parser = argparse.ArgumentParser(add_help=False)
     pre_parser.add_argument("--preset", default="default")
     pre_parser.add_argument("--config", default=None)

@@ -281,7 +281,14 @@ def from_dict(cls: type, d: Any, where: str = "") -> Any:
     # Nested sections are built here (naming their path); leaves are coerced by the class itself.
     kwargs = {k: from_dict(hints[k], v, f"{where}.{k}".lstrip(".")) if dataclasses.is_dataclass(hints[k])
               and isinstance(v, Mapping) else v for k, v in d.items()}
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except ValueError as e:  # a leaf's coercion names its class's field: say where the section is
+        if not where:
+            raise
+        raise ConfigError(where, str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -330,18 +337,19 @@ def override(config: Any, changes: Mapping[str, Any], aliases: Optional[Mapping[
     """``config`` with fields replaced, each named by dotted path or unique leaf name (see
     :func:`resolve_path`) and its value coerced to the field's type (text is parsed)."""
     cls = type(config)
-    nested: dict[str, Any] = {}
+    whole: dict[str, Any] = {}
+    nested: dict[str, dict] = {}
     for name, value in changes.items():
         path = resolve_path(cls, name, aliases)
         head, _, rest = path.partition(".")
         if rest:
             nested.setdefault(head, {})[rest] = value
         else:
-            nested[head] = coerce(value, _hints(cls)[head], f"{cls.__name__}.{head}")
-    kwargs = {}
-    for head, value in nested.items():
-        kwargs[head] = override(getattr(config, head), value) if isinstance(value, dict) and \
-            dataclasses.is_dataclass(getattr(config, head)) else value
+            whole[head] = coerce(value, _hints(cls)[head], f"{cls.__name__}.{head}")
+    # A whole section first, then the dotted changes into it on top (whatever the order given).
+    kwargs = dict(whole)
+    for head, sub in nested.items():
+        kwargs[head] = override(kwargs.get(head, getattr(config, head)), sub)
     return dataclasses.replace(config, **kwargs)
 
 

@@ -270,6 +270,16 @@ class ModelConfig(Config):
     dtype: str = "float32"
     noise_generator: Literal["threefry", "philox"] = "threefry"
 
+    def check(self) -> None:
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; choose one of {sorted(MODELS)}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {self.dtype!r}")
+        if self.gamma_xt < 0 or self.gamma_ty < 0:
+            raise ValueError("noise stds gamma_xt and gamma_ty must be >= 0")
+        if self.noise_generator not in rng.GENERATORS:
+            raise ValueError(f"noise_generator must be one of {rng.GENERATORS}, got {self.noise_generator!r}")
+
 
 NOISE_FIELDS = ("gamma_xt", "gamma_ty")
 """The noise-level fields every model has."""
@@ -287,15 +297,8 @@ def with_noise_levels(model: nn.Module, **levels) -> nn.Module:
 
 
 def make_model(config: ModelConfig = ModelConfig()) -> nn.Module:
-    """Build the Flax module a :class:`ModelConfig` names. Raises ValueError for unknown names."""
-    if config.name not in MODELS:
-        raise ValueError(f"unknown model {config.name!r}; choose one of {sorted(MODELS)}")
-    if config.dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {config.dtype!r}")
-    if config.gamma_xt < 0 or config.gamma_ty < 0:
-        raise ValueError("noise stds gamma_xt and gamma_ty must be >= 0")
-    if config.noise_generator not in rng.GENERATORS:
-        raise ValueError(f"noise_generator must be one of {rng.GENERATORS}, got {config.noise_generator!r}")
+    """Build the Flax module a :class:`ModelConfig` names. Raises ValueError for a bad config."""
+    config.validate()
     return MODELS[config.name](
         num_classes=config.num_classes,
         gamma_xt=config.gamma_xt,

@@ -56,8 +56,6 @@ from ibjax.fields import Config
 
 __all__ = ["PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan", "group_index_table"]
 
-_SELECTIONS = ("reference", "first", "last", "random")
-_TARGET_SAMPLES = ("mix", "half")
 
 
 @dataclasses.dataclass(frozen=True)

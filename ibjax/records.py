@@ -61,21 +61,22 @@ class EpochRecord:
         epoch.
       extra: any other measurement (a JSON-ready mapping), kept as given.
 
-    A field left at NaN (or empty) was not measured: :meth:`to_json` leaves it out.
+    A field left at None (or empty) was not measured: :meth:`to_json` leaves it out (a measured NaN
+    is kept).
     """
 
     epoch: int
-    train_accuracy: float = math.nan
-    train_loss: float = math.nan
+    train_accuracy: Optional[float] = None
+    train_loss: Optional[float] = None
     class_loss: tuple[float, ...] = ()
-    lr: float = math.nan
-    lr_last: float = math.nan
-    test_accuracy: float = math.nan
-    test_loss: float = math.nan
-    asr: float = math.nan
-    train_s: float = math.nan
-    mi_s: float = math.nan
-    wall_s: float = math.nan
+    lr: Optional[float] = None
+    lr_last: Optional[float] = None
+    test_accuracy: Optional[float] = None
+    test_loss: Optional[float] = None
+    asr: Optional[float] = None
+    train_s: Optional[float] = None
+    mi_s: Optional[float] = None
+    wall_s: Optional[float] = None
     extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
@@ -97,7 +98,7 @@ class EpochRecord:
             if isinstance(v, tuple):
                 if v:
                     out[f.name] = list(v)
-            elif not (isinstance(v, float) and math.isnan(v)):
+            elif v is not None:
                 out[f.name] = v
         out.update(self.extra)
         return out

@@ -92,8 +92,6 @@ class TrainConfig(Config):
                              f"and {self.eval_batch_size}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"schedule must be 'plateau', 'cosine' or 'constant', got {self.schedule!r}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor}")
 

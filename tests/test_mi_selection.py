@@ -1,6 +1,8 @@
 """ibjax.mi.selection: per group, the candidate critic with the best validation read."""
 
+import copy
 import dataclasses
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -108,5 +110,9 @@ def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
     assert mi.resolve_config(mi.XT_CONFIG, candidates="critic_rank=4").candidates == (mi.Candidate("critic.rank=4"),)
     with pytest.raises(ValueError, match="expected a candidate"):
         dataclasses.replace(mi.XT_CONFIG, candidates=[4])
+    with pytest.raises(ValueError, match="'optimiser' is a section"):
+        mi.Candidate("optimiser=3")
+    cand = base.candidates[0]
+    assert copy.deepcopy(cand) == cand and pickle.loads(pickle.dumps(base)) == base
     with pytest.raises(ValueError, match="candidates need a validation split"):
         mi.resolve_config(mi.XT_REFERENCE, candidates=("lr=1e-3",))

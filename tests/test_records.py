@@ -56,7 +56,8 @@ def test_epoch_records_are_typed_and_keep_other_measurements():
          "lr_last": 0.05, "note": "kept"}
     r = EpochRecord.from_json(d)
     assert r.epoch == 3 and r.class_loss == (1.0, 2.0) and r.extra == {"note": "kept"} and r.get("note") == "kept"
-    assert math.isnan(r.mi_s) and "mi_s" not in r.to_json()  # not measured: not written
+    assert r.mi_s is None and "mi_s" not in r.to_json()  # not measured: not written
+    assert math.isnan(EpochRecord.from_json({"epoch": 1, "test_loss": math.nan}).to_json()["test_loss"])
     assert r.to_json() == d
     with pytest.raises(SchemaError, match="without 'epoch'"):
         EpochRecord.from_json({"asr": 1.0})

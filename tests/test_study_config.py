@@ -34,6 +34,44 @@ def test_config_files_of_the_flat_layout_read_in_sections():
     assert [str(k) for k in x.candidates] == ["critic.rank=0"]
 
 
+def test_mixed_and_bad_mi_dicts_read_or_name_the_field():
+    c = config_from_dict({"mi": {"xt": {"optimiser": {"lr": 1e-3}, "epochs": 3}}})  # sections and old flat names
+    assert (c.mi.xt.optimiser.lr, c.mi.xt.protocol.epochs) == (1e-3, 3)
+    with pytest.raises(ValueError, match=r"mi.xt.protocol must be an object of its fields"):
+        config_from_dict({"xt": {"protocol": 3}})
+    with pytest.raises(ValueError, match=r"mi.xt.protocol: ProtocolConfig.epochs = 'abc': expected an integer"):
+        config_from_dict({"mi": {"xt": {"protocol": {"epochs": "abc"}}}})
+    old = {"xt": {"candidates": ["critic=separable lr=1e-3"]}}
+    assert config_to_dict(config_from_dict(old))["mi"]["xt"]["candidates"] == ["critic.family=separable optimiser.lr=0.001"]
+    assert old == {"xt": {"candidates": ["critic=separable lr=1e-3"]}}  # the caller's dict is left as it was
+
+
+def test_a_whole_section_and_dotted_changes_into_it_apply_in_any_order():
+    from ibjax.poison import PoisonConfig
+
+    for changes in ({"poison.ratio": 0.2, "poison": PoisonConfig(target=3)},
+                    {"poison": PoisonConfig(target=3), "poison.ratio": 0.2}):
+        p = override(StudyConfig(), changes).poison
+        assert (p.ratio, p.target) == (0.2, 3)
+
+
+def test_attack_options_are_text_read_as_each_parameter_type():
+    from ibjax.study.setup import build_attack
+
+    c = override(TINY, {"attack.name": "blend", "attack.options": (("alpha", "0.3"), ("pattern", "[[[0.5]]]"))})
+    params = build_attack(c).train_trigger.params
+    assert params.alpha == 0.3 and params.pattern.shape == (1, 1, 1)
+    c = config_from_dict({"attack": {"name": "badnets", "options": [["size", 4]]}})  # a JSON number kept as text
+    assert c.attack.options == (("size", "4"),) and build_attack(c).train_trigger.params.size == 4
+
+
+def test_a_bad_candidate_on_the_command_line_is_its_own_one_line_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_study_command(["--preset", "cpu", "--mi.xt.candidates", "bogus=1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.startswith("error: candidate 'bogus=1': unknown field 'bogus'")
+
+
 def test_one_coercion_reads_text_and_refuses_a_bad_boolean():
     from ibjax.fields import coerce, override
 

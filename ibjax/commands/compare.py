@@ -129,7 +129,10 @@ def load_runs(run_dirs: Sequence[str], read: str = "heldout",
         except SchemaError as err:
             raise CompareError(str(err)) from None
         summary, config = _load_json(s_path, "the run summary"), _load_json(c_path, "the run config")
-        config = migrate_config_dict(config)  # a run of the flat layout compares with today's
+        try:
+            config = migrate_config_dict(config)  # a run of the flat layout compares with today's
+        except ValueError as err:
+            raise CompareError(f"{c_path}: {err}") from None
         if not isinstance(summary, dict) or "attack" not in summary:
             raise CompareError(f"{s_path} has no 'attack': not a run summary")
         st = _stealth_of(d, summary, config, read, recompute)

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Literal, Mapping, Optional, Union
 
 import numpy as np
 
-from ibjax.fields import Config, coerce, field_paths, format_value, override, parse_assignments, resolve_path
+from ibjax.fields import Config, ConfigError, coerce, field_paths, format_value, override, parse_assignments, resolve_path
 from ibjax.mi.bounds import BOUNDS, bound_cap
 from ibjax.mi.critics import CRITICS, get_critic
 
@@ -228,6 +228,8 @@ class Candidate:
                 path = resolve_path(MIConfig, name, MI_ALIASES)
             except ValueError as e:
                 raise ValueError(f"candidate {shown!r}: {e}") from None
+            if path not in paths:  # a whole section: a candidate changes fields
+                raise ValueError(f"candidate {shown!r}: {path!r} is a section; name its fields, e.g. {path}.FIELD=VALUE")
             out[path] = coerce(value, paths[path], f"candidate {shown!r}, {path}")
         fixed = sorted(p for p in out if p.split(".")[0] not in CANDIDATE_SECTIONS)
         if fixed:
@@ -239,6 +241,9 @@ class Candidate:
 
     def __setattr__(self, name, value):
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __reduce__(self):  # copy, deepcopy and pickle rebuild it from its text
+        return (Candidate, (str(self),))
 
     @classmethod
     def coerce(cls, value: Any, where: str) -> "Candidate":
@@ -340,7 +345,10 @@ class MIConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        candidate_configs(self)
+        try:
+            candidate_configs(self)
+        except ValueError as e:
+            raise ConfigError("", str(e)) from None
 
 
 # The authors' estimator (ffcv_observeMI.py, config): I(X;T) B 128, K 512, AdamW 3e-4, 350 epochs;

@@ -14,7 +14,7 @@ Scores are read for a batch of B pairs (a_i, b_i) and negative indices ``neg_ind
 the batch: ``scores(params, a, b, neg_index) -> (pos f32[B], neg f32[B, K])`` with
 ``pos[i] = f(a_i, b_i)`` and ``neg[i, k] = f(a_i, b_{neg_index[i, k]})``.
 
-:data:`CRITICS` maps each family's name (the values of ``MIConfig.critic``) to a :class:`Critic`, its
+:data:`CRITICS` maps each family's name (the values of ``MIConfig.critic.family``) to a :class:`Critic`, its
 init, scores and all-pairs functions; adding a family is one entry there. :func:`init_critic`,
 :func:`critic_scores` and :func:`critic_matrix` look a name up in it.
 """
@@ -207,7 +207,7 @@ class Critic:
       scores: ``(params, a f[B, da], b f[B, db], neg_index int32[B, K], dtype) -> (pos f32[B],
         neg f32[B, K])``.
       matrix: ``(params, a f[B, da], b f[B, db], dtype, block_rows) -> f32[B, B]``, every pair's score.
-      takes_rank: whether ``rank`` (``MIConfig.critic_rank``, a linear bottleneck) is an option of it.
+      takes_rank: whether ``rank`` (``MIConfig.critic.rank``, a linear bottleneck) is an option of it.
     """
 
     init: Callable[..., dict]
@@ -228,7 +228,7 @@ CRITICS: dict[str, Critic] = {
     "concat": Critic(init=_init_concat, scores=concat_critic_scores, matrix=concat_critic_matrix, takes_rank=True),
     "separable": Critic(init=_init_separable, scores=separable_critic_scores, matrix=separable_critic_matrix),
 }
-"""The critic families by name: the values ``MIConfig.critic`` takes (saved configs hold them)."""
+"""The critic families by name: the values ``MIConfig.critic.family`` takes (saved configs hold them)."""
 
 
 def get_critic(kind: str) -> Critic:

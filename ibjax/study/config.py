@@ -13,13 +13,14 @@ layout are read through :data:`STUDY_RENAMES`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 from typing import Any, Literal, Optional
 
 from ibjax.fields import Config, ConfigError, from_dict, resolve_path, to_dict
-from ibjax.mi import MI_ALIASES, TY_CONFIG, XT_CONFIG, MIConfig
+from ibjax.mi import MI_ALIASES, TY_CONFIG, XT_CONFIG, Candidate, MIConfig
 from ibjax.models import ModelConfig
 from ibjax.poison import PoisonConfig
 from ibjax.quantities import QUANTITIES
@@ -279,20 +280,38 @@ def config_to_dict(config) -> dict:
     return to_dict(config)
 
 
-def _migrate_mi(d: Any) -> Any:
-    """A flat MIConfig dict of earlier versions as its sections (a sectioned one unchanged)."""
-    sections = {f.name for f in dataclasses.fields(MIConfig)} - {"candidates"}
-    if not isinstance(d, dict) or all(k in sections and isinstance(v, dict) or k == "candidates" for k, v in d.items()):
+def _migrate_mi(d: Any, where: str) -> Any:
+    """An MIConfig dict in today's sections: flat fields of earlier versions (and their old names)
+    moved into them, sections kept, candidates' text in today's spelling."""
+    if not isinstance(d, dict):
         return d
+    sections = {f.name for f in dataclasses.fields(MIConfig)} - {"candidates"}
     out: dict = {}
     for name, value in d.items():
         if name == "candidates":
-            out[name] = value
-            continue
-        path = MI_ALIASES.get(name) or resolve_path(MIConfig, name)  # an unknown name: a ValueError naming the fields
-        section, leaf = path.split(".")
-        out.setdefault(section, {})[leaf] = value
+            out[name] = [_candidate_text(c) for c in value] if isinstance(value, (list, tuple)) else value
+        elif name in sections and isinstance(value, dict):
+            out.setdefault(name, {}).update(value)
+        else:
+            try:
+                path = resolve_path(MIConfig, name, MI_ALIASES)
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from None
+            if path in sections:
+                raise ValueError(f"{where}.{name} must be an object of its fields, got {value!r}")
+            section, leaf = path.split(".")
+            out.setdefault(section, {})[leaf] = value
     return out
+
+
+def _candidate_text(c: Any) -> Any:
+    """A candidate's text in today's spelling (``critic=separable`` -> ``critic.family=separable``),
+    so that equal candidates of an old and a new file compare equal; left as it is if unreadable
+    (the config's own check then names what is wrong)."""
+    try:
+        return str(Candidate.coerce(c, "candidate"))
+    except ValueError:
+        return c
 
 
 def migrate_config_dict(d: Any) -> Any:
@@ -300,6 +319,7 @@ def migrate_config_dict(d: Any) -> Any:
     layout; today's layout unchanged."""
     if not isinstance(d, dict):
         return d
+    d = copy.deepcopy(d)  # the caller's dict stays as it was
     out = {k: v for k, v in d.items() if k not in STUDY_RENAMES or isinstance(v, dict) and k == "attack"}
     for old, new in STUDY_RENAMES.items():
         if old not in d or (old == "attack" and isinstance(d[old], dict)):
@@ -313,7 +333,7 @@ def migrate_config_dict(d: Any) -> Any:
     if isinstance(mi, dict):
         for q in QUANTITIES:
             if q in mi:
-                mi[q] = _migrate_mi(mi[q])
+                mi[q] = _migrate_mi(mi[q], f"mi.{q}")
     return out
 
 

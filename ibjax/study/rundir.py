@@ -232,6 +232,9 @@ class RunDirectory:
             return self.read_json(name) if os.path.exists(self.file(name)) else empty
 
         p = self.file("metrics.jsonl")
-        metrics = [json.loads(line) for line in open(p) if line.strip()] if os.path.exists(p) else []
+        metrics = []
+        if os.path.exists(p):
+            with open(p) as f:
+                metrics = [json.loads(line) for line in f if line.strip()]
         return RunHistory.from_json({"schema": version, "metrics": metrics, "mi": read("mi.json", {}),
                                      "clustering": read("clustering.json", {})}, self.path)

@@ -468,7 +468,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
         "asr": records[-1].asr if records else None,
         "stealth_read": config.analysis.stealth.read,
         "stealth": stealth,
-        **{name: math.fsum(v for r in records if math.isfinite(v := getattr(r, name)))
+        **{name: math.fsum(v for r in records if (v := getattr(r, name)) is not None and math.isfinite(v))
            for name in ("train_s", "mi_s", "wall_s")},
         "timings": dict(history.timings),
         "memory": memory_usage(),

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 from typing import Any, Callable, Mapping, Optional, Union
 
@@ -274,6 +275,11 @@ class TriggerParams(Config):
         def pattern(v: Any, where: str) -> StaticArray:
             if isinstance(v, StaticArray):
                 return v
+            if isinstance(v, str) and v.strip().startswith("["):  # an array written inline (an attack option)
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError:
+                    raise ValueError(f"{where} = {v!r}: expected {StaticArray.describe()} (not valid JSON)") from None
             if isinstance(v, (str, os.PathLike, np.ndarray, jax.Array, list, tuple)):
                 return StaticArray.of(load_pattern(v, signed=signed, name=where))
             raise ValueError(f"{where} = {v!r}: expected {StaticArray.describe()}")
