@@ -19,9 +19,11 @@ Modules, one concern each (every public name is also importable from ``ibjax.met
 - :mod:`~ibjax.metrics.runs`: protocols of runs (what must match for a comparison), seed statistics
   and the ranking of attacks used by ``experiments.compare``.
 - :mod:`~ibjax.metrics.clustering`: silhouette scores and the 2-D PCA embedding of T.
+- :mod:`~ibjax.metrics.backdoor`: the authors' bound checks, H(B), I(B;Y), I(B;Y_pred) and I(X;B).
 """
 
-from ibjax.metrics import clustering, comparison, history, names, runs, stealth
+from ibjax.metrics import backdoor, clustering, comparison, history, names, runs, stealth
+from ibjax.metrics.backdoor import BACKDOOR_CHECK_MI, backdoor_bounds
 from ibjax.metrics.clustering import cluster_ids, group_silhouettes, pca_2d, silhouette_samples, silhouette_score
 from ibjax.metrics.comparison import SIZE_MATCHED_GROUPS, size_matched_comparisons, size_matched_markdown
 from ibjax.metrics.history import available_epochs, clean_groups
@@ -62,6 +64,7 @@ __all__ = [
     *names.__all__,
     *history.__all__,
     *stealth.__all__,
+    *backdoor.__all__,
     *comparison.__all__,
     *runs.__all__,
     *clustering.__all__,

@@ -7,7 +7,9 @@ One concern per module:
 - :mod:`ibjax.mi.bounds`: the variational lower bounds (InfoNCE, NWJ, DV) as functions of critic
   scores, in nats.
 - :mod:`ibjax.mi.groundtruth`: tasks whose MI is known exactly, to measure the estimator against.
-- :mod:`ibjax.mi.config`: :class:`MIConfig` (critic, optimiser and protocol parts), the authors' exact settings (:data:`XT_REFERENCE`,
+- :mod:`ibjax.mi.discrete`: exact entropy and MI of discrete variables from counts (no critic).
+- :mod:`ibjax.mi.config`: :class:`MIConfig` (critic, optimiser and protocol parts), the authors'
+  exact settings (:data:`XT_REFERENCE`,
   :data:`TY_REFERENCE`) and ibjax's defaults (:data:`XT_CONFIG`, :data:`TY_CONFIG`), the authors'
   batches-per-epoch rule, the candidates of model selection (:class:`Candidate`, :func:`candidate_configs`).
 - :mod:`ibjax.mi.training`: one critic step for all groups (:func:`init`, :func:`update`) and the
@@ -23,7 +25,7 @@ One concern per module:
   and the general :func:`estimate_mi_sampled` (selecting among ``MIConfig.candidates`` if any).
 """
 
-from ibjax.mi import bounds, critics, groundtruth
+from ibjax.mi import bounds, critics, discrete, groundtruth
 from ibjax.mi.config import (
     CANDIDATE_SECTIONS,
     MI_ALIASES,

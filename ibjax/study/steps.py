@@ -53,7 +53,7 @@ from ibjax.train import (
 __all__ = ["run_epoch", "evaluate_members", "evaluate_attack_members", "population_train_step",
            "population_tracked_step", "population_eval_step", "population_features_step", "FreshPairs",
            "PopulationBank", "population_bank", "estimate_network_mi", "estimate_mi_on_mesh", "per_group",
-           "representation_clustering", "mi_configs"]
+           "representation_clustering", "mi_configs", "population_features"]
 
 
 def mi_configs(config) -> tuple[tuple[str, ibmi.MIConfig], ...]:
@@ -329,7 +329,7 @@ class FreshPairs:
         return QUANTITIES[self.quantity].pair({"x": x.reshape(x.shape[0], -1), "t": t, "y": logits})
 
 
-def _population_features(variables, pop: PopulationSetup, used: Sequence[np.ndarray], draw_keys: Sequence[Sequence],
+def population_features(variables, pop: PopulationSetup, used: Sequence[np.ndarray], draw_keys: Sequence[Sequence],
                          parts: tuple[int, ...] = (0, 1, 2), batch_size: int = 1000) -> tuple[np.ndarray, ...]:
     """Every member's features of its samples ``used[r]``, batched over members, for each noise draw
     ``d`` (member r's batch s of draw d read with key ``fold_in(draw_keys[d][r], s)``), joined on the
@@ -408,7 +408,7 @@ def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> Populati
     split = [_quantity_keys(k) for k in keys]
     used = [np.unique(index[valid]) for index, valid in tables]
     draw_keys = [[jax.random.fold_in(s["bank"], d) for s in split] for d in range(pop.config.mi.bank_draws)]
-    x, t_bank, y_bank = put_replicated(_population_features(variables, pop, used, draw_keys), pop.mesh)
+    x, t_bank, y_bank = put_replicated(population_features(variables, pop, used, draw_keys), pop.mesh)
     width = max(index.shape[1] for index, _ in tables)
     rows, valids, offsets, names, offset = [], [], [], [], 0
     for r, ((index, valid), u) in enumerate(zip(tables, used)):
@@ -534,7 +534,7 @@ def representation_clustering(keys: Sequence, variables, pop: PopulationSetup, p
     ``variables``). Returns one ``(silhouettes {group: float}, embedding arrays)`` per member."""
     n = pop.train_data.size
     idx = np.arange(n)
-    (t_all,) = _population_features(variables, pop, [idx] * pop.size, [list(keys)], parts=(1,))
+    (t_all,) = population_features(variables, pop, [idx] * pop.size, [list(keys)], parts=(1,))
     out = []
     for r, (key, setup) in enumerate(zip(keys, pop.members)):
         plan = setup.plan
