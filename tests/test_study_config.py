@@ -1,6 +1,7 @@
 """StudyConfig: JSON round trips, diffs, data-free checks, presets, and the CLI generated from it."""
 
 import json
+import os
 
 import pytest
 from tiny_config import TINY
@@ -170,3 +171,23 @@ def test_old_flat_flags_fail_naming_the_new_flag(flag, new, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {flag.split('=')[0]} is now {new} (the config is in sections; see --help)"]
+
+
+AUTHORS_PATTERN = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "authors-blendnoise.npy")
+
+
+def test_reference_blend_without_the_authors_pattern_is_said_loudly(caplog):
+    from ibjax.study.setup import build_attack, reference_departures
+
+    ref = override(preset("reference"), {"attack.name": "blend"})
+    (line,) = reference_departures(ref)
+    assert "not the authors'" in line and "Blendnoise.npy" in line and "--attack.options pattern PATH" in line
+    assert reference_departures(override(ref, {"attack.name": "adaptive_blend"}))
+    assert reference_departures(override(ref, {"attack.options": (("pattern", "p.npy"),)})) == []
+    assert reference_departures(override(ref, {"attack.trigger_rules": "ibjax"})) == []  # ibjax's own rules
+    assert reference_departures(override(ref, {"attack.name": "badnets"})) == []
+    if not os.path.exists(AUTHORS_PATTERN):
+        pytest.skip("the authors' Blend pattern is not on this machine (../shared/data)")
+    with_file = override(ref, {"attack.options": (("pattern", AUTHORS_PATTERN),)})
+    assert reference_departures(with_file) == []
+    assert build_attack(with_file, (32, 32, 3)).train_trigger.params.pattern.shape[:2] == (32, 32)

@@ -72,6 +72,7 @@ def summary_markdown(config: StudyConfig, history: RunHistory, s: dict) -> str:
         f"{config.model.gamma_xt}/{config.model.gamma_ty}, {s['epochs']} epochs, seed {config.seed}; "
         f"MI {config.mi.mode} ({config.mi.features} features), estimator epochs {config.mi.xt.protocol.epochs}/{config.mi.ty.protocol.epochs}.",
         "",
+        *([f"**Warning:** {w}." for w in s.get("warnings", ())] + [""] if s.get("warnings") else []),
         "| clean test accuracy | ASR | training (s) | MI estimation (s) | total (s) |",
         "|---|---|---|---|---|",
         f"| {_fmt(s['test_accuracy'])} | {_fmt(s['asr'])} | {s['train_s']:.1f} | {s['mi_s']:.1f} | {s['wall_s']:.1f} |",

@@ -45,7 +45,7 @@ from ibjax.study.population import (
     stack_states,
 )
 from ibjax.study.rundir import RunDirectory
-from ibjax.study.setup import PRECOMPUTED_FILE
+from ibjax.study.setup import PRECOMPUTED_FILE, reference_departures
 from ibjax.study.state import RunState, init_run_state
 from ibjax.study.steps import estimate_network_mi, representation_clustering, run_epoch
 from ibjax.study.writers import check_writers, epoch_scalars, open_writers, writer_folders
@@ -467,6 +467,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
         "test_accuracy": records[-1].test_accuracy if records else None,
         "asr": records[-1].asr if records else None,
         "stealth_read": config.analysis.stealth.read,
+        "warnings": reference_departures(config),
         "stealth": stealth,
         **{name: math.fsum(v for r in records if (v := getattr(r, name)) is not None and math.isfinite(v))
            for name in ("train_s", "mi_s", "wall_s")},

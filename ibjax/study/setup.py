@@ -21,14 +21,14 @@ from ibjax.models import make_model
 from ibjax.parallel import check_batch_divisible
 from ibjax.pipeline import put_test_data, put_train_data
 from ibjax.poison import PoisonPlan, make_poison_plan
-from ibjax.progress import Progress, phase
+from ibjax.progress import LOGGER, Progress, phase
 from ibjax.quantities import QUANTITIES
 from ibjax.study.config import StudyConfig, check_config
 from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
 from ibjax.triggers import Attack, get_attack, pgd_l2, trojannn_pattern
 
-__all__ = ["load_data", "build_attack", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
+__all__ = ["load_data", "build_attack", "reference_departures", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
 
 PRECOMPUTED_FILE = "attack_precomputed.npy"
 """The file a run keeps what its attack computed against a clean model in (label-consistent: the PGD
@@ -58,6 +58,22 @@ def build_attack(config: StudyConfig, image_shape: Optional[tuple[int, ...]] = N
     if image_shape is not None:
         attack.validate(tuple(image_shape))
     return attack
+
+
+_AUTHORS_PATTERN_ATTACKS = ("blend", "adaptive_blend")
+
+
+def reference_departures(config: StudyConfig) -> list[str]:
+    """Where a run asked for the authors' rules but cannot follow them from the config alone, one
+    line each saying what it does instead and how to fix it (logged at set-up and kept in the
+    summary): today, Blend and Adaptive-Blend without the authors' noise pattern file."""
+    out = []
+    patterns = [name for name, _ in config.attack.options if name.split("_", 1)[-1] == "pattern" or name == "pattern"]
+    if config.attack.trigger_rules == "reference" and config.attack.name in _AUTHORS_PATTERN_ATTACKS and not patterns:
+        out.append(f"{config.attack.name} blends ibjax's own uniform noise pattern, not the authors' "
+                   "(poison_data_generator/trigger/Blendnoise.npy in their repository; up to 0.28 per pixel apart): "
+                   "pass it with --attack.options pattern PATH to reproduce their numbers")
+    return out
 
 
 def _clean_model(key, config: StudyConfig, train_set: Dataset, plan: PoisonPlan, progress: bool):
@@ -155,6 +171,8 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
     check_config(config)
     check_batch_divisible(config.train.batch_size, mesh)
     build_attack(config)  # bad attack options fail before the data set is read
+    for line in reference_departures(config):
+        LOGGER.warning("reference rules: %s", line)
     with phase(f"loading {config.data.name}", enabled=progress):
         train_set, test_set = load_data(config)
     image_shape = tuple(train_set.images.shape[1:])
