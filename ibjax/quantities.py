@@ -6,7 +6,7 @@ prediction Y_pred (logits, ``f32[B, K]``). A quantity is the mutual information 
 them, estimated by a critic that scores pairs ``(a, b)``. The study loops over :data:`QUANTITIES`
 for offline estimates, online critics, the files (``mi.json`` keys ``<name>`` and
 ``<name>_online``), the plots and the summary; adding a quantity is one entry here and its
-estimator's config (the :class:`~ibjax.study.StudyConfig` field of the same name).
+estimator's config (the field of the same name in ``StudyConfig.mi``).
 
 No jax import: the plots and the metrics read the names and labels without array code.
 """
@@ -33,12 +33,16 @@ class Quantity:
       name: its key in the history and the config (``"xt"``).
       label: how plots and tables name it (``"I(X;T)"``), in nats.
       a, b: the features (:data:`FEATURES`) the critic pairs: ``critic(a, b)``.
+      online: whether critics of it can train alongside the network (``mi.mode`` online/both; their
+        states are fields of :class:`~ibjax.study.state.OnlineCritics`); offline estimates exist for
+        every quantity.
     """
 
     name: str
     label: str
     a: str
     b: str
+    online: bool = True
 
     @property
     def online_name(self) -> str:
@@ -52,8 +56,11 @@ class Quantity:
 QUANTITIES: dict[str, Quantity] = {
     "xt": Quantity("xt", "I(X;T)", a="t", b="x"),
     "ty": Quantity("ty", "I(T;Y_pred)", a="y", b="t"),
+    "xy": Quantity("xy", "I(X;Y_pred)", a="y", b="x", online=False),
 }
-"""Every quantity a study estimates, by name, in the order the files and plots list them."""
+"""Every quantity a study can estimate, by name, in the order the files and plots list them; a run
+estimates those its config names (``mi.quantities``: I(X;T) and I(T;Y_pred) by default, the
+paper's pair; I(X;Y_pred) checks the data processing inequality I(X;Y_pred) <= I(X;T))."""
 
 
 def quantity_label(key: str) -> str:

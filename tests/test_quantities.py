@@ -16,6 +16,7 @@ def test_each_quantity_pairs_two_features_and_has_its_estimator_config():
     sizes = {"x": 784, "t": 64, "y": 10}
     assert QUANTITIES["xt"].pair(sizes) == (64, 784)  # critic(T, X)
     assert QUANTITIES["ty"].pair(sizes) == (10, 64)  # critic(Y_pred, T)
+    assert QUANTITIES["xy"].pair(sizes) == (10, 784) and not QUANTITIES["xy"].online  # critic(Y_pred, X), offline
 
 
 def test_labels_of_history_keys():

@@ -16,7 +16,7 @@ from tiny_config import TINY, TINY_MI, short
 from ibjax.fields import override
 from ibjax.mi import resolve_config
 from ibjax.poison import PoisonConfig
-from ibjax.study import config_to_dict, run_study
+from ibjax.study import check_config, config_to_dict, run_study
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOTH = override(TINY, {"mi.mode": "both"})
@@ -212,3 +212,20 @@ def test_study_and_benchmarks_run_without_tfds_or_mlxtend(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     summary = json.load(open(tmp_path / "run" / "summary.json"))
     assert summary["epochs"] == 1 and summary["test_accuracy"] is not None
+
+
+def test_a_third_quantity_is_one_registry_entry_and_moves_no_other_estimate(tmp_path):
+    base = short(TINY, 1)
+    with_xy = override(base, {"mi.quantities": ("xt", "ty", "xy")})
+    quiet = dict(progress=False, plots=False)
+    run_study(base, str(tmp_path / "two"), **quiet)
+    run_study(with_xy, str(tmp_path / "three"), **quiet)
+    two, three = (json.load(open(tmp_path / d / "mi.json")) for d in ("two", "three"))
+    assert set(two) == {"xt", "ty"} and set(three) == {"xt", "ty", "xy"}
+    for q in ("xt", "ty"):  # the same keys whatever else is estimated
+        for g, per in two[q].items():
+            assert three[q][g]["1"]["train"] == pytest.approx(per["1"]["train"], rel=1e-6, abs=1e-7), (q, g)
+    assert set(three["xy"]) == set(three["xt"]) and math.isfinite(three["xy"]["target"]["1"]["train"])
+    assert "I(X;Y_pred)" in open(tmp_path / "three" / "summary.md").read()
+    with pytest.raises(ValueError, match="distinct quantities"):
+        check_config(override(base, {"mi.quantities": ("xt", "xt")}))

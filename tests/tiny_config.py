@@ -18,6 +18,7 @@ TINY = override(StudyConfig(), {
     "mi.epochs": (1, 3),
     "mi.xt": TINY_MI,
     "mi.ty": TINY_MI,
+    "mi.xy": TINY_MI,
     "mi.features": "bank",
     "mi.bank_draws": 2,
     "analysis.stealth.epochs": (1, 3),

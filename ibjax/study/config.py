@@ -51,6 +51,7 @@ REFERENCE_MI_EPOCHS = (1, 5, 10, 20, 40, 60, 80, 100, 120)
 """SPEC.md's MI epochs."""
 
 AttackName = Literal[ATTACKS]  # type: ignore[valid-type]  (choices in --help come from the registry)
+QuantityName = Literal[tuple(QUANTITIES)]  # type: ignore[valid-type]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,16 +115,22 @@ class StudyMIConfig(Config):
       features: 'fresh' (a new noise draw of the network at every critic step, the reference) or
         'bank' (a cached bank of bank_draws noise draws per sample: far faster).
       bank_draws: noise draws per sample in the bank (features 'bank').
+      quantities: which quantities of :data:`ibjax.quantities.QUANTITIES` are estimated, offline and
+        online: ``xt`` I(X;T) and ``ty`` I(T;Y_pred) (the paper's, which the stealthiness metric
+        needs), ``xy`` I(X;Y_pred) (for the data processing check I(X;Y_pred) <= I(X;T)).
       xt: the I(X;T) estimator.
       ty: the I(T;Y_pred) estimator.
+      xy: the I(X;Y_pred) estimator (the authors have none: ibjax's I(X;T) defaults, the same X side).
     """
 
     epochs: tuple[int, ...] = REFERENCE_MI_EPOCHS
     mode: Literal["offline", "online", "both"] = "offline"
     features: Literal["fresh", "bank"] = "fresh"
     bank_draws: int = 8
+    quantities: tuple[QuantityName, ...] = ("xt", "ty")
     xt: MIConfig = XT_CONFIG
     ty: MIConfig = TY_CONFIG
+    xy: MIConfig = XT_CONFIG
 
     @property
     def offline(self) -> bool:
@@ -136,7 +143,9 @@ class StudyMIConfig(Config):
     def check(self) -> None:
         if self.bank_draws < 1:
             raise ValueError(f"bank_draws must be >= 1, got {self.bank_draws}")
-        if not self.offline and any(getattr(self, q).candidates for q in QUANTITIES):
+        if not self.quantities or len(set(self.quantities)) != len(self.quantities):
+            raise ValueError(f"quantities must name distinct quantities of {list(QUANTITIES)}, got {list(self.quantities)}")
+        if not self.offline and any(getattr(self, q).candidates for q in self.quantities):
             raise ValueError("xt/ty.candidates choose among offline estimates, and mode 'online' makes none: "
                              "use mode 'offline' or 'both', or leave candidates empty")
         e = list(self.epochs)

@@ -29,8 +29,10 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: RunHistory, class
     names = dict(class_names=class_names, target=config.poison.target)
     made.append(plots.plot_training_curves(records, os.path.join(pdir, "accuracy_asr.png")))
     made.append(plots.plot_class_loss(records, os.path.join(pdir, "class_loss.png"), **names))
+    offline = tuple(q for q in QUANTITIES if q in mi_hist)
     if "xt" in mi_hist:
-        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.analysis.stealth.read, **names))
+        made.append(plots.plot_mi_curves(mi_hist, os.path.join(pdir, "mi_curves.png"), read=config.analysis.stealth.read,
+                                         quantities=offline, **names))
         made.append(plots.plot_information_plane(mi_hist, os.path.join(pdir, "information_plane.png"),
                                                  read=config.analysis.stealth.read, **names))
     online = tuple(q.online_name for q in QUANTITIES.values() if q.online_name in mi_hist)

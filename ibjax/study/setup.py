@@ -22,7 +22,6 @@ from ibjax.parallel import check_batch_divisible
 from ibjax.pipeline import put_test_data, put_train_data
 from ibjax.poison import PoisonPlan, make_poison_plan
 from ibjax.progress import LOGGER, Progress, phase
-from ibjax.quantities import QUANTITIES
 from ibjax.study.config import StudyConfig, check_config
 from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
@@ -189,7 +188,7 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
     if config.train.batch_size > len(train_set):
         raise ValueError(f"train.batch_size ({config.train.batch_size}) exceeds the {len(train_set)} training images")
     if config.mi.offline:
-        for name in QUANTITIES:  # fail now, not after the first epochs
+        for name in config.mi.quantities:  # fail now, not after the first epochs
             cfg = getattr(config.mi, name)
             try:
                 ibmi.check_groups(plan.group_masks, cfg, plan.group_names)

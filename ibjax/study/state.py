@@ -116,8 +116,8 @@ class StudySetup:
 @struct.dataclass
 class OnlineCritics:
     """Critics trained alongside the network (``mi.mode`` online/both), every leaf with a group axis G:
-    a critic and a pair buffer per quantity of :data:`ibjax.quantities.QUANTITIES` (named fields, the
-    layout checkpoints hold).
+    a critic and a pair buffer per online quantity of :data:`ibjax.quantities.QUANTITIES` (named
+    fields, the layout checkpoints hold).
 
     Attributes:
       xt, ty: stacked critic states of I(X;T) and I(T;Y_pred).
@@ -157,7 +157,9 @@ def init_run_state(setup: StudySetup) -> RunState:
     if cfg.mi.online:
         g, k = setup.num_groups, setup.keys.init
         fields = {}
-        for i, (name, q) in enumerate(QUANTITIES.items()):
+        for i, (name, q) in enumerate(QUANTITIES.items()):  # the registry's index: keys stable whatever is chosen
+            if not q.online:
+                continue
             mi_cfg = getattr(cfg.mi, name)
             fields[name] = ibmi.init(jax.random.fold_in(k, 1 + i), g, *q.pair(setup.feature_sizes), mi_cfg)
             fields[f"{name}_pairs"] = ibmi.buffer_init(g, *q.pair(setup.feature_sizes), mi_cfg)

@@ -56,10 +56,12 @@ __all__ = ["run_epoch", "evaluate_members", "evaluate_attack_members", "populati
            "representation_clustering", "mi_configs", "population_features"]
 
 
-def mi_configs(config) -> tuple[tuple[str, ibmi.MIConfig], ...]:
-    """``((name, estimator config), ...)`` of every quantity (:data:`ibjax.quantities.QUANTITIES`),
+def mi_configs(config, online: bool = False) -> tuple[tuple[str, ibmi.MIConfig], ...]:
+    """``((name, estimator config), ...)`` of every quantity the run estimates offline (``mi.quantities``)
+    or, with ``online``, of the online quantities (:attr:`ibjax.quantities.Quantity.online`),
     hashable: the online critics' static argument."""
-    return tuple((name, getattr(config.mi, name)) for name in QUANTITIES)
+    names = [q for q, Q in QUANTITIES.items() if Q.online] if online else config.mi.quantities
+    return tuple((name, getattr(config.mi, name)) for name in names)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -124,8 +126,9 @@ def _tracked_member(train_state, online: OnlineCritics, data: DeviceData, index,
     x, t, logits = m.pop("features")
     member = masks[:, index]
     new = {}
-    for i, (q, cfg) in enumerate(quantities):
+    for q, cfg in quantities:
         a, b = QUANTITIES[q].pair({"x": x, "t": t, "y": logits})
+        i = list(QUANTITIES).index(q)  # the registry's index: a quantity's key does not depend on the others chosen
         critic, pairs, est, rows = ibmi.update_buffered(getattr(online, q), getattr(online, f"{q}_pairs"), a, b, member,
                                                         jax.random.fold_in(key, 7 + i), cfg)
         new[q], new[f"{q}_pairs"] = critic, pairs
@@ -256,7 +259,8 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
     step_config, total_steps = step_statics(cfg.train, pop.total_steps)
     statics = dict(config=step_config, total_steps=total_steps, **_statics(pop, pop.members[0].attack.train_trigger))
     if state.online is not None:
-        step = functools.partial(_tracked_jit, masks=pop.group_masks, quantities=mi_configs(cfg), **statics)
+        step = functools.partial(_tracked_jit, masks=pop.group_masks, quantities=mi_configs(cfg, online=True),
+                                 **statics)
         carry = (state.train, state.online)
     else:
         step = functools.partial(_train_jit, **statics)
@@ -293,7 +297,7 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
         plateau, lr = jax.vmap(lambda p, l, m: plateau_update(p, l, m, cfg.train))(plateau, train_state.lr, losses)
         train_state = train_state.replace(lr=lr)
     if online is not None:
-        for q, mi_cfg in mi_configs(cfg):
+        for q, mi_cfg in mi_configs(cfg, online=True):
             est = totals[f"{q}_online_sum"] / np.maximum(totals[f"{q}_online_rows"], 1)  # [R, G]
             critics = jax.vmap(lambda c, e: ibmi.end_epoch(c, e, mi_cfg))(getattr(online, q),
                                                                            jnp.asarray(est, jnp.float32))
@@ -367,10 +371,14 @@ def population_features(variables, pop: PopulationSetup, used: Sequence[np.ndarr
 
 
 def _quantity_keys(key: jax.Array) -> dict:
-    """A member's MI key split into one key per quantity (in registry order) and one for the bank:
-    ``{"xt": k, "ty": k, "bank": k}``."""
-    keys = jax.random.split(key, len(QUANTITIES) + 1)
-    return {**dict(zip(QUANTITIES, keys[:-1])), "bank": keys[-1]}
+    """A member's MI key as one key per quantity and one for the bank: ``{"xt": k, "ty": k, "bank": k,
+    "xy": k}``. I(X;T), I(T;Y_pred) and the bank split the key in three, as before any other quantity
+    existed; every later quantity folds its registry index into it, so adding one moves no estimate."""
+    names = list(QUANTITIES)
+    first = jax.random.split(key, 3)
+    keys = {names[0]: first[0], names[1]: first[1], "bank": first[2]}
+    keys.update({q: jax.random.fold_in(key, 3 + i) for i, q in enumerate(names[2:])})
+    return keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,9 +429,10 @@ def population_bank(keys: Sequence, variables, pop: PopulationSetup) -> Populati
         offsets.append(offset)
         offset += len(u)
     group_keys_ = {q: np.concatenate([np.asarray(jax.random.split(s[q], len(tables[r][0])))
-                                      for r, s in enumerate(split)]) for q in QUANTITIES}
+                                      for r, s in enumerate(split)]) for q in pop.config.mi.quantities}
     features = {"x": x, "t": t_bank, "y": y_bank}
-    return PopulationBank(shared={q: Q.pair(features) for q, Q in QUANTITIES.items()}, group_data=np.concatenate(rows),
+    return PopulationBank(shared={q: QUANTITIES[q].pair(features) for q in pop.config.mi.quantities},
+                          group_data=np.concatenate(rows),
                           valid=np.concatenate(valids), keys=group_keys_, offsets=tuple(offsets),
                           sizes=tuple(len(u) for u in used), groups=tuple(len(t[0]) for t in tables),
                           names=tuple(names))
@@ -441,8 +450,8 @@ def estimate_network_mi(keys: Sequence, variables, pop: PopulationSetup, *, prog
     estimated in its own call.
 
     Returns:
-      One ``{quantity: {group: record}}`` per member (:data:`ibjax.quantities.QUANTITIES`:
-      ``"xt"``, ``"ty"``), each record as :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
+      One ``{quantity: {group: record}}`` per member (the config's ``mi.quantities``: ``"xt"``,
+      ``"ty"`` by default), each record as :meth:`ibjax.mi.MIResult.to_dict` gives one group (nats).
     """
     cfg, mesh = pop.config, pop.mesh
     dims = {q: Q.pair(pop.members[0].feature_sizes) for q, Q in QUANTITIES.items()}
