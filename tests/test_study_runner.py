@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tiny_config import TINY, TINY_MI, short
 
+from ibjax import metrics
 from ibjax.fields import override
 from ibjax.mi import resolve_config
 from ibjax.poison import PoisonConfig
@@ -227,5 +228,7 @@ def test_a_third_quantity_is_one_registry_entry_and_moves_no_other_estimate(tmp_
             assert three[q][g]["1"]["train"] == pytest.approx(per["1"]["train"], rel=1e-6, abs=1e-7), (q, g)
     assert set(three["xy"]) == set(three["xt"]) and math.isfinite(three["xy"]["target"]["1"]["train"])
     assert "I(X;Y_pred)" in open(tmp_path / "three" / "summary.md").read()
+    dpi = metrics.data_processing_check(three)  # every group at the MI epoch is checked
+    assert dpi["checked"] == len(three["xt"]) and set(dpi["groups"]) == set(three["xt"])
     with pytest.raises(ValueError, match="distinct quantities"):
         check_config(override(base, {"mi.quantities": ("xt", "xt")}))

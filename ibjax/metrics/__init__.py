@@ -19,11 +19,13 @@ Modules, one concern each (every public name is also importable from ``ibjax.met
 - :mod:`~ibjax.metrics.runs`: protocols of runs (what must match for a comparison), seed statistics
   and the ranking of attacks used by ``experiments.compare``.
 - :mod:`~ibjax.metrics.clustering`: silhouette scores and the 2-D PCA embedding of T.
+- :mod:`~ibjax.metrics.processing`: the data processing check I(X;Y_pred) <= I(X;T).
 - :mod:`~ibjax.metrics.backdoor`: the authors' bound checks, H(B), I(B;Y), I(B;Y_pred) and I(X;B).
 """
 
-from ibjax.metrics import backdoor, clustering, comparison, history, names, runs, stealth
+from ibjax.metrics import backdoor, clustering, comparison, history, names, processing, runs, stealth
 from ibjax.metrics.backdoor import BACKDOOR_CHECK_MI, backdoor_bounds
+from ibjax.metrics.processing import data_processing_check
 from ibjax.metrics.clustering import cluster_ids, group_silhouettes, pca_2d, silhouette_samples, silhouette_score
 from ibjax.metrics.comparison import SIZE_MATCHED_GROUPS, size_matched_comparisons, size_matched_markdown
 from ibjax.metrics.history import available_epochs, clean_groups
@@ -65,6 +67,7 @@ __all__ = [
     *history.__all__,
     *stealth.__all__,
     *backdoor.__all__,
+    *processing.__all__,
     *comparison.__all__,
     *runs.__all__,
     *clustering.__all__,
