@@ -45,6 +45,7 @@ __all__ = [
     "PreActResNet18",
     "VGG16",
     "MODELS",
+    "INITS",
     "make_model",
     "NOISE_FIELDS",
     "with_noise_levels",
@@ -65,18 +66,36 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
-def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype) -> nn.Conv:
+INITS = ("flax", "authors")
+"""Weight initialisations: ``"flax"`` (Flax's defaults: LeCun normal kernels, zero biases) or
+``"authors"`` (the authors' PyTorch networks: Kaiming-normal fan-out convolutions for ReLU, and
+PyTorch's default Linear classifier, weights and bias uniform in +-1/sqrt(fan_in))."""
+
+# Kaiming normal, fan_out, ReLU gain: std = sqrt(2 / (out_channels * kh * kw)) (torch.nn.init.kaiming_normal_).
+_KAIMING_FAN_OUT = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+# PyTorch's Linear default (kaiming_uniform with a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_TORCH_LINEAR = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype, init: str = "flax") -> nn.Conv:
     """A bias-free k x k convolution with 'same'-style padding (as torchvision's CIFAR ResNets)."""
     pad = kernel // 2
+    extra = {"kernel_init": _KAIMING_FAN_OUT} if init == "authors" else {}
     return nn.Conv(features, (kernel, kernel), (strides, strides), padding=[(pad, pad)] * 2, use_bias=False,
-                   dtype=dtype, name=name)
+                   dtype=dtype, name=name, **extra)
 
 
 def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The study's head, called inside ``module``'s compact ``__call__``: T = global average pool of
     ``x``, and the logits of a linear classifier on T + N(0, gamma_ty^2) (both float32)."""
     t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier")(_noise(t, module.gamma_ty, module))
+    extra = {}
+    if module.weight_init == "authors":
+        bound = 1.0 / float(t.shape[-1]) ** 0.5
+        extra = {"kernel_init": _TORCH_LINEAR,
+                 "bias_init": lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)}
+    logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier", **extra)(
+        _noise(t, module.gamma_ty, module))
     return logits.astype(jnp.float32), t
 
 
@@ -103,13 +122,14 @@ class _Block(nn.Module):
     dtype: Dtype
     norm: Callable[..., nn.Module]
     noise_generator: str = "threefry"
+    weight_init: str = "flax"
 
 
 class _BasicBlock(_Block):
 
     @nn.compact
     def __call__(self, x):
-        conv = functools.partial(_conv, dtype=self.dtype)
+        conv = functools.partial(_conv, dtype=self.dtype, init=self.weight_init)
         y = conv(self.features, 3, self.strides, "conv1")(x)
         y = nn.relu(self.norm(name="bn1")(y))
         y = _noise(y, self.gamma, self)
@@ -126,7 +146,7 @@ class _PreActBlock(_Block):
 
     @nn.compact
     def __call__(self, x):
-        conv = functools.partial(_conv, dtype=self.dtype)
+        conv = functools.partial(_conv, dtype=self.dtype, init=self.weight_init)
         out = nn.relu(self.norm(name="bn1")(x))
         out = _noise(out, self.gamma, self)
         shortcut = x
@@ -156,19 +176,20 @@ class _ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     preact: bool = False
     noise_generator: str = "threefry"
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         norm = _norm(train, self.dtype)
         block = _PreActBlock if self.preact else _BasicBlock
         x = x.astype(self.dtype)
-        x = _conv(self.widths[0], 3, 1, "stem", self.dtype)(x)
+        x = _conv(self.widths[0], 3, 1, "stem", self.dtype, self.weight_init)(x)
         if not self.preact:
             x = nn.relu(norm("stem_bn")(x))
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 strides = 2 if (i > 0 and j == 0) else 1
-                x = block(w, strides, self.gamma_xt, self.dtype, norm, self.noise_generator,
+                x = block(w, strides, self.gamma_xt, self.dtype, norm, self.noise_generator, self.weight_init,
                           name=f"stage{i}_block{j}")(x)
         if self.preact:
             x = nn.relu(norm("final_bn")(x))
@@ -196,6 +217,7 @@ class VGG16(nn.Module):
     gamma_ty: float = 0.4
     dtype: Dtype = jnp.float32
     noise_generator: str = "threefry"
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -208,7 +230,7 @@ class VGG16(nn.Module):
                 if x.shape[1] >= 2 and x.shape[2] >= 2:
                     x = max_pool_2x2(x)
                 continue
-            x = _conv(v, 3, 1, f"conv{k}", self.dtype)(x)
+            x = _conv(v, 3, 1, f"conv{k}", self.dtype, self.weight_init)(x)
             x = nn.relu(norm(f"bn{k}")(x))
             x = _noise(x, self.gamma_xt, self)
             k += 1
@@ -227,6 +249,7 @@ class SmallCNN(nn.Module):
     gamma_ty: float = 0.4
     dtype: Dtype = jnp.float32
     noise_generator: str = "threefry"
+    weight_init: str = "flax"
 
     @nn.compact
     def __call__(self, x, train: bool = False):
@@ -235,7 +258,7 @@ class SmallCNN(nn.Module):
         for i, w in enumerate(self.widths):
             if i > 0:
                 x = max_pool_2x2(x)
-            x = _conv(w, 3, 1, f"conv{i}", self.dtype)(x)
+            x = _conv(w, 3, 1, f"conv{i}", self.dtype, self.weight_init)(x)
             x = nn.relu(norm(f"bn{i}")(x))
             x = _noise(x, self.gamma_xt, self)
         return _pooled_head(self, x)
@@ -261,6 +284,9 @@ class ModelConfig(Config):
       dtype: compute dtype: float32, bfloat16 or float16 (parameters stay float32).
       noise_generator: bits behind the noise: 'threefry' (the key's own jax.random stream) or
         'philox' (ibjax.rng.normal: the same law at about half the cost on XLA:CPU; the cpu preset's).
+      weight_init: weight initialisation (:data:`INITS`): 'flax' (Flax's defaults) or 'authors' (their
+        PyTorch networks': Kaiming-normal fan-out convolutions, PyTorch's Linear classifier; the
+        reference preset's).
     """
 
     name: str = "resnet18"
@@ -269,6 +295,7 @@ class ModelConfig(Config):
     gamma_ty: float = 0.4
     dtype: str = "float32"
     noise_generator: Literal["threefry", "philox"] = "threefry"
+    weight_init: Literal["flax", "authors"] = "flax"
 
     def check(self) -> None:
         if self.name not in MODELS:
@@ -305,4 +332,5 @@ def make_model(config: ModelConfig = ModelConfig()) -> nn.Module:
         gamma_ty=config.gamma_ty,
         dtype=jnp.dtype(config.dtype),
         noise_generator=config.noise_generator,
+        weight_init=config.weight_init,
     )

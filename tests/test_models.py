@@ -104,3 +104,24 @@ def test_max_pool_2x2_is_flax_max_pool_in_value_and_gradient(shape):
     g = jax.grad(lambda v: jnp.sum(models.max_pool_2x2(v) * w))(x)
     g_ref = jax.grad(lambda v: jnp.sum(nn.max_pool(v, (2, 2), (2, 2)) * w))(x)
     np.testing.assert_allclose(g, g_ref, atol=1e-6)
+
+
+def test_the_authors_initialisation_has_their_weight_statistics():
+    import jax.numpy as jnp
+
+    from ibjax.models import ModelConfig, make_model
+
+    def params(init):
+        model = make_model(ModelConfig(name="small_cnn", weight_init=init, gamma_xt=0.0, gamma_ty=0.0))
+        return model.init({"params": jax.random.PRNGKey(0)}, jnp.zeros((1, 16, 16, 3)))["params"]
+
+    ours, theirs = params("flax"), params("authors")
+    k = np.asarray(theirs["conv1"]["kernel"])  # (3, 3, 16, 32): Kaiming normal, fan_out = 32 * 9
+    assert k.std() == pytest.approx(np.sqrt(2.0 / (32 * 9)), rel=0.05) and abs(k.mean()) < 0.01
+    w, b = np.asarray(theirs["classifier"]["kernel"]), np.asarray(theirs["classifier"]["bias"])  # (64, 10)
+    bound = 1.0 / np.sqrt(64)
+    assert np.abs(w).max() <= bound and np.abs(b).max() <= bound and np.abs(b).max() > 0.5 * bound
+    assert w.std() == pytest.approx(bound / np.sqrt(3.0), rel=0.1)
+    k0 = np.asarray(ours["conv1"]["kernel"])  # Flax's LeCun normal: fan_in = 16 * 9
+    assert k0.std() / k.std() == pytest.approx(np.sqrt((1.0 / (16 * 9)) / (2.0 / (32 * 9))), rel=0.1)
+    assert not np.asarray(ours["classifier"]["bias"]).any()

@@ -42,6 +42,7 @@ PRESET_OVERRIDES: dict[str, Mapping[str, Any]] = {
         "poison": REFERENCE_POISON,
         "attack.trigger_rules": "reference",
         "train.asr_on_all": True,
+        "model.weight_init": "authors",
         "mi.xt": XT_REFERENCE,
         "mi.ty": TY_REFERENCE,
         "mi.xy": XT_REFERENCE,  # the authors estimate no I(X;Y_pred): their I(X;T) estimator, the same X side
