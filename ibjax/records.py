@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ def check_schema(version: Any, where: str) -> int:
     v = 1 if version is None else version
     if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= SCHEMA_VERSION:
         raise SchemaError(f"{where} holds records of schema version {version!r}; this ibjax reads versions 1.."
-                          f"{SCHEMA_VERSION}: upgrade ibjax (pip install -U ibjax) or start a new run")
+                          f"{SCHEMA_VERSION}: upgrade ibjax to a version that reads it, or start a new run")
     return v
 
 
@@ -297,7 +297,7 @@ class RunHistory:
 
     def to_json(self) -> dict:
         """The whole history as one JSON-ready dict (the checkpoint's metadata), versioned."""
-        return {"schema": SCHEMA_VERSION, "metrics": [r.to_json() for r in self.records], "mi": self.mi_json(),
+        return {"schema": SCHEMA_VERSION, "metrics": self.records_json(), "mi": self.mi_json(),
                 "clustering": self.clustering_json(), "timings": dict(self.timings)}
 
     @classmethod
@@ -309,5 +309,5 @@ class RunHistory:
                    clustering={int(e): dict(s) for e, s in d.get("clustering", {}).items()},
                    timings=dict(d.get("timings", {})))
 
-    def records_json(self) -> Iterable[dict]:
+    def records_json(self) -> list[dict]:
         return [r.to_json() for r in self.records]
