@@ -54,7 +54,8 @@ from flax import struct
 
 from ibjax.fields import Config
 
-__all__ = ["PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan", "group_index_table"]
+__all__ = ["PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan", "positional_target_split",
+           "group_index_table"]
 
 
 
@@ -88,6 +89,13 @@ class PoisonConfig(Config):
         authors' ``create_balanced_sample``): as large as the first clean class's group,
         ``min(#backdoor, size // 2)`` backdoor samples and the rest clean, each drawn without
         replacement (fewer clean ones if the class has fewer).
+      target_split: how the target class is split into ``target_backdoor`` / ``target_clean``.
+        ``"trigger"`` (ibjax's default): the samples with / without the trigger. ``"positional"``
+        (the authors' ``ffcv_writer.py``): the first ``int(N * split_rate)`` target-labelled rows of
+        the authors' generated set / the rest (see :data:`REFERENCE_POISON`); each group may then
+        mix triggered and clean samples.
+      split_rate: the positional split's rate (the writer's ``--poison_rate``; the authors'
+        default 0.05, which their scripts never override). Only with ``target_split="positional"``.
     """
 
     ratio: float = 0.1
@@ -97,12 +105,16 @@ class PoisonConfig(Config):
     selection: Literal["reference", "first", "last", "random"] = "reference"
     clean_groups_include_kept: bool = False
     target_sample: Literal["mix", "half"] = "mix"
+    target_split: Literal["trigger", "positional"] = "trigger"
+    split_rate: float = 0.05
 
     def check(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"ratio must lie in (0, 1), got {self.ratio}")
         if self.target < 0:
             raise ValueError(f"target class {self.target} out of range: give a class index >= 0")
+        if not 0.0 < self.split_rate < 1.0:
+            raise ValueError(f"split_rate must lie in (0, 1), got {self.split_rate}")
         if not 0.0 <= self.keep_label_fraction < 1.0:
             raise ValueError(f"keep_label_fraction must lie in [0, 1), got {self.keep_label_fraction}")
         if self.clean_label and self.keep_label_fraction > 0:
@@ -116,21 +128,21 @@ class PoisonConfig(Config):
             raise ValueError(f"target class {self.target} out of range: the data set has classes 0..{num_classes - 1}")
 
 
-REFERENCE_POISON = PoisonConfig(selection="reference", clean_groups_include_kept=True, target_sample="half")
+REFERENCE_POISON = PoisonConfig(selection="reference", clean_groups_include_kept=True, target_sample="half",
+                                target_split="positional", split_rate=0.05)
 """The authors' poisoning rules (``poison_data_generator.py``) and their grouping rules
-(``ffcv_writer.py``) with one deliberate exception, the split of the target class.
+(``ffcv_writer.py``), the split of the target class included.
 
-Same as the authors: which samples are triggered and relabelled, the counts (their truncations), the
-kept-label samples in the clean-class groups (``class_k`` = every sample labelled k, 4,750 per class
-for Adaptive-Blend on CIFAR-10 at 10%), and ``target_sample`` drawn half backdoor, half clean, as
-large as the first clean class's group.
+Which samples are triggered and relabelled, the counts (their truncations), the kept-label samples in
+the clean-class groups (``class_k`` = every sample labelled k, 4,750 per class for Adaptive-Blend on
+CIFAR-10 at 10%), and ``target_sample`` drawn half backdoor, half clean, as large as the first clean
+class's group.
 
-Different: ``target_backdoor`` / ``target_clean`` are the target-labelled samples with / without the
-trigger. The authors split the target class by *position* instead (ffcv_writer.py,
-``create_class_datasets``): ``class_0_backdoor`` is the first ``int(N * r)`` label-0 rows of their
-generated set and ``class_0_clean`` the rest, with r the writer's own ``--poison_rate`` (default
-0.05, which neither their ``run_experiment.sh`` nor their README's commands override). Their
-generated set starts with the triggered rows. On CIFAR-10 with a 10% generator:
+The target class is split by *position* (``create_class_datasets``): ``class_0_backdoor`` is the
+first ``int(N * r)`` label-0 rows of their generated set and ``class_0_clean`` the rest, with r the
+writer's own ``--poison_rate`` (default 0.05, which neither their ``run_experiment.sh`` nor their
+README's commands override). Their generated set starts with the triggered rows. On CIFAR-10 with a
+10% generator:
 
 - BadNets, Blend, WaNet (5,000 triggered label-0 rows): r = 0.1 gives the trigger split; r = 0.05
   gives ``class_0_backdoor`` = 2,500 triggered and ``class_0_clean`` = 2,500 triggered + 4,500 clean.
@@ -142,11 +154,12 @@ generated set starts with the triggered rows. On CIFAR-10 with a 10% generator:
   ``class_0_backdoor`` = 2,500 triggered and ``class_0_clean`` = 250 triggered + 4,500 clean.
 - Label-consistent at 10% of the class (rows in data-set order, the first 500 of class 0
   triggered): r = 0.05 gives 500 triggered + 2,000 clean as "backdoor"; r = 0.1 the whole class
-  (``class_0_clean`` empty).
+  (``class_0_clean`` empty, which :func:`positional_target_split` refuses).
 
-ibjax keeps the trigger split: the positional split puts clean samples in the backdoor group or
-triggered samples in the clean group, depending on r, so a group's MI would mix both kinds.
-These counts are re-derived in ``tests/test_poison.py``."""
+ibjax's own default splits by the trigger (``target_split="trigger"``): the positional split puts
+clean samples in the backdoor group or triggered samples in the clean group, depending on r, so a
+group's MI mixes both kinds (docs/reference-mode.md measures what it moves). These counts are
+re-derived in ``tests/test_poison.py``."""
 
 
 @struct.dataclass
@@ -294,8 +307,10 @@ def make_poison_plan(
             new_labels[chosen[: len(chosen) - n_keep]] = t
 
     in_target = new_labels == t
-    tb = in_target & poisoned
-    tc = in_target & ~poisoned
+    if config.target_split == "positional":
+        tb, tc = positional_target_split(labels, new_labels, poisoned, t, config.split_rate)
+    else:
+        tb, tc = in_target & poisoned, in_target & ~poisoned
     others = [c for c in range(num_classes) if c != t]
     clean_class_masks = [(new_labels == c) & (config.clean_groups_include_kept | ~poisoned) for c in others]
     sample = _target_sample(config, tb, tc, clean_class_masks, _rng(key, 1 + num_classes))
@@ -309,6 +324,45 @@ def make_poison_plan(
         group_names=names,
         target=t,
     )
+
+
+def positional_target_split(clean_labels: np.ndarray, labels: np.ndarray, poisoned: np.ndarray, target: int,
+                            rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' split of the target class by position (``ffcv_writer.create_class_datasets``).
+
+    Their generated training set lists the triggered rows first, class by class of origin (each
+    class's in data-set order), then the untouched rows; a clean-label attack keeps the data-set
+    order. Of the rows labelled ``target`` in that order, the first ``int(N * rate)`` are
+    "backdoor" and the rest "clean".
+
+    Args:
+      clean_labels: int[N] labels before poisoning; labels: int[N] after; poisoned: bool[N].
+      target: the target class; rate: the writer's poison rate.
+
+    Returns:
+      ``(backdoor, clean)``, bool[N] each: a partition of the samples labelled ``target``.
+
+    Raises:
+      ValueError: the cut leaves either part empty (the message gives the rates that do not).
+    """
+    n = len(labels)
+    in_target = np.flatnonzero(labels == target)
+    relabelled = np.any(poisoned & (clean_labels != labels))
+    if relabelled:  # dirty-label: the generator writes the triggered rows first, by class of origin
+        trig = in_target[poisoned[in_target]]
+        trig = trig[np.lexsort((trig, clean_labels[trig]))]
+        rows = np.concatenate([trig, in_target[~poisoned[in_target]]])
+    else:
+        rows = in_target
+    cut = int(n * rate)
+    if not 0 < cut < len(rows):
+        raise ValueError(f"the positional split at split_rate {rate} cuts {cut} of the {len(rows)} target-class rows "
+                         f"(N = {n}), leaving a group empty: give a split_rate in ({1 / n:.4g}, {len(rows) / n:.4g}) "
+                         "or target_split 'trigger'")
+    backdoor, clean = np.zeros(n, bool), np.zeros(n, bool)
+    backdoor[rows[:cut]] = True
+    clean[rows[cut:]] = True
+    return backdoor, clean
 
 
 def _target_sample(config: PoisonConfig, tb: np.ndarray, tc: np.ndarray, clean_class_masks: list,

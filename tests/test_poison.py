@@ -52,18 +52,19 @@ def authors_generated_set(labels, num_classes, ratio, target, attack):
     return np.concatenate(rows), np.concatenate(rows_label), np.concatenate(rows_trig)
 
 
-def authors_groups(origin, label, triggered, num_classes, target):
+def authors_groups(origin, label, triggered, num_classes, target, writer_rate=None):
     """``ffcv_writer.create_class_datasets``' groups as sets of original indices: ``class_k`` = every
-    sample labelled k; the target class split into its triggered and clean samples.
-
-    The writer splits the target class as ``cls0_images[:poison_num]`` / ``[poison_num:]`` with
-    ``poison_num = int(N * poison_rate)``: the triggered / clean samples for BadNets, Blend and WaNet
-    when its ``--poison_rate`` is the generator's (their poisons come first), but not for
-    Adaptive-Blend (2,750 triggered target-labelled samples, then clean ones) or label-consistent
-    (original order); the split by trigger is what the groups mean, and what is tested here."""
+    sample labelled k; the target class split as ``cls0_images[:poison_num]`` / ``[poison_num:]``
+    with ``poison_num = int(N * writer_rate)`` in the generated set's row order (their split), or,
+    with ``writer_rate=None``, into its triggered and clean samples (ibjax's split)."""
     groups = {f"class_{c}": set(origin[label == c]) for c in range(num_classes)}
-    groups["target_backdoor"] = set(origin[(label == target) & triggered])
-    groups["target_clean"] = set(origin[(label == target) & ~triggered])
+    if writer_rate is None:
+        groups["target_backdoor"] = set(origin[(label == target) & triggered])
+        groups["target_clean"] = set(origin[(label == target) & ~triggered])
+    else:
+        rows = origin[label == target]  # the generated set's order
+        cut = int(len(label) * writer_rate)
+        groups["target_backdoor"], groups["target_clean"] = set(rows[:cut]), set(rows[cut:])
     return groups
 
 
@@ -89,12 +90,39 @@ def test_reference_plan_is_the_authors_poisoning(attack, shuffle):
                                                                          clean_label=cfg.clean_label,
                                                                          keep_label_fraction=cfg.keep_label_fraction),
                                   jax.random.PRNGKey(0))
-    theirs = authors_groups(origin, label, triggered, 10, 0)
+    theirs = authors_groups(origin, label, triggered, 10, 0, writer_rate=0.05)
     assert set(ref.group("target")) == theirs["class_0"]
     assert set(ref.group("target_backdoor")) == theirs["target_backdoor"]
     assert set(ref.group("target_clean")) == theirs["target_clean"]
     for c in range(1, 10):
         assert set(ref.group(f"class_{c}")) == theirs[f"class_{c}"]
+    # ibjax's split by the trigger, on the same poisoning.
+    by_trigger = poison.make_poison_plan(labels, 10, dataclasses.replace(ref_config(ratio, cfg), target_split="trigger"),
+                                         jax.random.PRNGKey(0))
+    ours = authors_groups(origin, label, triggered, 10, 0)
+    assert set(by_trigger.group("target_backdoor")) == ours["target_backdoor"]
+    assert set(by_trigger.group("target_clean")) == ours["target_clean"]
+
+
+def ref_config(ratio, cfg):
+    return dataclasses.replace(poison.REFERENCE_POISON, ratio=ratio, clean_label=cfg.clean_label,
+                               keep_label_fraction=cfg.keep_label_fraction)
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.05, 0.1])
+def test_positional_split_is_the_writers_cut_at_every_rate(rate):
+    labels = cifar_like_labels(500, shuffle=2)
+    for attack in ("badnets", "adaptive_blend"):
+        cfg = poison.PoisonConfig(ratio=0.1, keep_label_fraction=0.5 if attack == "adaptive_blend" else 0.0)
+        plan = poison.make_poison_plan(labels, 10, cfg, jax.random.PRNGKey(0))
+        origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, attack)
+        bd, cl = poison.positional_target_split(labels, plan.labels, plan.poisoned, 0, rate)
+        theirs = authors_groups(origin, label, triggered, 10, 0, writer_rate=rate)
+        assert set(np.flatnonzero(bd)) == theirs["target_backdoor"] and set(np.flatnonzero(cl)) == theirs["target_clean"]
+    with pytest.raises(ValueError, match="leaving a group empty: give a split_rate in"):
+        poison.positional_target_split(labels, plan.labels, plan.poisoned, 0, 0.5)
+    with pytest.raises(ValueError, match="split_rate must lie in"):
+        poison.PoisonConfig(split_rate=0.0).validate()
 
 
 def test_adaptive_blend_keeps_the_same_number_of_labels_in_every_class():
@@ -260,9 +288,14 @@ def test_the_authors_positional_split_mixes_clean_samples_into_the_backdoor_grou
     class_1 = int((label == 1).sum())
     assert class_1 == 4750 and class_1 - min(5000, class_1 // 2) > 2250
     ref = poison.make_poison_plan(labels, 10, dataclasses.replace(poison.REFERENCE_POISON, keep_label_fraction=0.5),
-                                  jax.random.PRNGKey(0))
-    assert len(ref.group("target_backdoor")) == 2750 and ref.poisoned[ref.group("target_backdoor")].all()
-    assert len(ref.group("target_clean")) == 4500 and not ref.poisoned[ref.group("target_clean")].any()
+                                  jax.random.PRNGKey(0))  # the writer's default rate, 0.05
+    tb, tc = ref.group("target_backdoor"), ref.group("target_clean")
+    assert (len(tb), int(ref.poisoned[tb].sum())) == (2500, 2500)
+    assert (len(tc), int(ref.poisoned[tc].sum())) == (4750, 250)
+    by_trigger = poison.make_poison_plan(labels, 10, dataclasses.replace(poison.REFERENCE_POISON, keep_label_fraction=0.5,
+                                                                         target_split="trigger"), jax.random.PRNGKey(0))
+    assert len(by_trigger.group("target_backdoor")) == 2750 and by_trigger.poisoned[by_trigger.group("target_backdoor")].all()
+    assert len(by_trigger.group("target_clean")) == 4500 and not by_trigger.poisoned[by_trigger.group("target_clean")].any()
     # BadNets: the positional split is the trigger split only when the writer's rate is the generator's.
     origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, "badnets")
     assert _positional_split(origin, label, triggered, 0.1) == ((5000, 0), (0, 4500))

@@ -256,6 +256,26 @@ def render_markdown(cmp: dict, rows: list[dict], differing: dict, read: str) -> 
     return "\n".join(lines) + "\n"
 
 
+def write_comparison(out: str, cmp: dict, rows: list[dict], differing: dict, read: str, title: str = "") -> str:
+    """Write compare.md, compare.csv, compare_runs.csv and stealth.png of a comparison under ``out``
+    (which exists); returns compare.md's text."""
+    md = render_markdown(cmp, rows, differing, read)
+    with open(os.path.join(out, "compare.md"), "w") as f:
+        f.write(md)
+    write_csv(os.path.join(out, "compare.csv"), _group_csv_rows(cmp))
+    run_rows = [{k: r[k] for k in ("run", "attack", "dataset", "poison_ratio", "seed", "protocol", "test_accuracy", "asr")}
+                | {c: r["components"].get(c) for c in metrics.STEALTH_COMPONENTS}
+                | {"total": r["total"], "total_se": r["total_se"], "read": r["read"], "normalise": r["normalise"],
+                   "stealth_epochs": " ".join(str(e) for e in r["stealth_epochs"])} for r in rows]
+    write_csv(os.path.join(out, "compare_runs.csv"), run_rows)
+    from ibjax import plots  # matplotlib only once the inputs are known to be good
+
+    plots.plot_stealth_comparison(_chart_rows(cmp, bool(differing)), os.path.join(out, "stealth.png"),
+                                  title=(title or "stealthiness per attack") + "\n"
+                                  + metrics.stealth_description(read, rows[0]["normalise"]))
+    return md
+
+
 def _group_csv_rows(cmp: dict) -> list[dict]:
     out = []
     for g in cmp["groups"]:
@@ -289,7 +309,8 @@ def _chart_rows(cmp: dict, mixed: bool) -> list[dict]:
     return rows
 
 
-def _write_csv(path: str, rows: list[dict]) -> None:
+def write_csv(path: str, rows: list[dict]) -> None:
+    """Rows of dicts as a CSV file (the union of their keys as columns)."""
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -362,20 +383,7 @@ def main(argv=None) -> dict:
     except CompareError as err:
         print(f"compare: error: {err}", file=sys.stderr)
         raise
-    md = render_markdown(cmp, rows, differing, a.read)
-    with open(os.path.join(a.out, "compare.md"), "w") as f:
-        f.write(md)
-    _write_csv(os.path.join(a.out, "compare.csv"), _group_csv_rows(cmp))
-    run_rows = [{k: r[k] for k in ("run", "attack", "dataset", "poison_ratio", "seed", "protocol", "test_accuracy", "asr")}
-                | {c: r["components"].get(c) for c in metrics.STEALTH_COMPONENTS}
-                | {"total": r["total"], "total_se": r["total_se"], "read": r["read"], "normalise": r["normalise"],
-                   "stealth_epochs": " ".join(str(e) for e in r["stealth_epochs"])} for r in rows]
-    _write_csv(os.path.join(a.out, "compare_runs.csv"), run_rows)
-    from ibjax import plots  # matplotlib only once the inputs are known to be good
-
-    plots.plot_stealth_comparison(_chart_rows(cmp, bool(differing)), os.path.join(a.out, "stealth.png"),
-                                  title="stealthiness per attack\n"
-                                  + metrics.stealth_description(a.read, rows[0]["normalise"]))
+    md = write_comparison(a.out, cmp, rows, differing, a.read)
     print(md)
     return {"runs": rows, "comparison": cmp, "differing": differing, "out": a.out}
 

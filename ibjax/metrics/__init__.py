@@ -18,17 +18,31 @@ Modules, one concern each (every public name is also importable from ``ibjax.met
 - :mod:`~ibjax.metrics.comparison`: size-matched target-vs-clean comparisons and their Markdown.
 - :mod:`~ibjax.metrics.runs`: protocols of runs (what must match for a comparison), seed statistics
   and the ranking of attacks used by ``experiments.compare``.
-- :mod:`~ibjax.metrics.clustering`: silhouette scores and the 2-D PCA embedding of T.
+- :mod:`~ibjax.metrics.clustering`: silhouette scores and the 2-D embeddings of T (PCA; t-SNE with
+  scikit-learn).
 - :mod:`~ibjax.metrics.processing`: the data processing check I(X;Y_pred) <= I(X;T).
 - :mod:`~ibjax.metrics.backdoor`: the authors' bound checks, H(B), I(B;Y), I(B;Y_pred) and I(X;B).
+- :mod:`~ibjax.metrics.claims`: the paper's claims C1-C6 judged on finished runs (verdicts and the
+  numbers behind them).
 """
 
-from ibjax.metrics import backdoor, clustering, comparison, history, names, processing, runs, stealth
+from ibjax.metrics import backdoor, claims, clustering, comparison, history, names, processing, runs, stealth
 from ibjax.metrics.backdoor import BACKDOOR_CHECK_MI, backdoor_bounds
 from ibjax.metrics.processing import data_processing_check
-from ibjax.metrics.clustering import cluster_ids, group_silhouettes, pca_2d, silhouette_samples, silhouette_score
+from ibjax.metrics.claims import ClaimResult, ClaimRun, claims_markdown, closed_form_label_mi, evaluate_claims
+from ibjax.metrics.clustering import (
+    EMBEDDINGS,
+    check_embedding,
+    cluster_ids,
+    embed_2d,
+    group_silhouettes,
+    pca_2d,
+    silhouette_samples,
+    silhouette_score,
+    tsne_2d,
+)
 from ibjax.metrics.comparison import SIZE_MATCHED_GROUPS, size_matched_comparisons, size_matched_markdown
-from ibjax.metrics.history import available_epochs, clean_groups
+from ibjax.metrics.history import available_epochs, clean_groups, seed_mean_history
 from ibjax.metrics.names import (
     DEFAULT_STEALTH_EPOCHS,
     NORMALISATIONS,
@@ -68,6 +82,7 @@ __all__ = [
     *stealth.__all__,
     *backdoor.__all__,
     *processing.__all__,
+    "ClaimRun", "ClaimResult", "evaluate_claims", "claims_markdown", "closed_form_label_mi",
     *comparison.__all__,
     *runs.__all__,
     *clustering.__all__,

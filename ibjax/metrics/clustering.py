@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["silhouette_samples", "silhouette_score", "cluster_ids", "group_silhouettes", "pca_2d"]
+__all__ = ["silhouette_samples", "silhouette_score", "cluster_ids", "group_silhouettes", "pca_2d", "tsne_2d",
+           "EMBEDDINGS", "embed_2d", "check_embedding"]
 
 
 def _pairwise_block(xb: jax.Array, x: jax.Array, sq_b: jax.Array, sq: jax.Array) -> jax.Array:
@@ -205,3 +206,51 @@ def pca_2d(x: jax.Array) -> jax.Array:
     if proj.shape[1] < 2:
         proj = jnp.pad(proj, ((0, 0), (0, 2 - proj.shape[1])))
     return proj
+
+
+def tsne_2d(x, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """t-SNE to two dimensions, as the authors draw T: scikit-learn's ``TSNE`` (PCA initialisation,
+    automatic learning rate, ``perplexity`` capped below N / 3), an optional extra
+    (``pip install scikit-learn``). Not a JAX function: t-SNE's neighbour search and gradient loop are
+    scikit-learn's, a well-kept implementation we use rather than write.
+
+    Args:
+      x: f32[N, D], N >= 4.
+      seed: the embedding's random state.
+      perplexity: the effective neighbourhood size.
+
+    Returns:
+      f32[N, 2] (t-SNE's coordinates have no units).
+    """
+    try:
+        from sklearn.manifold import TSNE
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("t-SNE embeddings need scikit-learn: pip install scikit-learn (or use method 'pca')") from e
+    x = np.asarray(x, np.float32)
+    if x.ndim != 2 or x.shape[0] < 4:
+        raise ValueError(f"tsne_2d needs f32[N, D] with N >= 4, got shape {x.shape}")
+    p = min(float(perplexity), (x.shape[0] - 1) / 3.0)
+    return TSNE(n_components=2, perplexity=p, init="pca", learning_rate="auto",
+                random_state=int(seed)).fit_transform(x).astype(np.float32)
+
+
+EMBEDDINGS = {"pca": "PCA", "tsne": "t-SNE"}
+"""The 2-D embeddings of T, by name, with the label their plots carry."""
+
+
+def check_embedding(method: str) -> None:
+    """ValueError for an unknown method, ImportError for t-SNE without scikit-learn (before any run)."""
+    if method not in EMBEDDINGS:
+        raise ValueError(f"unknown embedding method {method!r}; methods: {', '.join(EMBEDDINGS)}")
+    if method == "tsne":
+        try:
+            import sklearn.manifold  # noqa: F401
+        except ImportError as e:
+            raise ImportError("embedding method 'tsne' needs scikit-learn: pip install scikit-learn, "
+                              "or set analysis.embedding.method pca") from e
+
+
+def embed_2d(x, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """f32[N, 2] embedding of f32[N, D] by ``method`` (:data:`EMBEDDINGS`)."""
+    check_embedding(method)
+    return np.asarray(pca_2d(jnp.asarray(x))) if method == "pca" else tsne_2d(x, seed)

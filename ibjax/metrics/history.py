@@ -17,7 +17,7 @@ import numpy as np
 from ibjax.metrics.names import QUANTITIES, READS, STEALTH_TARGET_GROUPS, clean_group_key, is_clean_group
 from ibjax.records import MIHistory, as_mi_histories
 
-__all__ = ["clean_groups", "available_epochs"]
+__all__ = ["clean_groups", "available_epochs", "seed_mean_history"]
 
 # check_read and read_matrix are for the other metrics modules (stealth, comparison): public names,
 # left out of __all__ and so out of ibjax.metrics.
@@ -71,3 +71,41 @@ def read_matrix(mi: Mapping[str, MIHistory], quantity: str, groups: Sequence[str
     ses = h.values(f"{read}_se", groups, epochs)
     complete = bool(np.all(np.isfinite(ses) & (ses >= 0)))
     return values.astype(np.float32), (ses.astype(np.float32) if complete else None)
+
+
+def seed_mean_history(histories: Sequence[Mapping[str, Any]]) -> dict[str, dict]:
+    """The mean over runs (seeds) of several MI histories, in mi.json's layout, nats.
+
+    For every quantity, group and epoch that at least one run holds: each read's mean over the runs
+    with a finite value, and its standard error, the seeds' spread (``std / sqrt(n)``) for n >= 2 or
+    the single run's own ``<read>_se``; ``"runs"`` counts them. Plots and metrics read the result as
+    any history.
+    """
+    hists = [as_mi_histories(h) for h in histories]
+    out: dict[str, dict] = {}
+    for q in dict.fromkeys(q for h in hists for q in h):
+        per = [h[q] for h in hists if q in h]
+        groups = list(dict.fromkeys(g for h in per for g in h.groups))
+        out[q] = {}
+        for g in groups:
+            epochs = sorted({e for h in per if g in h.groups for e in h.epochs_of(g)})
+            out[q][g] = {}
+            for e in epochs:
+                entry: dict[str, Any] = {}
+                for read in READS:
+                    vals, ses = [], []
+                    for h in per:
+                        x = h.entry(g, e) if g in h.groups else None
+                        v = None if x is None else x.get(read)
+                        if v is not None and np.isfinite(v):
+                            vals.append(float(v))
+                            ses.append(x.get(f"{read}_se"))
+                    if not vals:
+                        continue
+                    entry[read] = float(np.mean(vals))
+                    entry[f"{read}_se"] = (float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2
+                                           else ses[0])
+                    entry["runs"] = max(entry.get("runs", 0), len(vals))
+                if entry:
+                    out[q][g][str(e)] = entry
+    return out

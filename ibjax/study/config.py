@@ -20,6 +20,7 @@ import os
 from typing import Any, Literal, Optional
 
 from ibjax.fields import Config, ConfigError, from_dict, resolve_path, to_dict
+from ibjax.metrics.clustering import check_embedding
 from ibjax.mi import MI_ALIASES, TY_CONFIG, XT_CONFIG, Candidate, MIConfig
 from ibjax.models import ModelConfig
 from ibjax.poison import PoisonConfig
@@ -85,11 +86,22 @@ class AttackConfig(Config):
         name with train_ or test_ to set one side only.
       trigger_rules: 'ibjax' or 'reference': where a trigger's details differ between ibjax's default and
         the authors' code (e.g. WaNet's noise warp on test images), which to follow.
+      clean_model: for the attacks computed against a clean network (label-consistent's PGD,
+        TrojanNN's pattern): a file of that network's Flax variables (``flax.serialization``
+        msgpack, as :func:`ibjax.study.setup.save_clean_model` writes them) for the run's model
+        without noise layers. Empty: ibjax trains its own on the clean labels (up to 20 epochs of
+        the run's recipe). The authors load a pretrained clean ResNet-18 whose recipe is unpublished.
     """
 
     name: AttackName = "badnets"
     options: tuple[tuple[str, str], ...] = ()
     trigger_rules: Literal["ibjax", "reference"] = "ibjax"
+    clean_model: str = ""
+
+    def check(self) -> None:
+        if self.clean_model and not os.path.isfile(self.clean_model):
+            raise ValueError(f"clean_model: no file {self.clean_model!r} (give the path of a clean network's variables, "
+                             "as ibjax.study.setup.save_clean_model writes them, or leave it empty)")
 
     def _coerce_rules(self, f):
         # A JSON config file may give an option's value as a number or a list: kept as its JSON text,
@@ -187,14 +199,21 @@ class EmbeddingConfig(Config):
     Attributes:
       epochs: epochs of the embeddings (empty: the first and last MI epoch).
       points: points drawn in each 2-D embedding.
+      method: 'pca' (ibjax's, in JAX) or 'tsne' (the authors' figures; scikit-learn, an optional
+        extra: about 10 s per 2,000 points on 2 CPU cores).
     """
 
     epochs: tuple[int, ...] = ()
     points: int = 2000
+    method: Literal["pca", "tsne"] = "pca"
 
     def check(self) -> None:
-        if self.points < 2:
-            raise ValueError(f"points must be >= 2, got {self.points}")
+        if self.points < 4:
+            raise ValueError(f"points must be >= 4, got {self.points}")
+        try:
+            check_embedding(self.method)
+        except ImportError as e:
+            raise ValueError(str(e)) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,10 +223,15 @@ class AnalysisConfig(Config):
     Attributes:
       stealth: the stealthiness metric.
       embedding: silhouette scores and 2-D embeddings of T.
+      bound_checks: after the last epoch, the authors' bound checks on the training data and the
+        trained network (H(B), I(B;Y), I(B;Y_pred) exactly, I(X;B) estimated:
+        :func:`ibjax.study.checks.backdoor_checks`), written to ``checks.json`` and the summary.
+        Off by default: the I(X;B) critic costs about as much as one MI epoch of a group.
     """
 
     stealth: StealthConfig = StealthConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
+    bound_checks: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

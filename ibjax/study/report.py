@@ -10,6 +10,7 @@ import numpy as np
 
 from ibjax import metrics as ibmetrics
 from ibjax import plots
+from ibjax.metrics.clustering import EMBEDDINGS
 from ibjax.quantities import QUANTITIES
 from ibjax.records import RunHistory
 from ibjax.study.config import StudyConfig
@@ -45,7 +46,9 @@ def make_plots(rd: RunDirectory, config: StudyConfig, history: RunHistory, class
             continue
         z = np.load(path)
         made.append(plots.plot_embedding(z["embedding"], z["labels"], z["poisoned"],
-                                         os.path.join(pdir, f"embedding_{e}.png"), f"T at epoch {e} (PCA)", **names))
+                                         os.path.join(pdir, f"embedding_{e}.png"),
+                                         f"T at epoch {e} ({EMBEDDINGS.get(str(z.get('method', 'pca')), 'PCA')})",
+                                         **names))
     return [os.path.relpath(p, rd.path) for p in made]
 
 
@@ -121,6 +124,13 @@ def summary_markdown(config: StudyConfig, history: RunHistory, s: dict) -> str:
             off = [(mi_hist[q].entry("target", e) or {}).get("heldout") for q in ("xt", "ty")]
             lines.append(f"| {e} | {_fmt(on[0])} | {_fmt(off[0])} | {_fmt(on[1])} | {_fmt(off[1])} |")
         lines.append("")
+    b = s.get("bound_checks")
+    if b:
+        xb = _fmt(b.get("I_X_B")) + (f" ± {b['I_X_B_se']:.3f}" if b.get("I_X_B_se") is not None else "")
+        lines += ["## Bound checks on the training data and the trained network, nats", "",
+                  "| H(B) | I(B;Y) | I(B;Y_pred) | I(X;B) |", "|---|---|---|---|",
+                  f"| {_fmt(b['H_B'], 4)} | {_fmt(b['I_B_Y'], 4)} | {_fmt(b['I_B_Ypred'], 4)} | {xb} "
+                  f"({b.get('I_X_B_read') or 'not estimated'}) |", ""]
     if history.clustering:
         lines += ["## Silhouette of T per group", ""]
         for e, sil in sorted(history.clustering.items()):

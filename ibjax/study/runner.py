@@ -45,6 +45,7 @@ from ibjax.study.population import (
     stack_states,
 )
 from ibjax.study.rundir import RunDirectory
+from ibjax.study.checks import backdoor_checks
 from ibjax.study.setup import PRECOMPUTED_FILE, reference_departures
 from ibjax.study.state import RunState, init_run_state
 from ibjax.study.steps import estimate_network_mi, representation_clustering, run_epoch
@@ -392,9 +393,17 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                     rec.add_mi(epoch, r, mi_s, record)
             if epoch in embed_epochs:
                 clustered = representation_clustering([clustering_key(m.keys.train, epoch) for m in pop.members],
-                                                      state.train.variables, pop, config.analysis.embedding.points)
+                                                      state.train.variables, pop, config.analysis.embedding.points,
+                                                      config.analysis.embedding.method)
                 for rec, (silhouettes, embedding) in zip(recorders, clustered):
                     rec.add_clustering(epoch, silhouettes, embedding)
+            if epoch == epochs and config.analysis.bound_checks:
+                # Written before the last checkpoint: a run that resumes finished never recomputes them.
+                with phase("bound checks H(B), I(B;Y), I(B;Y_pred), I(X;B)", enabled=progress):
+                    checks = backdoor_checks([jax.random.fold_in(m.keys.mi, CHECKS_FOLD) for m in pop.members],
+                                             state.train.variables, pop)
+                for rec, c in zip(recorders, checks):
+                    rec.rd.write_json(CHECKS_FILE, c)
             host = jax.tree.map(to_host, state)
             wall_s = time.perf_counter() - t_epoch
             for r, (rec, record) in enumerate(zip(recorders, records)):
@@ -402,6 +411,10 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                 rec.record(epoch, member_of(host, r), record)
             first = False
     return [rec.finish(class_names=m.class_names) for rec, m in zip(recorders, pop.members)]
+
+
+CHECKS_FILE = "checks.json"
+CHECKS_FOLD = 1_000_003  # the bound checks' key: fold_in(mi key, this), apart from every epoch's fold_in(mi, epoch)
 
 
 def clustering_key(train_key: jax.Array, epoch: int) -> jax.Array:
@@ -454,6 +467,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
     rd = rd if isinstance(rd, RunDirectory) else RunDirectory(rd)
     stealth = _stealth(config, history.mi)
     rd.write_json("stealth.json", stealth)
+    checks = rd.read_json(CHECKS_FILE) if os.path.exists(rd.file(CHECKS_FILE)) else None
     plots_made = report.make_plots(rd, config, history, class_names) if rd.writable and plots else []
     records = history.records
     summary = {
@@ -469,6 +483,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
         "stealth_read": config.analysis.stealth.read,
         "warnings": reference_departures(config),
         "stealth": stealth,
+        "bound_checks": checks,
         **{name: math.fsum(v for r in records if (v := getattr(r, name)) is not None and math.isfinite(v))
            for name in ("train_s", "mi_s", "wall_s")},
         "timings": dict(history.timings),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,7 +28,8 @@ from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
 from ibjax.triggers import Attack, get_attack, pgd_l2, trojannn_pattern
 
-__all__ = ["load_data", "build_attack", "reference_departures", "prepare_attack", "build_setup", "PRECOMPUTED_FILE"]
+__all__ = ["load_data", "build_attack", "reference_departures", "prepare_attack", "build_setup", "PRECOMPUTED_FILE",
+           "clean_model_network", "save_clean_model", "load_clean_model"]
 
 PRECOMPUTED_FILE = "attack_precomputed.npy"
 """The file a run keeps what its attack computed against a clean model in (label-consistent: the PGD
@@ -75,13 +77,52 @@ def reference_departures(config: StudyConfig) -> list[str]:
     return out
 
 
+def clean_model_network(config: StudyConfig, num_classes: int):
+    """The victim network of an attack computed against a clean model: the run's model without noise
+    layers (gamma_xt = gamma_ty = 0: the authors compute their perturbations against a plain clean
+    ResNet-18, and noise in the victim would make PGD's gradients random)."""
+    return make_model(dataclasses.replace(config.model, num_classes=num_classes, gamma_xt=0.0, gamma_ty=0.0))
+
+
+def save_clean_model(path: str, variables) -> None:
+    """Write a clean network's Flax variables (``{"params": ..., "batch_stats": ...}``) where
+    ``attack.clean_model`` reads them (flax.serialization msgpack)."""
+    with open(path, "wb") as f:
+        f.write(flax.serialization.to_bytes(jax.device_get(variables)))
+
+
+def load_clean_model(path: str, config: StudyConfig, image_shape: tuple[int, ...], num_classes: int):
+    """``(model, variables)`` of the clean network in ``path`` (see :func:`save_clean_model`), checked
+    against the run's model: ValueError naming the mismatch."""
+    model = clean_model_network(config, num_classes)
+    template = jax.eval_shape(lambda: model.init({"params": jax.random.PRNGKey(0), "noise": jax.random.PRNGKey(0)},
+                                                 jnp.zeros((1, *image_shape))))
+    with open(path, "rb") as f:
+        state = flax.serialization.msgpack_restore(f.read())
+    def shapes(tree) -> dict[str, tuple]:
+        return {jax.tree_util.keystr(p): tuple(np.shape(a)) for p, a in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+    want, got = shapes(template), shapes(state)
+    if got != want:
+        missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+        wrong = [k for k in want if k in got and got[k] != want[k]]
+        what = (f"missing {missing[:3]}" if missing else f"unexpected {extra[:3]}" if extra else
+                f"{wrong[0]} has shape {got[wrong[0]]}, the run's network needs {want[wrong[0]]}")
+        raise ValueError(f"attack.clean_model {path!r} is not the run's {config.model.name} for {num_classes} classes on "
+                         f"images {tuple(image_shape)}: {what}")
+    variables = jax.tree.map(lambda t, a: jnp.asarray(a, t.dtype), template, state)
+    return model, variables
+
+
 def _clean_model(key, config: StudyConfig, train_set: Dataset, plan: PoisonPlan, progress: bool):
-    """A network trained on the clean labels (up to 20 epochs of the run's recipe): the victim that
-    label-consistent perturbations and TrojanNN patterns are computed against. It has no noise
-    layers (gamma_xt = gamma_ty = 0): the authors compute their perturbations against a plain clean
-    ResNet-18, and noise in the victim would make PGD's gradients random. Returns ``(model, variables)``."""
+    """The victim that label-consistent perturbations and TrojanNN patterns are computed against: the
+    user's (``attack.clean_model``), or a network trained on the clean labels (up to 20 epochs of
+    the run's recipe; :func:`clean_model_network`). Returns ``(model, variables)``."""
+    if config.attack.clean_model:
+        return load_clean_model(config.attack.clean_model, config, tuple(train_set.images.shape[1:]),
+                                train_set.num_classes)
     clean_plan = plan.replace(poisoned=np.zeros_like(plan.poisoned), labels=plan.clean_labels)
-    model = make_model(dataclasses.replace(config.model, num_classes=train_set.num_classes, gamma_xt=0.0, gamma_ty=0.0))
+    model = clean_model_network(config, train_set.num_classes)
     data = put_train_data(train_set.images, clean_plan, key)
     epochs = max(1, min(config.train.epochs, 20))
     cfg: TrainConfig = dataclasses.replace(config.train, schedule="cosine" if config.train.schedule == "cosine" else "constant")

@@ -537,10 +537,12 @@ def per_group(res: ibmi.MIResult, names) -> dict:
 # clustering of the representation
 
 
-def representation_clustering(keys: Sequence, variables, pop: PopulationSetup, points: int) -> list[tuple[dict, dict]]:
+def representation_clustering(keys: Sequence, variables, pop: PopulationSetup, points: int,
+                              method: str = "pca") -> list[tuple[dict, dict]]:
     """Silhouette scores of every member's T per group (target class split in clean and backdoor)
-    and a 2-D PCA embedding of ``points`` samples (member r with key ``keys[r]``, stacked
-    ``variables``). Returns one ``(silhouettes {group: float}, embedding arrays)`` per member."""
+    and a 2-D embedding (``method``: :data:`ibjax.metrics.clustering.EMBEDDINGS`) of ``points``
+    samples (member r with key ``keys[r]``, stacked ``variables``). Returns one ``(silhouettes
+    {group: float}, embedding arrays)`` per member."""
     n = pop.train_data.size
     idx = np.arange(n)
     (t_all,) = population_features(variables, pop, [idx] * pop.size, [list(keys)], parts=(1,))
@@ -552,7 +554,8 @@ def representation_clustering(keys: Sequence, variables, pop: PopulationSetup, p
                                           num_classes=setup.num_classes)
         rng = np.random.default_rng(int(jax.random.randint(key, (), 0, 2**31 - 1)))
         sub = np.sort(rng.choice(n, size=min(points, n), replace=False))
-        emb = np.asarray(ibmetrics.pca_2d(t[sub]))
+        emb = ibmetrics.embed_2d(t[sub], method, seed=int(rng.integers(2**31 - 1)))
         out.append(({k: float(v) for k, v in sil.items()},
-                    {"embedding": emb, "labels": plan.labels[sub], "poisoned": plan.poisoned[sub]}))
+                    {"embedding": emb, "labels": plan.labels[sub], "poisoned": plan.poisoned[sub],
+                     "method": np.asarray(method)}))
     return out
