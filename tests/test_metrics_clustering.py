@@ -144,3 +144,29 @@ def test_silhouette_score_leaves_out_labels_outside_the_range():
     keep2 = keep & valid
     assert float(metrics.silhouette_score(x, bad, 3, valid)) == pytest.approx(
         brute_silhouette(x[keep2], labels[keep2]).mean(), abs=2e-5)
+
+
+def test_tsne_keeps_two_separated_clusters_apart_and_checks_its_method(monkeypatch):
+    import sys
+
+    from ibjax.metrics import clustering
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, (60, 8)), rng.normal(8, 1, (60, 8))]).astype(np.float32)
+    emb = clustering.embed_2d(x, "tsne", seed=3)
+    assert emb.shape == (120, 2) and emb.dtype == np.float32
+    np.testing.assert_allclose(clustering.embed_2d(x, "tsne", seed=3), emb)  # one seed, one embedding
+    a, b = emb[:60], emb[60:]
+    gap = np.linalg.norm(a.mean(0) - b.mean(0))
+    assert gap > 3 * max(a.std(0).max(), b.std(0).max())
+    assert clustering.embed_2d(x, "pca").shape == (120, 2)
+    with pytest.raises(ValueError, match="unknown embedding method 'umap'"):
+        clustering.check_embedding("umap")
+    monkeypatch.setitem(sys.modules, "sklearn.manifold", None)  # as without scikit-learn
+    with pytest.raises(ImportError, match="needs scikit-learn: pip install scikit-learn"):
+        clustering.check_embedding("tsne")
+    from ibjax.fields import override
+    from ibjax.study import StudyConfig, check_config
+
+    with pytest.raises(ValueError, match="analysis.embedding.*needs scikit-learn"):
+        check_config(override(StudyConfig(), {"analysis.embedding.method": "tsne"}))

@@ -188,14 +188,14 @@ def write_report(root: str, grid: Sequence[GridRun], about: dict) -> dict:
     os.makedirs(out, exist_ok=True)
     missing = [r.run_dir(root) for r in grid if not _finished(r, root)]
     done = [r for r in grid if _finished(r, root)]
+    wall = (f"{about['wall_s']:.0f} s (runs found finished are read, not retrained)" if about.get("wall_s") is not None
+            else "not measured (--report-only)")
     lines = [f"# The paper, reproduced: {about['scale']} scale, preset {about['preset']}", "",
-             f"Command: `{about['command']}`. Machine: {platform.machine()} {platform.system()}, "
-             f"{os.cpu_count()} CPU threads; JAX backend {_backend()}. Grid wall time: "
-             + (f"{about['wall_s']:.0f} s (runs already finished were read, not retrained)." if about.get("wall_s")
-                else "not measured (report only).") + "",
-             "", f"Runs: {len(done)} finished of {len(grid)}" + (f"; missing: {', '.join(missing)}" if missing else "")
-             + ". Verdicts: " + ", ".join(VERDICTS) + f"; a difference counts beyond 2 standard errors (seed spread "
-             "for 2+ seeds, the estimator's own for one). Claims C1-C6: ibjax.metrics.claims.", ""]
+             f"Command: `{about['command']}`. Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU "
+             f"threads, JAX backend {_backend()}. Grid wall time: {wall}.", "",
+             f"Runs: {len(done)} finished of {len(grid)}" + (f"; not finished: {', '.join(missing)}" if missing else "")
+             + ". Verdicts: " + ", ".join(VERDICTS) + "; a difference counts beyond 2 standard errors (the seeds' "
+             "spread for 2+ seeds, the estimator's own for one); how each claim is read: docs/paper.md.", ""]
     result: dict = {"path": os.path.join(out, "paper.md"), "claims": {}, "missing": missing}
     for dataset in dict.fromkeys(r.dataset for r in done):
         runs = [r for r in done if r.dataset == dataset]

@@ -200,7 +200,7 @@ class EmbeddingConfig(Config):
       epochs: epochs of the embeddings (empty: the first and last MI epoch).
       points: points drawn in each 2-D embedding.
       method: 'pca' (ibjax's, in JAX) or 'tsne' (the authors' figures; scikit-learn, an optional
-        extra: about 10 s per 2,000 points on 2 CPU cores).
+        extra: about 15 s per 2,000 points on 2 CPU cores).
     """
 
     epochs: tuple[int, ...] = ()

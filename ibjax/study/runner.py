@@ -36,6 +36,7 @@ from ibjax.progress import LOGGER, Progress, phase
 from ibjax.quantities import QUANTITIES
 from ibjax.records import EpochRecord, MIHistory, RunHistory
 from ibjax.study import report
+from ibjax.study.checks import backdoor_checks
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
 from ibjax.study.population import (
     build_population,
@@ -45,7 +46,6 @@ from ibjax.study.population import (
     stack_states,
 )
 from ibjax.study.rundir import RunDirectory
-from ibjax.study.checks import backdoor_checks
 from ibjax.study.setup import PRECOMPUTED_FILE, reference_departures
 from ibjax.study.state import RunState, init_run_state
 from ibjax.study.steps import estimate_network_mi, representation_clustering, run_epoch
