@@ -32,11 +32,13 @@ for more samples than it holds, is refused with the ratio that fixes it; so are 
 [0, K).
 
 Sample groups for MI estimation (target class c), as boolean masks over the N training samples:
-``target`` (training label c), ``target_backdoor`` (label c and triggered), ``target_clean`` (label c,
-not triggered), ``target_sample`` (a random subsample of ``target`` as large as a clean class: with
-the target's own backdoor/clean mix, or half and half as the authors), and ``class_k`` for every
-other class k (label k; the triggered kept-label samples are left out by default so that those
-groups stay clean, the authors include them).
+``target`` (training label c); ``target_backdoor`` (label c and triggered) and ``target_clean``
+(label c, not triggered) under ibjax's ``target_split="trigger"``, or, under the authors'
+``"positional"`` split (REFERENCE_POISON's), the first ``int(N * split_rate)`` label-c rows of their
+generated order and the rest, whatever their trigger; ``target_sample`` (a random subsample of
+``target`` as large as a clean class: with the target's own backdoor/clean mix, or half and half as
+the authors), and ``class_k`` for every other class k (label k; the triggered kept-label samples
+are left out by default so that those groups stay clean, the authors include them).
 
 :data:`REFERENCE_POISON` holds the authors' choices where ibjax's defaults differ on purpose.
 """

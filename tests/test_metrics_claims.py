@@ -142,3 +142,18 @@ def test_results_are_json_ready_and_render_as_markdown():
     assert md.count("\n| C") == 6 and "**holds**" in md
     with pytest.raises(ValueError, match="read must be one of"):
         evaluate_claims([], read="test")
+
+
+def test_consistent_seeds_do_not_beat_their_own_estimator_noise_and_the_train_read_goes_by_sign():
+    mi = _history((1, 1, 1), (1, 1, 1))
+    bounds = {"H_B": 0.3251, "I_B_Y": 0.19365, "I_B_Ypred": 0.30, "I_X_B_se": 0.03}
+    # Three seeds 0.005 below H(B), agreeing to 1e-4: the spread alone would call it contradicted;
+    # each estimate's own SE (0.03) says the shortfall is noise.
+    runs = [_run("badnets", mi, s, bounds={**bounds, "I_X_B": 0.3201 + 1e-4 * s}, ratio=0.1, num_classes=10)
+            for s in range(3)]
+    part = _by_claim(evaluate_claims(runs))["C6"].parts[0]
+    assert part["verdict"] == "holds" and part["se"] == pytest.approx(math.sqrt(3) * 0.03 / 3, abs=1e-6)  # rounded to 6 places
+    # The authors' train read has no SE: one seed's C2 parts are judged by sign and say se None.
+    blend = _run("blend", _history((0.5, 0.6, 0.7), (0.5, 0.5, 0.5)))
+    c2 = _by_claim(evaluate_claims([blend], read="train"))["C2"]
+    assert c2.verdict == "holds" and all(p["se"] is None for p in c2.parts)

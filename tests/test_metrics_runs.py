@@ -169,3 +169,17 @@ def test_rankings_order_protocols_by_number():
 def test_seed_statistics_leave_out_non_numbers():
     s = metrics.seed_statistics([0.4, True, None, float("nan"), "0.6", 0.8])
     assert s["n"] == 2 and s["values"] == [0.4, 0.8]
+
+
+def test_pooled_mean_takes_the_larger_of_the_spread_and_the_runs_own_errors():
+    from ibjax.metrics import pooled_mean
+
+    m, se, n = pooled_mean([1.0, 2.0, 3.0], [0.01, 0.01, 0.01])
+    assert (m, n) == (2.0, 3) and se == pytest.approx(1.0 / np.sqrt(3))  # the spread
+    m, se, n = pooled_mean([1.0, 1.001], [0.1, 0.1])
+    assert se == pytest.approx(np.sqrt(2) * 0.1 / 2)  # the runs' own errors
+    assert pooled_mean([1.0, 1.5], [0.1, None])[1] == pytest.approx(0.25)  # an SE missing: the spread
+    assert pooled_mean([0.7], [0.2]) == (0.7, 0.2, 1) and pooled_mean([0.7], [None]) == (0.7, None, 1)
+    assert pooled_mean([], [])[2] == 0
+    with pytest.raises(ValueError, match="standard errors"):
+        pooled_mean([1.0, 2.0], [0.1])

@@ -92,14 +92,14 @@ def test_transformed_tasks_keep_the_gaussian_samples_and_truth():
 def test_sample_tasks_stacks_tasks_of_equal_dimensions_and_draws_each_from_its_own_key():
     key = jax.random.PRNGKey(6)
     chunks = gt.sample_tasks(key, 100, gt.SUITE)
-    assert [len(c[0]) for c in chunks] == [9, 2]
+    assert [len(c[0]) for c in chunks] == [10, 2]  # the 3 x 3 tasks (the last one too), the 32 x 32 ones
     tasks, ids, x, y = chunks[1]
     assert ids == (9, 10) and x.shape == (2, 100, 32) and y.shape == (2, 100, 32)
     np.testing.assert_allclose(x[0], gt.SUITE[9].sample(jax.random.fold_in(key, 9), 100)[0])
     # A subset drawn with its suite indices as ids is drawn exactly as in the whole suite.
-    (_, sub_ids, sub_x, _), = gt.sample_tasks(key, 100, gt.SUITE[9:], ids=(9, 10))
+    (_, sub_ids, sub_x, _), = gt.sample_tasks(key, 100, gt.SUITE[9:11], ids=(9, 10))
     np.testing.assert_array_equal(sub_x, x)
-    (_, _, other_x, _), = gt.sample_tasks(key, 100, gt.SUITE[9:])  # ids 0, 1: other keys
+    (_, _, other_x, _), = gt.sample_tasks(key, 100, gt.SUITE[9:11])  # ids 0, 1: other keys
     assert not np.allclose(other_x, x)
 
 

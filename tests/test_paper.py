@@ -80,6 +80,35 @@ def test_the_paper_command_runs_a_tiny_grid_and_writes_figures_tables_and_claims
         assert os.path.isfile(os.path.join(out, f)), f
     md = open(report["path"]).read()
     assert "### Claims (heldout read)" in md and "blend (noise 0.1)" in md and "| C6 |" in md
-    # Once finished, the grid is read, not retrained; the report comes out the same.
+    # Once finished, the grid is read, not retrained (no run file changes); the report comes out the same.
+    def stamps():
+        return {os.path.join(dp, f): os.stat(os.path.join(dp, f)).st_mtime_ns
+                for dp, _, fs in os.walk(d) for f in fs}
+
+    before = stamps()
     again = paper.main(argv + ["--report-only"])
-    assert again["claims"] == report["claims"]
+    assert again["claims"] == report["claims"] and stamps() == before
+    # A read a run did not make (the reference estimators have no held-out read) is a line in the
+    # report, not a crash after the whole grid has trained.
+    path = os.path.join(d, "blend_noise0.4_s0", "summary.json")
+    summary = json.load(open(path))
+    summary["stealth"].pop("heldout")
+    json.dump(summary, open(path, "w"))
+    paper.main(argv + ["--report-only"])
+    assert "(no heldout stealthiness" in open(report["path"]).read()
+
+
+def test_flags_named_on_the_command_line_beat_the_scale_even_at_the_presets_value(tmp_path, monkeypatch):
+    from ibjax.commands import paper
+
+    named = paper._named_fields(["--model.name", "resnet18", "--analysis.no-bound-checks", "--train.epochs=3", "x"])
+    assert {"model.name", "analysis.bound_checks", "train.epochs"} <= named
+    # resnet18 and the plateau schedule are the default preset's own values: the cpu scale's small CNN
+    # and cosine schedule give way to them all the same.
+    ran = {}
+    monkeypatch.setattr(paper, "run_many", lambda configs, dirs, **kw: ran.update(configs=configs))
+    monkeypatch.setattr(paper, "write_report", lambda *a: {"path": "-"})
+    paper.main(["--variants", "badnets", "--seeds", "0", "--root", str(tmp_path), "--quiet",
+                "--model.name", "resnet18", "--train.schedule", "plateau"])
+    (config,) = ran["configs"]
+    assert config.model.name == "resnet18" and config.train.schedule == "plateau"

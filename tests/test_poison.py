@@ -279,7 +279,7 @@ def _positional_split(origin, label, triggered, writer_rate, target=0):
 
 def test_the_authors_positional_split_mixes_clean_samples_into_the_backdoor_group():
     """The numbers REFERENCE_POISON's docstring states, re-derived on the authors' generated set
-    (CIFAR-10 sizes, 10% generator); ibjax's reference groups are the trigger split."""
+    (CIFAR-10 sizes, 10% generator); ibjax's own default is the trigger split."""
     labels = cifar_like_labels()
     origin, label, triggered = authors_generated_set(labels, 10, 0.1, 0, "adaptive_blend")
     assert _positional_split(origin, label, triggered, 0.1) == ((2750, 2250), (0, 2250))

@@ -25,6 +25,7 @@ From a checkout: ``python -m experiments.paper``; installed: ``python -m ibjax p
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ from ibjax.metrics.claims import VERDICTS, claims_markdown, evaluate_claims
 from ibjax.progress import LOGGER
 from ibjax.runtime import prepare_cpu_process
 from ibjax.study import check_config
-from ibjax.study.config import config_diff
+from ibjax.study.config import config_diff, config_from_dict, flatten_config
 from ibjax.study.paper import MAIN_NOISE, LOW_NOISE, PAPER_VARIANTS, SCALES, GridRun, claim_run, paper_grid
 from ibjax.study.presets import preset
 from ibjax.study.rundir import RunDirectory
@@ -53,6 +54,19 @@ def _list(text: str, cast, what: str) -> list:
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"--{what}: expected a comma-separated list, got {text!r}")
+
+
+def _named_fields(argv: Sequence[str]) -> set[str]:
+    """The dotted config fields a command line names (``--model.name``, ``--analysis.no-bound-checks``)."""
+    out = set()
+    for tok in argv:
+        if tok.startswith("--"):
+            path = tok[2:].split("=", 1)[0].replace("-", "_")
+            head, _, leaf = path.rpartition(".")
+            out.add(path)
+            if leaf.startswith("no_"):  # tyro's negated boolean flags
+                out.add(f"{head}.{leaf[3:]}" if head else leaf[3:])
+    return out
 
 
 def main(argv=None) -> dict:
@@ -78,7 +92,11 @@ def main(argv=None) -> dict:
     setup_logging(cmd.quiet)
     prepare_cpu_process()  # before JAX starts its backend
     root = a.root or os.path.join("runs", f"paper-{a.scale}")
+    # The user's changes: what differs from the preset, and every field named on the command line
+    # (a flag equal to the preset's value still beats the scale's, e.g. --model.name resnet18 at cpu scale).
+    flat = flatten_config(cmd.study)
     changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
+    changes.update({k: flat[k] for k in _named_fields(rest) if k in flat})
     with cli_errors():
         grid = paper_grid(a.scale, cmd.preset, seeds=_list(a.seeds, int, "seeds") if a.seeds else None,
                           variants=_list(a.variants, str, "variants") if a.variants else None,
@@ -118,7 +136,11 @@ def _stealth_tables(root: str, runs: Sequence[GridRun], out: str) -> dict[str, s
     """The stealthiness table of both reads (compare's tables, every variant in one ranking)."""
     tables = {}
     for read in metrics.READS:
-        rows, _ = compare.load_runs([r.run_dir(root) for r in runs], read)
+        try:  # a read a run did not make (the reference estimators' held-out read) is a line, not a failure
+            rows, _ = compare.load_runs([r.run_dir(root) for r in runs], read)
+        except compare.CompareError as e:
+            tables[read] = f"(no {read} stealthiness: {e})\n"
+            continue
         rows = [dict(row, attack=_label(run), poison_ratio=None, protocol="P1") for row, run in zip(rows, runs)]
         if not all(metrics.is_finite_number(r["total"]) for r in rows):
             tables[read] = f"(no {read} stealthiness in every run)\n"
@@ -173,8 +195,9 @@ def _bounds_table(runs: Sequence[GridRun], summaries: dict) -> list[str]:
         b = [x for x in b if x]
         if not b:
             continue
-        xb = [x["I_X_B"] for x in b if x.get("I_X_B") is not None]
-        se = float(np.std(xb, ddof=1) / np.sqrt(len(xb))) if len(xb) >= 2 else (b[0].get("I_X_B_se") if xb else None)
+        has = [x for x in b if x.get("I_X_B") is not None]
+        xb = [x["I_X_B"] for x in has]
+        se = metrics.pooled_mean(xb, [x.get("I_X_B_se") for x in has])[1] if xb else None
         lines.append(f"| {v} | {len(b)} | {_fmt(np.mean([x['H_B'] for x in b]), 4)} | "
                      f"{_fmt(np.mean([x['I_B_Y'] for x in b]), 4)} | {_fmt(np.mean([x['I_B_Ypred'] for x in b]), 4)} | "
                      f"{_fmt(float(np.mean(xb)) if xb else None, 4)} ± {_fmt(se, 4)} |")
@@ -183,19 +206,23 @@ def _bounds_table(runs: Sequence[GridRun], summaries: dict) -> list[str]:
 
 def write_report(root: str, grid: Sequence[GridRun], about: dict) -> dict:
     """Write ``ROOT/report`` from the grid's finished runs (see the module docstring). Returns
-    ``{"path", "claims": {dataset: [ClaimResult.to_json()]}, "missing": [run names]}``."""
+    ``{"path", "claims": {dataset: [ClaimResult.to_json()]}, "missing": [unfinished run directories]}``."""
     out = os.path.join(root, "report")
     os.makedirs(out, exist_ok=True)
     missing = [r.run_dir(root) for r in grid if not _finished(r, root)]
-    done = [r for r in grid if _finished(r, root)]
+    # Each finished run as it ran (its config.json), not as this command line would run it: a report
+    # written with other flags (--report-only without --preset reference) still reads each run's own read.
+    done = [dataclasses.replace(r, config=config_from_dict(RunDirectory(r.run_dir(root)).read_json("config.json")))
+            for r in grid if _finished(r, root)]
     wall = (f"{about['wall_s']:.0f} s (runs found finished are read, not retrained)" if about.get("wall_s") is not None
             else "not measured (--report-only)")
     lines = [f"# The paper, reproduced: {about['scale']} scale, preset {about['preset']}", "",
              f"Command: `{about['command']}`. Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPU "
              f"threads, JAX backend {_backend()}. Grid wall time: {wall}.", "",
              f"Runs: {len(done)} finished of {len(grid)}" + (f"; not finished: {', '.join(missing)}" if missing else "")
-             + ". Verdicts: " + ", ".join(VERDICTS) + "; a difference counts beyond 2 standard errors (the seeds' "
-             "spread for 2+ seeds, the estimator's own for one); how each claim is read: docs/paper.md.", ""]
+             + ". Verdicts: " + ", ".join(VERDICTS) + "; a difference counts beyond 2 standard errors (for 2+ "
+             "seeds the larger of their spread and their own SEs combined; the estimator's own for one); how each "
+             "claim is read: docs/paper.md.", ""]
     result: dict = {"path": os.path.join(out, "paper.md"), "claims": {}, "missing": missing}
     for dataset in dict.fromkeys(r.dataset for r in done):
         runs = [r for r in done if r.dataset == dataset]

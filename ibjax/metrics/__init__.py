@@ -63,6 +63,7 @@ from ibjax.metrics.runs import (
     protocol_labels,
     protocol_of,
     protocol_order,
+    pooled_mean,
     seed_statistics,
     welch_p_value,
 )

@@ -16,8 +16,9 @@ figures), each read on runs at the main noise level unless it says otherwise:
   closed form for the poisoning design (dirty-label all-to-one attacks on balanced classes).
 
 Every comparison is a difference ``d`` with an expected sign and a standard error: over seeds the
-spread of the seeds' values (``std / sqrt(n)``, n >= 2), for one seed the estimator's own standard
-errors. A part *holds* when ``d`` has the expected sign by more than ``z`` standard errors, is
+larger of the seeds' spread (``std / sqrt(n)``, n >= 2) and the runs' own standard errors combined,
+for one seed the estimator's own (the authors' train read has none: its one-seed parts go by
+sign). A part *holds* when ``d`` has the expected sign by more than ``z`` standard errors, is
 *contradicted* when it has the other sign by more than that, and is *within noise* otherwise; the
 inequalities (C5's I(X;Y_pred) <= I(X;T), C6's I(X;B) reaching its ceiling H(B)) hold unless
 violated by more than ``z`` standard errors, since equality within noise is consistent with them. A claim
@@ -38,6 +39,8 @@ import numpy as np
 from ibjax.metrics.history import check_read
 from ibjax.metrics.names import is_clean_group
 from ibjax.metrics.processing import data_processing_check
+from ibjax.metrics.runs import pooled_mean
+from ibjax.mi.discrete import entropy
 from ibjax.records import MIHistory, as_mi_histories
 
 __all__ = ["VERDICTS", "CLAIMS", "IMPERCEPTIBLE_ATTACKS", "ClaimRun", "ClaimResult", "judge", "combine_verdicts",
@@ -118,7 +121,8 @@ class ClaimResult:
 
 def judge(d: float, se: Optional[float], sign: int, z: float = 2.0) -> str:
     """The verdict of one difference: ``d * sign > z * se`` holds, ``< -z * se`` is contradicted,
-    otherwise within noise. Without a standard error (None or NaN) the sign alone decides."""
+    otherwise within noise. Without a standard error (None or NaN: one run of the authors' train
+    read, which has none) the sign alone decides; its part says ``"se": None``, so run seeds."""
     if not math.isfinite(d):
         return "not testable"
     if se is None or not math.isfinite(se):
@@ -141,18 +145,6 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
     if all(v == "holds" for v in tested):
         return "holds"
     return "within noise"
-
-
-def _pool(values: Sequence[float], ses: Sequence[Optional[float]]) -> tuple[float, Optional[float], int]:
-    """Mean of the runs' values and its standard error: the seeds' spread for n >= 2, the
-    estimator's own SE for one run."""
-    v = np.asarray(values, np.float64)
-    if len(v) == 0:
-        return math.nan, None, 0
-    if len(v) >= 2:
-        return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))), len(v)
-    se = ses[0] if ses and ses[0] is not None and math.isfinite(ses[0]) else None
-    return float(v[0]), se, 1
 
 
 def _part(what: str, d: float, se: Optional[float], n: int, sign: int, z: float, **extra) -> dict:
@@ -180,7 +172,7 @@ def _clean_names(run: ClaimRun, quantity: str) -> list[str]:
     return [g for g in run.mi[quantity].groups if is_clean_group(g)]
 
 
-def _vs_clean(run: ClaimRun, quantity: str, read: str) -> dict[int, tuple[float, float, float, float]]:
+def _vs_clean(run: ClaimRun, quantity: str, read: str) -> dict[int, tuple[float, float, float, float, float, float]]:
     """Per epoch: (backdoor value, its SE, the clean groups' mean, that mean's SE, the clean groups'
     smallest and largest value), nats."""
     e_b, v_b, s_b = _series(run, quantity, _BACKDOOR, read)
@@ -217,18 +209,20 @@ def _result(claim: str, parts: list[dict], missing: str = "") -> ClaimResult:
 def _c1(runs, noise, z):
     def stealth_of(rs):
         rs = [r for r in rs if r.stealth is not None and math.isfinite(r.stealth)]
-        return _pool([r.stealth for r in rs], [r.stealth_se for r in rs])
+        return pooled_mean([r.stealth for r in rs], [r.stealth_se for r in rs])
 
     base = [r for r in _runs(runs, "badnets", noise)]
     if not base:
         return _result("C1", [], f"no BadNets run at noise {noise}")
     b, b_se, b_n = stealth_of(base)
+    if b_n == 0:
+        return _result("C1", [], f"no BadNets run at noise {noise} has a stealthiness value")
     variants = sorted({r.variant for r in runs if r.attack in IMPERCEPTIBLE_ATTACKS})
     parts = []
     for v in variants:
         rs = [r for r in runs if r.variant == v and math.isclose(r.noise, noise, rel_tol=1e-6)]
         m, se, n = stealth_of(rs)
-        if n == 0 or b_n == 0:
+        if n == 0:
             continue
         comb = math.hypot(se, b_se) if se is not None and b_se is not None else None
         parts.append(_part(f"stealth({v}) - stealth(badnets)", m - b, comb, min(n, b_n), +1, z,
@@ -242,7 +236,7 @@ def _pooled_over_runs(rs: Sequence[ClaimRun], per_run) -> dict[Any, tuple[float,
     for r in rs:
         for k, ds in per_run(r).items():
             table.setdefault(k, []).append(ds)
-    return {k: _pool([d for d, _ in v], [s for _, s in v]) for k, v in sorted(table.items())}
+    return {k: pooled_mean([d for d, _ in v], [s for _, s in v]) for k, v in sorted(table.items())}
 
 
 def _c2(runs, noise, read, z):
@@ -271,15 +265,18 @@ def _c3(runs, noise, low_noise, read, z):
 
         def mean_of(r, g):
             _, v, s = _series(r, "ty", g, read)
-            return (float(v.mean()), float(np.sqrt(np.nansum(s ** 2)) / len(s))) if len(v) else None
+            if not len(v):
+                return None
+            se = float(np.sqrt(np.sum(s ** 2)) / len(s)) if np.all(np.isfinite(s)) else None  # the train read has none
+            return float(v.mean()), se
 
         for g in groups:
             a_hi = [x for r in hi if (x := mean_of(r, g))]
             a_lo = [x for r in lo if (x := mean_of(r, g))]
             if not a_hi or not a_lo:
                 continue
-            m_hi, se_hi, n_hi = _pool([x for x, _ in a_hi], [s for _, s in a_hi])
-            m_lo, se_lo, n_lo = _pool([x for x, _ in a_lo], [s for _, s in a_lo])
+            m_hi, se_hi, n_hi = pooled_mean([x for x, _ in a_hi], [s for _, s in a_hi])
+            m_lo, se_lo, n_lo = pooled_mean([x for x, _ in a_lo], [s for _, s in a_lo])
             se = math.hypot(se_hi, se_lo) if se_hi is not None and se_lo is not None else None
             parts.append(_part(f"{a}: I(T;Y_pred) of {g}, mean over epochs, noise {low_noise} - {noise}", m_lo - m_hi,
                                se, min(n_hi, n_lo), +1, z))
@@ -349,7 +346,7 @@ def _c5(runs, read, z):
         excess = [(e["excess"], e["excess_se"]) for g in chk["groups"].values() for e in g.values()]
         if not excess:
             continue
-        worst = max(excess, key=lambda x: x[0] / x[1] if x[1] else x[0])
+        worst = max(excess, key=lambda x: x[0])
         # An inequality: equality within noise is consistent with it, so the run's part holds unless
         # some entry exceeds 0 by more than z standard errors (a violation).
         verdict = "contradicted" if chk["violations"] else "holds"
@@ -366,7 +363,7 @@ def closed_form_label_mi(ratio: float, num_classes: int) -> float:
     p, k = float(ratio), int(num_classes)
 
     def h(q):
-        return 0.0 if q <= 0 or q >= 1 else -(q * math.log(q) + (1 - q) * math.log(1 - q))
+        return float(entropy(np.array([q, 1.0 - q])))
 
     p_t = (1 - p) / k + p
     return h(p) - p_t * h(p / p_t)
@@ -382,7 +379,7 @@ def _c6(runs, noise, z):
         xb = [(r.bounds["I_X_B"] - r.bounds["H_B"], r.bounds.get("I_X_B_se")) for r in mine
               if r.bounds.get("I_X_B") is not None]
         if xb:
-            d, se, n = _pool([a for a, _ in xb], [b for _, b in xb])
+            d, se, n = pooled_mean([a for a, _ in xb], [b for _, b in xb])
             # I(X;B) "reaches" H(B): not below it by more than z SE (an estimate may overshoot by noise).
             verdict = "contradicted" if (se is not None and d < -z * se) or (se is None and d < 0) else "holds"
             parts.append({"part": f"{v}: I(X;B) - H(B)", "d": _num(d), "se": _num(se), "n": n, "expected": ">= 0",

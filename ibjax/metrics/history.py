@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from ibjax.metrics.names import QUANTITIES, READS, STEALTH_TARGET_GROUPS, clean_group_key, is_clean_group
+from ibjax.metrics.runs import pooled_mean
 from ibjax.records import MIHistory, as_mi_histories
 
 __all__ = ["clean_groups", "available_epochs", "seed_mean_history"]
@@ -77,9 +78,9 @@ def seed_mean_history(histories: Sequence[Mapping[str, Any]]) -> dict[str, dict]
     """The mean over runs (seeds) of several MI histories, in mi.json's layout, nats.
 
     For every quantity, group and epoch that at least one run holds: each read's mean over the runs
-    with a finite value, and its standard error, the seeds' spread (``std / sqrt(n)``) for n >= 2 or
-    the single run's own ``<read>_se``; ``"runs"`` counts them. Plots and metrics read the result as
-    any history.
+    with a finite value, and its standard error (:func:`ibjax.metrics.runs.pooled_mean`: the larger
+    of the seeds' spread and the runs' own ``<read>_se`` combined; one run's own); ``"runs"`` counts
+    them. Plots and metrics read the result as any history.
     """
     hists = [as_mi_histories(h) for h in histories]
     out: dict[str, dict] = {}
@@ -102,9 +103,7 @@ def seed_mean_history(histories: Sequence[Mapping[str, Any]]) -> dict[str, dict]
                             ses.append(x.get(f"{read}_se"))
                     if not vals:
                         continue
-                    entry[read] = float(np.mean(vals))
-                    entry[f"{read}_se"] = (float(np.std(vals, ddof=1) / np.sqrt(len(vals))) if len(vals) >= 2
-                                           else ses[0])
+                    entry[read], entry[f"{read}_se"], _ = pooled_mean(vals, ses)
                     entry["runs"] = max(entry.get("runs", 0), len(vals))
                 if entry:
                     out[q][g][str(e)] = entry

@@ -30,6 +30,7 @@ __all__ = [
     "protocol_labels",
     "protocol_order",
     "seed_statistics",
+    "pooled_mean",
     "welch_p_value",
     "prediction_p_value",
     "compare_runs",
@@ -138,6 +139,28 @@ def protocol_order(label: str) -> tuple[int, float, str]:
     """Sort key of a protocol label: "P2" before "P10" (by number), other labels after, by name."""
     m = re.fullmatch(r"P(\d+)", str(label))
     return (0, int(m.group(1)), "") if m else (1, 0, str(label))
+
+
+def pooled_mean(values: Sequence[float], ses: Sequence[Optional[float]]) -> tuple[float, Optional[float], int]:
+    """Mean of several runs' estimates and its standard error, ``(mean, se, n)`` (NaN, None, 0 for none).
+
+    The standard error is the larger of the seeds' spread (``std / sqrt(n)``, n >= 2) and the runs'
+    own standard errors combined (``sqrt(sum se_i^2) / n``, when every run has one); for one run,
+    its own (None without). Three seeds can agree more closely than each estimate's own noise
+    allows (a consistently biased read), and the spread of three is itself noisy: the larger keeps
+    such an agreement from passing for a signal.
+    """
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        return math.nan, None, 0
+    if len(ses) != v.size:
+        raise ValueError(f"{v.size} values but {len(ses)} standard errors")
+    own = [float(s) for s in ses if is_finite_number(s)]
+    own_se = math.sqrt(sum(s * s for s in own)) / v.size if len(own) == v.size else None
+    if v.size == 1:
+        return float(v[0]), own_se, 1
+    spread = float(v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), spread if own_se is None else max(spread, own_se), int(v.size)
 
 
 def seed_statistics(values: Sequence[float], level: float = 0.95) -> dict:

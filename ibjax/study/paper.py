@@ -187,7 +187,7 @@ def claim_run(run: GridRun, history: RunHistory, summary: Mapping[str, Any]) -> 
     st = (summary.get("stealth") or {}).get(read) or {}
     spec = REGISTRY[config.attack.name]
     mi = {q: h for q, h in history.mi.items() if q in ("xt", "ty", "xy")}
-    groups = mi["xt"].groups if "xt" in mi else ()
+    groups = next(iter(mi.values())).groups if mi else ()  # every quantity estimates the same groups
     return ClaimRun(
         attack=config.attack.name, noise=run.noise, seed=run.seed, mi=mi, variant=run.variant,
         stealth=st.get("total"), stealth_se=st.get("total_se"), bounds=summary.get("bound_checks"),

@@ -56,7 +56,7 @@ __all__ = ["run_study", "run_population", "run_many", "study_mesh", "open_run", 
 
 RESUMABLE_CHANGES = ("train.epochs", "mi.epochs", "analysis.embedding.epochs", "analysis.embedding.points",
                      "analysis.stealth.epochs", "analysis.stealth.read", "analysis.stealth.normalise",
-                     "analysis.stealth.classes")
+                     "analysis.stealth.classes", "analysis.embedding.method", "analysis.bound_checks")
 """Fields a resumed run may change: they extend the run or only change the analysis at the end."""
 
 
