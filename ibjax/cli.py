@@ -46,7 +46,7 @@ from ibjax.study.presets import PRESETS
 from ibjax.study.writers import WRITERS, check_writers
 
 __all__ = ["StudyCommand", "parse_study_command", "setup_logging", "fail", "cli_errors", "default_run_dir",
-           "start_runtime"]
+           "start_runtime", "named_fields"]
 
 PresetName = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 WriterName = Literal[tuple(WRITERS)]  # type: ignore[valid-type]
@@ -162,11 +162,32 @@ def _flag(path: str) -> str:
     return "--" + path.replace("_", "-")
 
 
+def _flag_field(arg: str) -> Optional[str]:
+    """The dotted field a flag names (``--train.batch-size=64`` -> ``train.batch_size``), or None
+    for an argument that is not a flag."""
+    return arg[2:].split("=", 1)[0].replace("-", "_") if arg.startswith("--") else None
+
+
+def named_fields(argv: Sequence[str]) -> set[str]:
+    """The dotted config fields a study command line names, whatever their values (``--model.name``,
+    ``--analysis.no-bound-checks`` for ``analysis.bound_checks``); other flags' names too."""
+    out = set()
+    for arg in argv:
+        path = _flag_field(arg)
+        if path is None:
+            continue
+        out.add(path)
+        head, _, leaf = path.rpartition(".")
+        if leaf.startswith("no_"):  # tyro's negated boolean flags
+            out.add(f"{head}.{leaf[3:]}" if head else leaf[3:])
+    return out
+
+
 def _renamed_flag(arg: str) -> Optional[str]:
     """The flag of today's sections that an old flat flag ``arg`` became, or None if ``arg`` is not one."""
-    if not arg.startswith("--"):
+    name = _flag_field(arg)
+    if name is None:
         return None
-    name = arg[2:].split("=", 1)[0].replace("-", "_")
     if name in STUDY_RENAMES:
         return _flag(STUDY_RENAMES[name])
     head, _, leaf = name.partition(".")

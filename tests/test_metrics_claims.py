@@ -152,7 +152,8 @@ def test_consistent_seeds_do_not_beat_their_own_estimator_noise_and_the_train_re
     runs = [_run("badnets", mi, s, bounds={**bounds, "I_X_B": 0.3201 + 1e-4 * s}, ratio=0.1, num_classes=10)
             for s in range(3)]
     part = _by_claim(evaluate_claims(runs))["C6"].parts[0]
-    assert part["verdict"] == "holds" and part["se"] == pytest.approx(math.sqrt(3) * 0.03 / 3, abs=1e-6)  # rounded to 6 places
+    # The part's se is rounded to 6 places.
+    assert part["verdict"] == "holds" and part["se"] == pytest.approx(math.sqrt(3) * 0.03 / 3, abs=1e-6)
     # The authors' train read has no SE: one seed's C2 parts are judged by sign and say se None.
     blend = _run("blend", _history((0.5, 0.6, 0.7), (0.5, 0.5, 0.5)))
     c2 = _by_claim(evaluate_claims([blend], read="train"))["C2"]

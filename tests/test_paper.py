@@ -101,7 +101,9 @@ def test_the_paper_command_runs_a_tiny_grid_and_writes_figures_tables_and_claims
 def test_flags_named_on_the_command_line_beat_the_scale_even_at_the_presets_value(tmp_path, monkeypatch):
     from ibjax.commands import paper
 
-    named = paper._named_fields(["--model.name", "resnet18", "--analysis.no-bound-checks", "--train.epochs=3", "x"])
+    from ibjax.cli import named_fields
+
+    named = named_fields(["--model.name", "resnet18", "--analysis.no-bound-checks", "--train.epochs=3", "x"])
     assert {"model.name", "analysis.bound_checks", "train.epochs"} <= named
     # resnet18 and the plateau schedule are the default preset's own values: the cpu scale's small CNN
     # and cosine schedule give way to them all the same.

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibjax import metrics
-from ibjax.cli import cli_errors, fail, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, fail, named_fields, parse_study_command, setup_logging
 from ibjax.commands import compare
 from ibjax.metrics.claims import VERDICTS, claims_markdown, evaluate_claims
 from ibjax.progress import LOGGER
@@ -54,19 +54,6 @@ def _list(text: str, cast, what: str) -> list:
         return [cast(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
         fail(f"--{what}: expected a comma-separated list, got {text!r}")
-
-
-def _named_fields(argv: Sequence[str]) -> set[str]:
-    """The dotted config fields a command line names (``--model.name``, ``--analysis.no-bound-checks``)."""
-    out = set()
-    for tok in argv:
-        if tok.startswith("--"):
-            path = tok[2:].split("=", 1)[0].replace("-", "_")
-            head, _, leaf = path.rpartition(".")
-            out.add(path)
-            if leaf.startswith("no_"):  # tyro's negated boolean flags
-                out.add(f"{head}.{leaf[3:]}" if head else leaf[3:])
-    return out
 
 
 def main(argv=None) -> dict:
@@ -96,7 +83,7 @@ def main(argv=None) -> dict:
     # (a flag equal to the preset's value still beats the scale's, e.g. --model.name resnet18 at cpu scale).
     flat = flatten_config(cmd.study)
     changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
-    changes.update({k: flat[k] for k in _named_fields(rest) if k in flat})
+    changes.update({k: flat[k] for k in named_fields(rest) if k in flat})
     with cli_errors():
         grid = paper_grid(a.scale, cmd.preset, seeds=_list(a.seeds, int, "seeds") if a.seeds else None,
                           variants=_list(a.variants, str, "variants") if a.variants else None,
@@ -209,11 +196,12 @@ def write_report(root: str, grid: Sequence[GridRun], about: dict) -> dict:
     ``{"path", "claims": {dataset: [ClaimResult.to_json()]}, "missing": [unfinished run directories]}``."""
     out = os.path.join(root, "report")
     os.makedirs(out, exist_ok=True)
-    missing = [r.run_dir(root) for r in grid if not _finished(r, root)]
+    finished = [_finished(r, root) for r in grid]
+    missing = [r.run_dir(root) for r, f in zip(grid, finished) if not f]
     # Each finished run as it ran (its config.json), not as this command line would run it: a report
     # written with other flags (--report-only without --preset reference) still reads each run's own read.
     done = [dataclasses.replace(r, config=config_from_dict(RunDirectory(r.run_dir(root)).read_json("config.json")))
-            for r in grid if _finished(r, root)]
+            for r, f in zip(grid, finished) if f]
     wall = (f"{about['wall_s']:.0f} s (runs found finished are read, not retrained)" if about.get("wall_s") is not None
             else "not measured (--report-only)")
     lines = [f"# The paper, reproduced: {about['scale']} scale, preset {about['preset']}", "",
