@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for plain `pytest` too
 
-from benchmarks import _common, estimator_throughput, ground_truth, train_throughput  # noqa: E402
+from benchmarks import _common, estimate_cost, estimator_throughput, ground_truth, train_throughput  # noqa: E402
 
 TRAIN_ARGS = ["--quick", "--model", "small_cnn", "--dtypes", "float32"]
 EST_ARGS = ["--quick", "--groups", "2", "--batch-div", "16", "--size-div", "64", "--steps", "2", "--repeats", "2",
@@ -136,3 +136,18 @@ def test_ground_truth_selection_variant_reports_the_chosen_candidate(tmp_path):
     assert all(0 <= r["candidate"] < n and math.isfinite(r["heldout"]) for r in doc["rows"])
     assert doc["summary"][0]["overrides"].startswith("best on validation of: ")
     assert doc["summary"][0]["overrides"].count(" | ") == n - 1
+
+
+def test_estimate_cost_splits_each_variant_into_fixed_and_per_epoch_parts(tmp_path, capsys):
+    out = tmp_path / "cost.json"
+    doc = estimate_cost.main(["--variants", "reference,levers-each-batch,levers", "--groups", "2", "--size-div", "64",
+                              "--batch-div", "16", "--epochs", "1,2", "--repeats", "1", "--json", str(out)])
+    rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["reference", "levers-each-batch", "levers"] and doc["rows"][0]["fixed_ratio"] == 1.0
+    assert rows["levers-each-batch"]["mapped"] == "each batch" and rows["levers"]["mapped"] == "once"
+    for r in rows.values():
+        assert r["finite"] and r["short_s"] > 0 and r["long_s"] > 0
+        assert math.isclose(r["fixed_s"] + r["per_epoch_s"], r["short_s"], rel_tol=1e-9)
+    assert "fixed s" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        estimate_cost.main(["--epochs", "8,1"])

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import stats
 
 from ibjax import mi
@@ -88,3 +89,48 @@ def test_rank_preprocessed_estimate_is_invariant_to_monotone_marginal_maps():
                                 jnp.stack([y, jax.scipy.stats.norm.cdf(y), y**3]), config=cfg)
     np.testing.assert_allclose(res.trajectory[1:], np.broadcast_to(res.trajectory[0], (2, 6)), atol=1e-4)
     np.testing.assert_allclose(res.heldout[1:], [res.heldout[0]] * 2, atol=0.01)
+
+
+def test_order_preserving_sort_and_two_level_search_match_numpy():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 5)).astype(np.float32)
+    x[:40, 0] = 0.0
+    x[40:60, 0] = -0.0  # equal to 0.0 under float comparison
+    x[:, 1] = np.round(x[:, 1])  # ties
+    x[-3:, 2] = np.inf  # padding rows
+    np.testing.assert_array_equal(np.asarray(transform._sort_columns(jnp.asarray(x))), np.sort(x, axis=0))
+    knots = np.sort(x, axis=0)
+    queries = np.concatenate([x[:50], rng.normal(size=(50, 5)).astype(np.float32) * 3, knots[[0, -1]]])
+    for q in (7, 64, 300):  # fewer knots than a segment, a square number, more than one segment row
+        k = knots[np.linspace(0, 299, q).round().astype(int)]
+        want = np.stack([np.searchsorted(k[:, c], queries[:, c], side="left") for c in range(5)], 1)
+        np.testing.assert_array_equal(np.asarray(transform._first_not_below(jnp.asarray(k), jnp.asarray(queries))), want)
+
+
+def test_fewer_knots_follow_the_every_value_map_closely_and_keep_ties_and_order():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.standard_t(3, size=(2880, 4)).astype(np.float32) ** 3)  # heavy tails
+    valid = jnp.ones(2880, bool)
+    new = jnp.asarray(np.concatenate([np.asarray(x[:500]), rng.standard_t(3, size=(500, 4)).astype(np.float32) ** 3]))
+    u = jax.random.uniform(jax.random.PRNGKey(0), new.shape)
+    every = mi.fit_marginals(x, valid, "rank")
+    few = mi.fit_marginals(x, valid, "rank", knots=256)
+    assert every.knots.shape[0] == 2880 and few.knots.shape[0] == transform.knot_count(2880, 256) == 256
+    z_every, z_few = (np.asarray(mi.apply_marginals(m, new, "rank", u)) for m in (every, few))
+    assert np.abs(z_every - z_few).max() < 0.03  # 256 knots at equally spaced normal scores
+    for j in range(4):  # still increasing in x on the fitted range (clamped beyond it)
+        col = np.asarray(new[:, j])
+        inside = (col >= np.asarray(x[:, j]).min()) & (col <= np.asarray(x[:, j]).max())
+        order = np.argsort(col[inside])
+        z = z_few[inside, j][order]
+        assert np.all(np.diff(z) >= 0) and len(np.unique(z)) > 0.99 * len(z)  # float32 may merge neighbours
+    # Pixels: each tied block keeps its own interval of normal scores with 16 knots for 4 values.
+    pixels = jnp.asarray(rng.integers(0, 4, (6000, 1)), jnp.float32)
+    m = mi.fit_marginals(pixels, jnp.ones(6000, bool), "rank", knots=16)
+    p = np.asarray(pixels)[:, 0]
+    cdf = stats.norm.cdf(np.asarray(mi.apply_marginals(m, pixels, "rank", jax.random.uniform(jax.random.PRNGKey(1), pixels.shape)))[:, 0])
+    for v in range(4):
+        lo, hi = np.mean(p < v), np.mean(p <= v)
+        assert stats.kstest((cdf[p == v] - lo) / (hi - lo), "uniform").pvalue > 0.01
+    with pytest.raises(ValueError, match="rank_knots must be 0"):
+        mi.resolve_config(rank_knots=1)

@@ -88,7 +88,8 @@ def test_estimator_on_a_mesh_takes_typed_and_raw_keys_alike():
     x = (t[:, 0, :2] + 0.1 * rng.normal(size=(n, 2))).astype(np.float32)
     index = np.stack([np.arange(n), rng.permutation(n)]).astype(np.int32)
     valid = np.ones_like(index, bool)
-    cfg = ibmi.resolve_config(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1)
+    cfg = ibmi.resolve_config(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1,
+                              validation_fraction=0.0, select="last", preprocess="none")
     mesh = par.make_mesh(1)
     shared = par.put_replicated((t, x), mesh)
     run = lambda key: estimate_mi_on_mesh(key, ibmi.bank_pairs, shared, index, valid, 3, 2,  # noqa: E731

@@ -4,7 +4,10 @@ from ibjax.fields import override
 from ibjax.mi import resolve_config
 from ibjax.study import StudyConfig
 
-TINY_MI = resolve_config(epochs=6, batch_size=16, negatives=32, hidden=(16, 16), lr=1e-3, read_epochs=2, heldout_passes=1)
+# A held-out read only (no validation split, rank map or best critic): the cheapest estimator that
+# exercises every read the study writes; the defaults' levers have tests of their own.
+TINY_MI = resolve_config(epochs=6, batch_size=16, negatives=32, hidden=(16, 16), lr=1e-3, read_epochs=2, heldout_passes=1,
+                         validation_fraction=0.0, select="last", preprocess="none")
 TINY = override(StudyConfig(), {
     "data.name": "mnist5k",
     "data.per_class_limit": 60,

@@ -8,10 +8,10 @@ One concern per module:
   scores, in nats.
 - :mod:`ibjax.mi.groundtruth`: tasks whose MI is known exactly, to measure the estimator against.
 - :mod:`ibjax.mi.discrete`: exact entropy and MI of discrete variables from counts (no critic).
-- :mod:`ibjax.mi.config`: :class:`MIConfig` (critic, optimiser and protocol parts), the authors'
-  exact settings (:data:`XT_REFERENCE`,
-  :data:`TY_REFERENCE`) and ibjax's defaults (:data:`XT_CONFIG`, :data:`TY_CONFIG`), the authors'
-  batches-per-epoch rule, the candidates of model selection (:class:`Candidate`, :func:`candidate_configs`).
+- :mod:`ibjax.mi.config`: :class:`MIConfig` (critic, optimiser and protocol parts; its defaults are
+  ibjax's estimator, :data:`XT_CONFIG`, and :data:`TY_CONFIG` at the I(T;Y_pred) sizes), the
+  authors' exact settings (:data:`XT_REFERENCE`, :data:`TY_REFERENCE`), named presets
+  (:data:`MI_PRESETS`: ``config="reference"``), the authors' batches-per-epoch rule, the candidates of model selection (:class:`Candidate`, :func:`candidate_configs`).
 - :mod:`ibjax.mi.training`: one critic step for all groups (:func:`init`, :func:`update`) and the
   authors' plateau rule (:func:`end_epoch`), for use inside other loops.
 - :mod:`ibjax.mi.online`: critics trained alongside a network on per-group ring buffers
@@ -29,6 +29,7 @@ from ibjax.mi import bounds, critics, discrete, groundtruth
 from ibjax.mi.config import (
     CANDIDATE_SECTIONS,
     MI_ALIASES,
+    MI_PRESETS,
     TY_CONFIG,
     TY_REFERENCE,
     XT_CONFIG,
@@ -69,6 +70,7 @@ __all__ = [
     "Candidate",
     "XT_REFERENCE",
     "TY_REFERENCE",
+    "MI_PRESETS",
     "XT_CONFIG",
     "TY_CONFIG",
     "resolve_config",
