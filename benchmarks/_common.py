@@ -161,3 +161,12 @@ def jit_cache_size(fn) -> Optional[int]:
         return int(fn._cache_size())
     except Exception:  # pragma: no cover - private API
         return None
+
+
+def parse_names(parser, text: str, known, what: str = "variant") -> list:
+    """Comma-separated names from ``known``, in order; ``parser.error`` (exit 2) for an unknown one or none."""
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    bad = [v for v in names if v not in known]
+    if bad or not names:
+        parser.error(f"unknown {what}(s) {bad}; choose from {', '.join(known)}")
+    return names

@@ -75,10 +75,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a = p.parse_args(argv)
-    a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
-    bad = [v for v in a.variants if v not in VARIANTS]
-    if bad or not a.variants:
-        p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    a.variants = C.parse_names(p, a.variants, VARIANTS)
     try:
         a.epochs = [int(e) for e in a.epochs.split(",")]
     except ValueError:

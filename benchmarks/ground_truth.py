@@ -82,10 +82,7 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes (n 600, 6 epochs, B 64, K 32, critic 16x16, lr 3e-3)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a = p.parse_args(argv)
-    a.variants = [v.strip() for v in a.variants.split(",") if v.strip()]
-    bad = [v for v in a.variants if v not in VARIANTS]
-    if bad or not a.variants:
-        p.error(f"unknown variant(s) {bad}; choose from {', '.join(VARIANTS)}")
+    a.variants = C.parse_names(p, a.variants, VARIANTS)
     if a.protocol == "full":
         a.n, a.epochs, a.batch_size, a.negatives = 4500, 350, 128, 512
     if a.quick:

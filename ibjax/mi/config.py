@@ -17,7 +17,7 @@ Two families of configurations, for the two quantities of the study:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Iterable, Literal, Mapping, Optional, Union
+from typing import Any, Iterable, Literal, Mapping, Union
 
 import numpy as np
 
