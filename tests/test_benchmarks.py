@@ -143,7 +143,10 @@ def test_estimate_cost_splits_each_variant_into_fixed_and_per_epoch_parts(tmp_pa
     doc = estimate_cost.main(["--variants", "reference,levers-each-batch,levers", "--groups", "2", "--size-div", "64",
                               "--batch-div", "16", "--epochs", "1,2", "--repeats", "1", "--json", str(out)])
     rows = {r["variant"]: r for r in json.loads(out.read_text())["rows"]}
-    assert list(rows) == ["reference", "levers-each-batch", "levers"] and doc["rows"][0]["fixed_ratio"] == 1.0
+    assert list(rows) == ["reference", "levers-each-batch", "levers"]
+    # One repeat at these sizes is timing noise: a part may come out negative, and then has no ratio.
+    base = doc["rows"][0]
+    assert base["fixed_ratio"] == (1.0 if base["fixed_s"] > 0 else None)
     assert rows["levers-each-batch"]["mapped"] == "each batch" and rows["levers"]["mapped"] == "once"
     for r in rows.values():
         assert r["finite"] and r["short_s"] > 0 and r["long_s"] > 0
