@@ -368,8 +368,8 @@ XT_REFERENCE = MIConfig(critic=CriticConfig(preprocess="none"), optimiser=Optimi
 """The authors' I(X;T) estimator exactly: B 128, K 512, AdamW 3e-4 (wd 1e-4), clip 5, 350 epochs,
 half the loader per epoch, plateau on the training loss, raw inputs, the last critic; read = mean of
 the last 5 training epochs (no held-out read)."""
-TY_REFERENCE = override(XT_REFERENCE, {"optimiser.lr": 5e-4, "protocol.epochs": 250, "protocol.batch_size": 512,
-                                       "protocol.negatives": 256})
+_TY_SIZES = {"optimiser.lr": 5e-4, "protocol.epochs": 250, "protocol.batch_size": 512, "protocol.negatives": 256}
+TY_REFERENCE = override(XT_REFERENCE, _TY_SIZES)
 """The authors' I(T;Y_pred) estimator exactly: B 512, K 256, AdamW 5e-4, 250 epochs, otherwise as XT."""
 
 # ibjax's defaults: the reference's sizes plus the levers that keep the held-out read near the truth,
@@ -379,8 +379,7 @@ TY_REFERENCE = override(XT_REFERENCE, {"optimiser.lr": 5e-4, "protocol.epochs": 
 # nonlinear marginals).
 XT_CONFIG = MIConfig()
 """ibjax's I(X;T) estimator: :class:`MIConfig`'s defaults (the reference's sizes, ibjax's levers)."""
-TY_CONFIG = override(XT_CONFIG, {"optimiser.lr": 5e-4, "protocol.epochs": 250, "protocol.batch_size": 512,
-                                 "protocol.negatives": 256})
+TY_CONFIG = override(XT_CONFIG, _TY_SIZES)
 """ibjax's I(T;Y_pred) estimator: the reference's I(T;Y_pred) sizes with ibjax's levers."""
 
 MI_PRESETS = {"default": XT_CONFIG, "reference": XT_REFERENCE, "reference_ty": TY_REFERENCE, "default_ty": TY_CONFIG}

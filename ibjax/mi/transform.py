@@ -187,10 +187,13 @@ def rank_gaussianize(m: Marginals, x: jax.Array, u: jax.Array) -> jax.Array:
 
 def premap_marginals(m: Marginals, x: jax.Array, kind: str) -> jax.Array:
     """The part of :func:`apply_marginals` that needs no uniforms, for rows mapped once and read many
-    times: f32[B, d, 2] intervals for "rank", the mapped f32[B, d] otherwise; finish a batch of
-    them with :func:`finish_premapped`. ``finish_premapped(premap_marginals(m, x, kind), kind, u)``
-    equals ``apply_marginals(m, x, kind, u)``."""
-    return rank_interval(m, x) if kind == "rank" else apply_marginals(m, x, kind)
+    times: f32[B, d, 2] intervals for "rank", the mapped f32[B, d] for "standardize", x itself for
+    "none"; finish a batch of them with :func:`finish_premapped`."""
+    if kind == "none":
+        return x
+    if kind == "standardize":
+        return (x.astype(jnp.float32) - m.loc) / m.scale
+    return rank_interval(m, x)
 
 
 def finish_premapped(mapped: jax.Array, kind: str, u: Optional[jax.Array] = None) -> jax.Array:
@@ -205,11 +208,6 @@ def finish_premapped(mapped: jax.Array, kind: str, u: Optional[jax.Array] = None
 
 def apply_marginals(m: Marginals, x: jax.Array, kind: str, u: Optional[jax.Array] = None) -> jax.Array:
     """Apply a fitted map to a batch x f[B, d]; ``u`` f[B, d] uniform in [0, 1) breaks ties ("rank"
-    only, required there). Returns f32[B, d] (x itself for "none")."""
-    if kind == "none":
-        return x
-    if kind == "standardize":
-        return (x.astype(jnp.float32) - m.loc) / m.scale
-    if u is None:
-        raise ValueError("rank-Gaussianisation needs tie-breaking uniforms u of the batch's shape")
-    return rank_gaussianize(m, x, u)
+    only, required there). Returns f32[B, d] (x itself for "none"). The same as mapping rows once
+    (:func:`premap_marginals`) and finishing them (:func:`finish_premapped`)."""
+    return finish_premapped(premap_marginals(m, x, kind), kind, u)
