@@ -18,6 +18,10 @@ pooled output of the last block"; the authors read it with a hook on the last bl
 reads T + N(0, gamma_ty^2), so Y_pred is a noisy function of T and I(T;Y_pred) is finite; with the
 noisy T returned instead, Y_pred would be a deterministic function of T.
 
+The last block's output before pooling (f32[B, h, w, D], what BAN masks and TAC compares) is sown
+as ``intermediates/feature_map`` when ``apply`` is called with ``mutable=["intermediates"]``
+(:func:`feature_map`); a plain ``init`` or ``apply`` stores nothing.
+
 Batch norm runs on batch statistics when ``train=True`` (collection ``batch_stats`` mutable) and on the
 running averages otherwise. ``dtype`` is the compute dtype (float32 for exactness, bfloat16 for speed);
 parameters stay float32 and the returned logits and T are float32.
@@ -49,6 +53,8 @@ __all__ = [
     "make_model",
     "NOISE_FIELDS",
     "with_noise_levels",
+    "feature_map",
+    "FEATURE_MAP",
 ]
 
 
@@ -88,7 +94,10 @@ def _conv(features: int, kernel: int, strides: int, name: str, dtype: Dtype, ini
 def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The study's head, called inside ``module``'s compact ``__call__``: T = global average pool of
     ``x``, and the logits of a linear classifier on T + N(0, gamma_ty^2) (both float32)."""
-    t = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    if module.is_mutable_collection("intermediates") and not module.is_initializing():
+        module.sow("intermediates", FEATURE_MAP, x, reduce_fn=lambda _, new: new, init_fn=lambda: None)
+    t = jnp.mean(x, axis=(1, 2))
     extra = {}
     if module.weight_init == "authors":
         bound = 1.0 / float(t.shape[-1]) ** 0.5
@@ -97,6 +106,19 @@ def _pooled_head(module: nn.Module, x: jax.Array) -> tuple[jax.Array, jax.Array]
     logits = nn.Dense(module.num_classes, dtype=module.dtype, name="classifier", **extra)(
         _noise(t, module.gamma_ty, module))
     return logits.astype(jnp.float32), t
+
+
+FEATURE_MAP = "feature_map"
+
+
+def feature_map(model: nn.Module, variables, x: jax.Array, key: jax.Array, train: bool = False):
+    """The last block's output before pooling, ``f32[B, h, w, D]``, and the logits f32[B, K] of the
+    same forward pass (noise from ``key``). ``train=True`` normalises with batch statistics and
+    also returns the updated ``batch_stats``: ``(features, logits[, batch_stats])``."""
+    mutable = ["intermediates", "batch_stats"] if train else ["intermediates"]
+    (logits, _), state = model.apply(variables, x, train=train, rngs={"noise": key}, mutable=mutable)
+    fmap = state["intermediates"][FEATURE_MAP]
+    return (fmap, logits, state["batch_stats"]) if train else (fmap, logits)
 
 
 def _noise(x: jax.Array, std, module: nn.Module) -> jax.Array:

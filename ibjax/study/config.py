@@ -227,11 +227,25 @@ class AnalysisConfig(Config):
         trained network (H(B), I(B;Y), I(B;Y_pred) exactly, I(X;B) estimated:
         :func:`ibjax.study.checks.backdoor_checks`), written to ``checks.json`` and the summary.
         Off by default: the I(X;B) critic costs about as much as one MI epoch of a group.
+      defenses: after the last epoch, these detectors, parameter-space statistics and
+        representation metrics of :data:`ibjax.defenses.DEFENSES` (``("all",)``: every one) on the
+        trained network, written to ``defenses.json`` and the summary: sample-level detectors with
+        their AUROC, TPR and FPR against the run's poisons, model-level ones with their score
+        and suspected target, each with its wall time.
+      defense_rules: ``"ibjax"`` (ibjax's settings of each method) or ``"reference"`` (their
+        official code's).
     """
 
     stealth: StealthConfig = StealthConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()
     bound_checks: bool = False
+    defenses: tuple[str, ...] = ()
+    defense_rules: Literal["ibjax", "reference"] = "ibjax"
+
+    def check(self) -> None:
+        from ibjax.defenses.registry import resolve_defenses
+
+        resolve_defenses(self.defenses)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,6 +68,29 @@ def _mi_cell(entry: dict) -> str:
     return f"{ho} / {_fmt(entry.get('train'), 2)}{flag}"
 
 
+def defenses_markdown(records) -> list[str]:
+    """The summary's defences section (empty without records): one table per level."""
+    if not records:
+        return []
+    lines = ["## Defences on the trained network", ""]
+    sample = {k: v for k, v in records.items() if v["level"] == "sample"}
+    if sample:
+        lines += ["| sample-level detector | AUROC | TPR | FPR | flagged | wall s |", "|---|---|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v['auroc'])} | {_fmt(v['tpr'])} | {_fmt(v['fpr'])} | {v['flagged']} | {v['wall_s']:.1f} |"
+                  for k, v in sample.items()]
+        lines.append("")
+    model = {k: v for k, v in records.items() if v["level"] == "model"}
+    if model:
+        lines += ["| model-level detector | score | suspected target | wall s |", "|---|---|---|---|"]
+        lines += [f"| {k} | {_fmt(v['score'])} | {v.get('suspected_target', '')} | {v['wall_s']:.1f} |" for k, v in model.items()]
+        lines.append("")
+    for k, v in records.items():
+        if v["level"] in ("defence", "representation"):
+            lines.append(f"- {k}: " + ", ".join(f"{f} {_fmt(x) if isinstance(x, float) else x}" for f, x in v.items()
+                                             if f not in ("level",)))
+    return lines + [""]
+
+
 def summary_markdown(config: StudyConfig, history: RunHistory, s: dict) -> str:
     """summary.md of a run: results, stealthiness (both reads), MI tables, clustering, cost, plots."""
     lines = [
@@ -131,6 +154,7 @@ def summary_markdown(config: StudyConfig, history: RunHistory, s: dict) -> str:
                   "| H(B) | I(B;Y) | I(B;Y_pred) | I(X;B) |", "|---|---|---|---|",
                   f"| {_fmt(b['H_B'], 4)} | {_fmt(b['I_B_Y'], 4)} | {_fmt(b['I_B_Ypred'], 4)} | {xb} "
                   f"({b.get('I_X_B_read') or 'not estimated'}) |", ""]
+    lines += defenses_markdown(s.get("defenses"))
     if history.clustering:
         lines += ["## Silhouette of T per group", ""]
         for e, sil in sorted(history.clustering.items()):

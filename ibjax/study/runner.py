@@ -36,7 +36,9 @@ from ibjax.progress import LOGGER, Progress, phase
 from ibjax.quantities import QUANTITIES
 from ibjax.records import EpochRecord, MIHistory, RunHistory
 from ibjax.study import report
+from ibjax.defenses.registry import resolve_defenses
 from ibjax.study.checks import backdoor_checks
+from ibjax.study.defenses import DEFENSES_FILE, population_defenses
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
 from ibjax.study.population import (
     build_population,
@@ -56,7 +58,8 @@ __all__ = ["run_study", "run_population", "run_many", "study_mesh", "open_run", 
 
 RESUMABLE_CHANGES = ("train.epochs", "mi.epochs", "analysis.embedding.epochs", "analysis.embedding.points",
                      "analysis.stealth.epochs", "analysis.stealth.read", "analysis.stealth.normalise",
-                     "analysis.stealth.classes", "analysis.embedding.method", "analysis.bound_checks")
+                     "analysis.stealth.classes", "analysis.embedding.method", "analysis.bound_checks",
+                     "analysis.defenses", "analysis.defense_rules")
 """Fields a resumed run may change: they extend the run or only change the analysis at the end."""
 
 
@@ -404,6 +407,12 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                                              state.train.variables, pop)
                 for rec, c in zip(recorders, checks):
                     rec.rd.write_json(CHECKS_FILE, c)
+            if epoch == epochs and config.analysis.defenses:
+                with phase(f"defences: {', '.join(resolve_defenses(config.analysis.defenses))}", enabled=progress):
+                    found = population_defenses([jax.random.fold_in(m.keys.mi, DEFENSES_FOLD) for m in pop.members],
+                                                jax.tree.map(to_host, state.train.variables), pop)
+                for rec, d in zip(recorders, found):
+                    rec.rd.write_json(DEFENSES_FILE, d)
             host = jax.tree.map(to_host, state)
             wall_s = time.perf_counter() - t_epoch
             for r, (rec, record) in enumerate(zip(recorders, records)):
@@ -415,6 +424,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
 
 CHECKS_FILE = "checks.json"
 CHECKS_FOLD = 1_000_003  # the bound checks' key: fold_in(mi key, this), apart from every epoch's fold_in(mi, epoch)
+DEFENSES_FOLD = 1_000_033  # the defences' key, likewise
 
 
 def clustering_key(train_key: jax.Array, epoch: int) -> jax.Array:
@@ -468,6 +478,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
     stealth = _stealth(config, history.mi)
     rd.write_json("stealth.json", stealth)
     checks = rd.read_json(CHECKS_FILE) if os.path.exists(rd.file(CHECKS_FILE)) else None
+    defenses = rd.read_json(DEFENSES_FILE) if os.path.exists(rd.file(DEFENSES_FILE)) else None
     plots_made = report.make_plots(rd, config, history, class_names) if rd.writable and plots else []
     records = history.records
     summary = {
@@ -484,6 +495,7 @@ def finalize(rd: RunDirectory | str, config: StudyConfig, history: RunHistory, c
         "warnings": reference_departures(config),
         "stealth": stealth,
         "bound_checks": checks,
+        "defenses": defenses,
         **{name: math.fsum(v for r in records if (v := getattr(r, name)) is not None and math.isfinite(v))
            for name in ("train_s", "mi_s", "wall_s")},
         "timings": dict(history.timings),
