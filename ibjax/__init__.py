@@ -14,7 +14,7 @@ entry points' processes).
 ``__all__`` is the user's API: the estimators and their configs, the bounds, the triggers and
 :func:`get_attack`, poisoning plans, data sets, models, :class:`StudyConfig` and :func:`run_study`,
 and the metrics. Everything else stays in its module (``ibjax.pipeline.gather_batch``,
-``ibjax.mi.CriticState``, ...). ``plots``, ``study``, ``checkpoint``, ``cli`` and ``runtime`` load on
+``ibjax.mi.CriticState``, ...). ``plots``, ``study``, ``checkpoint``, ``cli``, ``runtime`` and ``defenses`` load on
 first use, and so do ``StudyConfig`` and ``run_study`` (from ``study``), so ``import ibjax`` stays
 light.
 """
@@ -56,6 +56,7 @@ from ibjax.triggers import (
     bpp,
     ftrojan,
     get_attack,
+    grond,
     label_consistent,
     low_frequency,
     sig,
@@ -65,7 +66,7 @@ from ibjax.triggers import (
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("plots", "study", "checkpoint", "cli", "runtime")
+_LAZY_MODULES = ("plots", "study", "checkpoint", "cli", "runtime", "defenses")
 # Names of lazily loaded modules, resolved on first use: the study stack imports orbax and matplotlib.
 _LAZY_NAMES = {"StudyConfig": "ibjax.study", "run_study": "ibjax.study"}
 
@@ -77,7 +78,7 @@ __all__ = [
     # attacks and poisoning
     "Attack", "Trigger", "ATTACKS", "get_attack",
     "badnets", "blend", "adaptive_blend", "wanet", "sig", "ftrojan", "bpp", "trojannn", "label_consistent",
-    "low_frequency",
+    "low_frequency", "grond",
     "PoisonConfig", "PoisonPlan", "REFERENCE_POISON", "make_poison_plan",
     # data, networks, training, studies
     "Dataset", "DataUnavailableError", "load_dataset",

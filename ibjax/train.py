@@ -70,6 +70,11 @@ class TrainConfig(Config):
       eval_batch_size: images per evaluation batch (every test image is counted exactly once).
       asr_on_all: count the attack success rate over all triggered test images (the reference's
         count) instead of the non-target ones (the standard definition).
+      abi_u: Grond's Adversarial Backdoor Injection, for any attack: after every epoch's training
+        steps, each batch-norm channel whose Lipschitz bound (UCLC) exceeds its layer's mean +
+        abi_u std gets the layer's mean scale and bias (:func:`ibjax.defenses.abi_reset`; Grond:
+        3). Applied before the epoch's evaluation, so the recorded accuracy and ASR and the final
+        network include it (the Grond code evaluates and saves before it). 0: off.
     """
 
     epochs: int = 120
@@ -83,6 +88,7 @@ class TrainConfig(Config):
     plateau_threshold: float = 1e-4
     eval_batch_size: int = 1000
     asr_on_all: bool = False
+    abi_u: float = 0.0
 
     def check(self) -> None:
         if self.epochs < 1:
@@ -94,6 +100,8 @@ class TrainConfig(Config):
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not 0 < self.plateau_factor < 1:
             raise ValueError(f"plateau_factor must lie in (0, 1), got {self.plateau_factor}")
+        if self.abi_u < 0:
+            raise ValueError(f"abi_u must be >= 0 (0: no Adversarial Backdoor Injection), got {self.abi_u}")
 
 
 @struct.dataclass

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo root, for plain `pytest` too
 
-from benchmarks import _common, estimate_cost, estimator_throughput, ground_truth, train_throughput  # noqa: E402
+from benchmarks import _common, defense_cost, estimate_cost, estimator_throughput, ground_truth, train_throughput  # noqa: E402
 
 TRAIN_ARGS = ["--quick", "--model", "small_cnn", "--dtypes", "float32"]
 EST_ARGS = ["--quick", "--groups", "2", "--batch-div", "16", "--size-div", "64", "--steps", "2", "--repeats", "2",
@@ -154,3 +154,11 @@ def test_estimate_cost_splits_each_variant_into_fixed_and_per_epoch_parts(tmp_pa
     assert "fixed s" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         estimate_cost.main(["--epochs", "8,1"])
+
+
+def test_defense_cost_refuses_bad_flags_before_training():
+    # its training and its defences run in tests/test_defenses_trained.py (train_pair, pair_config)
+    for argv in (["--epochs", "1"], ["--defenses", "spectral,nope"], ["--rules", "mine"]):
+        with pytest.raises(SystemExit):
+            defense_cost.parse_args(argv)
+    assert defense_cost.parse_args(["--defenses", "uclc,ban"]).defenses == ["uclc", "ban"]

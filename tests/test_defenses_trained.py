@@ -6,7 +6,7 @@ import functools
 import jax
 import numpy as np
 import pytest
-from trained_networks import train_pair
+from benchmarks.defense_cost import pair_config, train_pair
 
 from ibjax.defenses import BANConfig, auroc, ban_detect, strip_entropy
 from ibjax.defenses.registry import run_defenses
@@ -17,7 +17,7 @@ from ibjax.study.defenses import member_defense_inputs
 
 @pytest.fixture(scope="module")
 def pair():
-    p = train_pair()
+    p = train_pair(pair_config())  # the benchmark's pair: mnist5k, small CNN, BadNets 10%, 4 epochs
     assert p.metrics["backdoored"]["asr"] > 0.9 and p.metrics["clean"]["asr"] < 0.2  # the ground truth holds
     return p
 

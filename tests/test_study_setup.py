@@ -56,3 +56,14 @@ def test_a_clean_model_of_another_network_or_no_file_is_one_line_before_any_work
     with pytest.raises(ValueError, match=r"is not the run's small_cnn for 10 classes .*bias'\] has shape \(5,\), the "
                                          r"run's network needs \(10,\)"):
         study_setup.load_clean_model(path, config, train_set.images.shape[1:], 10)
+
+
+def test_grond_computes_its_perturbation_against_the_clean_model_and_keeps_it(tmp_path):
+    from ibjax.study import run_study
+
+    config = short(TINY, 1, **{"attack.name": "grond", "poison.ratio": 0.5,
+                               "attack.options": (("steps", "20"), ("batch_size", "32"))})
+    s = run_study(config, str(tmp_path / "run"), progress=False)
+    delta = np.load(tmp_path / "run" / study_setup.PRECOMPUTED_FILE)
+    assert delta.shape == (28, 28, 1) and 0 < np.abs(delta).max() <= 8 / 255 + 1e-6
+    assert s["attack"] == "grond" and s["asr"] is not None

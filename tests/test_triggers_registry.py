@@ -22,7 +22,7 @@ def _images(shape, seed=0):
 
 def test_registry_contents_and_flags():
     assert T.ATTACKS == ("badnets", "blend", "wanet", "label_consistent", "adaptive_blend", "sig", "ftrojan", "bpp",
-                         "trojannn", "low_frequency")
+                         "trojannn", "low_frequency", "grond")
     assert T.ATTACKS == tuple(T.REGISTRY)
     for name in T.ATTACKS:
         a = T.get_attack(name)
@@ -32,10 +32,10 @@ def test_registry_contents_and_flags():
         assert a.train_trigger.fn is spec.fn and a.test_trigger.fn is spec.fn
     clean = {n for n in T.ATTACKS if T.get_attack(n).clean_label}
     keyed = {n for n in T.ATTACKS if T.get_attack(n).train_trigger.uses_key}
-    assert clean == {"label_consistent", "sig"} and keyed == {"wanet", "adaptive_blend"}
+    assert clean == {"label_consistent", "sig", "grond"} and keyed == {"wanet", "adaptive_blend"}
     assert [n for n in T.ATTACKS if T.get_attack(n).needs_perturbation] == ["label_consistent"]
     assert [n for n in T.ATTACKS if T.get_attack(n).keep_label_fraction] == ["adaptive_blend"]
-    assert [n for n in T.ATTACKS if T.get_attack(n).optimised_pattern] == ["trojannn"]
+    assert [n for n in T.ATTACKS if T.get_attack(n).optimised_pattern] == ["trojannn", "grond"]
     with pytest.raises(TypeError):
         T.REGISTRY["mine"] = T.REGISTRY["badnets"]  # read-only
 

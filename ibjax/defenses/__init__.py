@@ -27,7 +27,7 @@ from ibjax.defenses.lipschitz import (
     trigger_activated_change,
     uclc_score,
 )
-from ibjax.defenses.registry import DEFENSE_NAMES, DEFENSES, DefenseInputs, resolve_defenses, run_defenses
+from ibjax.defenses.registry import DEFENSE_NAMES, DEFENSES, RULES, DefenseInputs, resolve_defenses, run_defenses
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, auroc_interval, detection_rates, roc_curve, threshold_at_fpr
 from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
@@ -35,7 +35,7 @@ from ibjax.defenses.strip import strip_entropy, superimpose
 
 __all__ = [
     "activation_clustering", "ban", "lipschitz", "network", "registry", "representation", "roc", "spectral", "strip",
-    "DEFENSE_NAMES", "DEFENSES", "DefenseInputs", "resolve_defenses", "run_defenses",
+    "DEFENSE_NAMES", "DEFENSES", "RULES", "DefenseInputs", "resolve_defenses", "run_defenses",
     "activation_clusters", "principal_projection", "BAN_REFERENCE", "BANConfig", "BANResult", "ban_detect",
     "abi_reset", "channel_lipschitz", "clp_prune", "layer_outliers", "tac_uclc_product", "trigger_activated_change",
     "uclc_score", "davies_bouldin", "dswd", "linear_probe", "ot_distance",

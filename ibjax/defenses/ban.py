@@ -118,6 +118,9 @@ class BANResult:
     mask_l1: jax.Array
 
 
+_SCORE_CHUNK = 500  # scoring images per network call
+
+
 def _ce(logits, labels):
     return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels))
 
@@ -246,19 +249,31 @@ def ban_detect(key: jax.Array, model: Any, variables, fit_images: jax.Array, fit
 
         (d, stats), _ = jax.lax.scan(noise_batch, (draw(k_noise), stats), jax.random.split(k_nb, config.noise_batches))
 
-    # Stage 3: predictions under noise with the negative mask, batch norm on (the fitted) running stats.
+    # Stage 3: predictions under noise with the negative mask, batch norm on (the fitted) running
+    # stats; in chunks, so a large scoring set never runs through the network at once.
     noisy_vars = noisy(d, stats)
-    x = score_images.astype(jnp.float32)
-    k_f, k_h = jax.random.split(k_score)
-    f, plain_logits = feature_map(model, noisy_vars, x, k_f)
-    pred = jnp.argmax(classifier_logits(noisy_vars, model, (1.0 - mask) * f, k_h), axis=-1)
-    k = plain_logits.shape[-1]
-    hist = jnp.bincount(pred, length=k) / pred.shape[0]
+    n = score_images.shape[0]
+    chunk = min(n, _SCORE_CHUNK)
+    pad = -n % chunk
+    xs = jnp.concatenate([score_images.astype(jnp.float32), jnp.zeros((pad, *score_images.shape[1:]), jnp.float32)])
+
+    def predict(args):
+        xb, kk = args
+        k_f, k_h = jax.random.split(kk)
+        f, plain_logits = feature_map(model, noisy_vars, xb, k_f)
+        masked = classifier_logits(noisy_vars, model, (1.0 - mask) * f, k_h)
+        return jnp.argmax(masked, axis=-1), jnp.argmax(plain_logits, axis=-1)
+
+    chunks = xs.reshape(-1, chunk, *score_images.shape[1:])
+    pred, plain = jax.lax.map(predict, (chunks, jax.random.split(k_score, chunks.shape[0])))
+    pred, plain = pred.reshape(-1)[:n], plain.reshape(-1)[:n]
+    k = jax.eval_shape(lambda z: model.apply(variables, z, train=False, rngs={"noise": key}), score_images[:1])[0].shape[-1]
+    hist = jnp.bincount(pred, length=k) / n
     return BANResult(
         score=jnp.max(hist),
         target=jnp.argmax(hist).astype(jnp.int32),
         accuracy=jnp.mean(pred == score_labels),
-        noisy_accuracy=jnp.mean(jnp.argmax(plain_logits, -1) == score_labels),
+        noisy_accuracy=jnp.mean(plain == score_labels),
         histogram=hist,
         mask_l1=jnp.mean(mask),
     )

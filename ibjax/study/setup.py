@@ -2,8 +2,8 @@
 
 Every check that needs the data (target class range, whether the trigger fits the images, MI group
 sizes) runs here, before any training. What an attack must compute against a clean model first
-(label-consistent PGD perturbations, TrojanNN's optimised patch) is computed once and handed to the
-caller to keep (the runner stores it in the run directory for resume).
+(label-consistent PGD perturbations, TrojanNN's optimised patch, Grond's universal perturbation) is
+computed once and handed to the caller to keep (the runner stores it in the run directory for resume).
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from ibjax.progress import LOGGER, Progress, phase
 from ibjax.study.config import StudyConfig, check_config
 from ibjax.study.state import RunKeys, StudySetup
 from ibjax.train import TrainConfig, create_train_state, train_epoch
-from ibjax.triggers import Attack, get_attack, pgd_l2, trojannn_pattern
+from ibjax.triggers import Attack, get_attack, grond_tuap, pgd_l2, trojannn_pattern
 
 __all__ = ["load_data", "build_attack", "reference_departures", "prepare_attack", "build_setup", "PRECOMPUTED_FILE",
            "clean_model_network", "save_clean_model", "load_clean_model"]
 
 PRECOMPUTED_FILE = "attack_precomputed.npy"
 """The file a run keeps what its attack computed against a clean model in (label-consistent: the PGD
-perturbations of the poisoned samples; TrojanNN: the optimised pattern)."""
+perturbations of the poisoned samples; TrojanNN, Grond: the optimised pattern)."""
 
 
 def load_data(config: StudyConfig) -> tuple[Dataset, Dataset]:
@@ -168,6 +168,19 @@ def _trojannn_pattern(key, attack, train_set, model, variables, images: int = 25
     return np.asarray(pattern)
 
 
+def _grond_pattern(key, attack, train_set, model, variables, target: int) -> np.ndarray:
+    """Grond's targeted universal perturbation of the clean model, from the training images of every
+    class (:func:`ibjax.triggers.grond_tuap`)."""
+    x = jnp.asarray(train_set.images, jnp.float32) / 255.0
+    logits = lambda z, k: model.apply(variables, z, train=False, rngs={"noise": k})[0]  # noqa: E731
+    return np.asarray(jax.jit(lambda k, z: grond_tuap(logits, k, z, target, attack.train_params))(key, x))
+
+
+_PATTERNS = {"trojannn": ("TrojanNN pattern", 3), "grond": ("Grond perturbation", 4)}
+"""The attacks whose pattern is optimised against a clean model: what it is called, and the fold of
+the clean-model key it is drawn with."""
+
+
 def prepare_attack(config: StudyConfig, attack: Attack, train_set: Dataset, plan: PoisonPlan, keys: RunKeys,
                    precomputed: Optional[np.ndarray], progress: bool) -> tuple[Attack, Optional[np.ndarray], Optional[np.ndarray]]:
     """What the attack needs from a clean model: ``(attack, perturbations or None, computed array or None)``.
@@ -179,14 +192,16 @@ def prepare_attack(config: StudyConfig, attack: Attack, train_set: Dataset, plan
         return attack, None, None
     result = precomputed
     if result is None:
-        label = "PGD perturbations" if attack.needs_perturbation else "TrojanNN pattern"
+        label, fold = ("PGD perturbations", 2) if attack.needs_perturbation else _PATTERNS[attack.name]
         with phase(f"computing the {label} against a clean model", enabled=progress):
             model, variables = _clean_model(keys.clean_model, config, train_set, plan, progress)
+            key = jax.random.fold_in(keys.clean_model, fold)
             if attack.needs_perturbation:
-                result = _label_consistent_perturbations(jax.random.fold_in(keys.clean_model, 2), attack, train_set,
-                                                         plan, model, variables)
+                result = _label_consistent_perturbations(key, attack, train_set, plan, model, variables)
+            elif attack.name == "grond":
+                result = _grond_pattern(key, attack, train_set, model, variables, config.poison.target)
             else:
-                result = _trojannn_pattern(jax.random.fold_in(keys.clean_model, 3), attack, train_set, model, variables)
+                result = _trojannn_pattern(key, attack, train_set, model, variables)
     if attack.needs_perturbation:
         return attack, result, result
     return build_attack(config, train_set.images.shape[1:], pattern=result), None, result

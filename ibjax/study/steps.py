@@ -29,6 +29,7 @@ import numpy as np
 
 from ibjax import metrics as ibmetrics
 from ibjax import mi as ibmi
+from ibjax.defenses.lipschitz import abi_reset
 from ibjax.mi.estimator import group_keys
 from ibjax.models import with_noise_levels
 from ibjax.parallel import pad_batch_columns, pad_groups, pad_rows, put_batch, put_groups, put_members, \
@@ -228,6 +229,16 @@ def evaluate_attack_members(variables, pop: PopulationSetup, keys: Sequence) -> 
             for c, t in zip(clean, trig)]
 
 
+@functools.partial(jax.jit, static_argnames=("model_name", "u"))
+def _abi_members(params, batch_stats, *, model_name: str, u: float):
+    """Grond's ABI (:func:`ibjax.defenses.abi_reset`) on every member's network: params with a
+    leading member axis in and out."""
+    def one(p, stats):
+        return abi_reset({"params": p, "batch_stats": stats}, model_name, u)[0]["params"]
+
+    return jax.vmap(one)(params, batch_stats)
+
+
 def run_epoch(state: RunState, pop: PopulationSetup, *,
               progress: Optional[Callable[[int, int], None]] = None) -> tuple[RunState, list[dict]]:
     """Train one epoch, evaluate, step the schedule: ``(state after epoch e) -> (state after e + 1, metrics)``.
@@ -276,6 +287,9 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
         if progress is not None:
             progress(s + 1, steps)
     train_state, online = carry if state.online is not None else (carry, None)
+    if cfg.train.abi_u > 0:
+        train_state = train_state.replace(params=_abi_members(train_state.params, train_state.batch_stats,
+                                                              model_name=cfg.model.name, u=cfg.train.abi_u))
     totals = jax.tree.map(to_host, totals)
     lr_first, lr_last = to_host(lrs[0]), to_host(lrs[-1])
     records = []

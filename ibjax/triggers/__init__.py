@@ -11,6 +11,8 @@ One module per kind of trigger:
 * :mod:`~ibjax.triggers.frequency`: :func:`ftrojan`, :func:`low_frequency` (optionally the UAP of
   :func:`low_frequency_uap`);
 * :mod:`~ibjax.triggers.quantise`: :func:`bpp`;
+* :mod:`~ibjax.triggers.universal`: :func:`grond` (the targeted universal perturbation of
+  :func:`grond_tuap`, clean-label);
 * :mod:`~ibjax.triggers.common`: the conventions every trigger follows, :class:`Trigger`,
   :class:`StaticArray`, :func:`load_pattern`;
 * :mod:`~ibjax.triggers.registry`: :data:`REGISTRY` / :data:`ATTACKS`, :func:`get_attack` ->
@@ -22,6 +24,7 @@ Images are ``[..., H, W, C]`` floats in [0, 1]; every trigger is a pure function
 """
 
 from ibjax.triggers.adversarial import LabelConsistentParams, PGDParams, label_consistent, pgd_l2
+from ibjax.triggers.universal import GrondParams, grond, grond_tuap
 from ibjax.triggers.blend import (
     AdaptiveBlendParams,
     BlendParams,
@@ -70,6 +73,9 @@ __all__ = [
     "BPPParams",
     "TrojanNNParams",
     "LowFrequencyParams",
+    "GrondParams",
+    "grond",
+    "grond_tuap",
     # triggers and their helpers
     "badnets",
     "trojannn",

@@ -23,6 +23,7 @@ from ibjax.triggers.frequency import FTrojanParams, LowFrequencyParams, ftrojan,
 from ibjax.triggers.patch import BadNetsParams, TrojanNNParams, badnets, trojannn
 from ibjax.triggers.quantise import BPPParams, bpp
 from ibjax.triggers.signal import SIGParams, sig
+from ibjax.triggers.universal import GrondParams, grond
 from ibjax.triggers.warp import WaNetParams, wanet
 
 __all__ = ["Attack", "AttackSpec", "REGISTRY", "ATTACKS", "get_attack", "reference_attack_overrides"]
@@ -93,6 +94,8 @@ _SPECS = (
     AttackSpec("bpp", bpp, BPPParams),
     AttackSpec("trojannn", trojannn, TrojanNNParams, optimised_pattern=lambda p: p.pattern is None),
     AttackSpec("low_frequency", low_frequency, LowFrequencyParams),
+    # Grond's perturbation is computed against a clean network at set-up (ibjax.study.setup).
+    AttackSpec("grond", grond, GrondParams, clean_label=True, optimised_pattern=lambda p: p.pattern is None),
 )
 
 REGISTRY: Mapping[str, AttackSpec] = types.MappingProxyType({s.name: s for s in _SPECS})
@@ -122,8 +125,8 @@ class Attack:
       needs_perturbation: training poisons need a precomputed adversarial perturbation
         (label-consistent: add ``pgd_l2(..., train_params.pgd) - x`` before ``train_trigger``).
       optimised_pattern: the trigger pattern is still to be optimised against a clean model
-        (TrojanNN without a ``pattern``: compute it with :func:`trojannn_pattern` and rebuild the
-        attack with ``pattern=...``).
+        (TrojanNN without a ``pattern``: compute it with :func:`trojannn_pattern`; Grond: with
+        :func:`grond_tuap`; then rebuild the attack with ``pattern=...``).
     """
 
     name: str
