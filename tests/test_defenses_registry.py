@@ -23,6 +23,13 @@ def test_names_resolve_in_registry_order_and_unknown_ones_fail_in_one_line():
 def test_a_study_config_with_an_unknown_defence_fails_before_any_work():
     with pytest.raises((ConfigError, ValueError), match="nope"):
         override(TINY, {"analysis.defenses": ("nope",)}).validate()
+    # the parameter-space entries and ABI need batch norms that follow convolutions: refused up front
+    preact = {"model.name": "preact_resnet18"}
+    with pytest.raises(ConfigError, match="uclc"):
+        override(TINY, {**preact, "analysis.defenses": ("all",)}).validate()
+    with pytest.raises(ConfigError, match="abi_u"):
+        override(TINY, {**preact, "train.abi_u": 3.0}).validate()
+    override(TINY, {**preact, "analysis.defenses": ("spectral", "strip")}).validate()
 
 
 def test_a_run_writes_its_defences_and_summarises_them(tmp_path):

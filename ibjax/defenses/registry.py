@@ -36,7 +36,7 @@ from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
 from ibjax.defenses.strip import network_logits, strip_entropy
 
 __all__ = ["DefenseInputs", "DefenseSpec", "DEFENSES", "DEFENSE_NAMES", "resolve_defenses", "run_defenses",
-           "RULES"]
+           "RULES", "NEEDS_CONV_BN_PAIRS"]
 
 RULES = ("ibjax", "reference")
 """Which settings the methods run with: ibjax's defaults or their official code's."""
@@ -238,6 +238,9 @@ DEFENSES: Mapping[str, DefenseSpec] = types.MappingProxyType({s.name: s for s in
 """Every defence by name (read-only)."""
 
 DEFENSE_NAMES: tuple[str, ...] = tuple(DEFENSES)
+
+NEEDS_CONV_BN_PAIRS = ("uclc", "clp")
+"""The entries that read each batch norm's convolution (:func:`ibjax.defenses.network.conv_bn_pairs`)."""
 
 
 def resolve_defenses(names: Sequence[str]) -> tuple[str, ...]:

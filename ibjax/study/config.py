@@ -291,6 +291,18 @@ class StudyConfig(Config):
         bad = [x for x in self.resolved_embed_epochs if not 1 <= x <= last]
         if bad:
             raise ConfigError("analysis.embedding", f"epochs {bad} lie outside 1..{last} (train.epochs)")
+        from ibjax.defenses.network import PAIRED_MODELS
+        from ibjax.defenses.registry import NEEDS_CONV_BN_PAIRS, resolve_defenses
+
+        if self.model.name not in PAIRED_MODELS:
+            # caught here, not after the training: these read each batch norm's convolution
+            if self.train.abi_u > 0:
+                raise ConfigError("train", f"abi_u needs each batch norm to follow one convolution; {self.model.name} "
+                                           f"does not: use one of {', '.join(PAIRED_MODELS)} or abi_u 0")
+            paired = [n for n in resolve_defenses(self.analysis.defenses) if n in NEEDS_CONV_BN_PAIRS]
+            if paired:
+                raise ConfigError("analysis", f"defenses {paired} need each batch norm to follow one convolution; "
+                                              f"{self.model.name} does not: use one of {', '.join(PAIRED_MODELS)}")
 
 
 STUDY_RENAMES = {

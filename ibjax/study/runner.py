@@ -31,12 +31,12 @@ from jax.sharding import Mesh
 
 from ibjax import metrics as ibmetrics
 from ibjax.checkpoint import Checkpointer
+from ibjax.defenses.registry import resolve_defenses
 from ibjax.parallel import barrier, check_batch_divisible, describe_mesh, make_mesh, population_mesh, to_host
 from ibjax.progress import LOGGER, Progress, phase
 from ibjax.quantities import QUANTITIES
 from ibjax.records import EpochRecord, MIHistory, RunHistory
 from ibjax.study import report
-from ibjax.defenses.registry import resolve_defenses
 from ibjax.study.checks import backdoor_checks
 from ibjax.study.defenses import DEFENSES_FILE, population_defenses
 from ibjax.study.config import StudyConfig, check_config, config_diff, config_from_dict, config_to_dict
