@@ -11,8 +11,8 @@ clusters up to k-means' random start, without FastICA's iterations. ibjax's defa
 whiten: whitening scales the direction along which a cluster holding a share p of its label lies
 to unit variance, which caps that cluster's separation at 1 / sqrt(p (1 - p)) standard deviations
 (2.5 for p = 0.2) however far it lies, level with every noise direction kept (tested: a planted
-20% cluster 6 units away is found by whitened k-means in 1 of 4 starts, by the plain projection
-always).
+20% cluster 6 units away along one of 24 dimensions is found by the whitened clustering under 2 of
+4 keys, 10 restarts each, and by the plain projection under all 4, AUROC 1.0).
 
 k-means (k = 2, k-means++ starts, restarts, Lloyd iterations) runs per label with the other
 labels' rows weighted out.

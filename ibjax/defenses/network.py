@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-__all__ = ["bn_paths", "conv_bn_pairs", "scale_bn", "classifier_logits", "PAIRED_MODELS"]
+__all__ = ["bn_paths", "conv_bn_pairs", "get_leaf", "scale_bn", "set_bn", "classifier_logits", "PAIRED_MODELS"]
 
 PAIRED_MODELS = ("small_cnn", "resnet18", "vgg16")
 """The networks whose batch norms each follow one convolution (see :func:`conv_bn_pairs`)."""
