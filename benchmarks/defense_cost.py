@@ -3,7 +3,8 @@ and its clean twin.
 
 Trains a backdoored network (the config's attack) and its clean twin (the same seed, recipe and
 initialisation, the poisons left out), timing the training epochs, then runs every defence of
-:data:`ibjax.defenses.DEFENSES` on both under each set of rules, each method called twice (the first
+:data:`ibjax.defenses.DEFENSES` but the loss-based ones (they read the per-sample losses a study
+records, which these hand-trained networks lack) on both under each set of rules, each method called twice (the first
 call compiles; the second is timed). Sample-level detectors read their AUROC against the poisons
 (the twin has none: not run), model-level ones their score on both networks.
 
@@ -83,18 +84,23 @@ def train_pair(config) -> TrainedPair:
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     from ibjax.defenses import DEFENSE_NAMES, RULES
+    from ibjax.defenses.registry import NEEDS_SAMPLE_LOSSES
+
+    # the networks train here by hand (ibjax.train.train_epoch), which records no per-sample losses
+    names = [n for n in DEFENSE_NAMES if n not in NEEDS_SAMPLE_LOSSES]
 
     p = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--attack", default="badnets")
     p.add_argument("--epochs", type=int, default=4, help="training epochs of both networks")
-    p.add_argument("--defenses", default=",".join(DEFENSE_NAMES), help=f"comma-separated, from {', '.join(DEFENSE_NAMES)}")
+    p.add_argument("--defenses", default=",".join(names), help=f"comma-separated, from {', '.join(names)} (the loss-based "
+                   "ones need a study's recorded losses: run them with --analysis.defenses)")
     p.add_argument("--rules", default=",".join(RULES), help=f"comma-separated, from {', '.join(RULES)}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON")
     a = p.parse_args(argv)
-    a.defenses = C.parse_names(p, a.defenses, DEFENSE_NAMES, "defence")
+    a.defenses = C.parse_names(p, a.defenses, names, "defence")
     a.rules = C.parse_names(p, a.rules, RULES, "rules")
     if a.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch compiles; the others are timed)")

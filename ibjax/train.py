@@ -223,7 +223,8 @@ def train_step(
 
     Returns:
       The new state and metrics: ``loss_sum f32[K]`` (cross-entropy summed per training label, nats),
-      ``count i32[K]``, ``correct i32[K]`` per class and ``lr`` (f32, the rate this step used).
+      ``count i32[K]``, ``correct i32[K]`` per class, ``lr`` (f32, the rate this step used) and
+      ``sample_loss`` f32[B] (each sample's cross-entropy, nats).
     """
     x, y, _ = gather_batch(data, index, trigger)
 
@@ -248,6 +249,7 @@ def train_step(
         "count": jax.ops.segment_sum(jnp.ones_like(y), y, num_classes),
         "correct": jax.ops.segment_sum((jnp.argmax(logits, -1) == y).astype(jnp.int32), y, num_classes),
         "lr": jnp.asarray(lr, jnp.float32),
+        "sample_loss": per_sample.astype(jnp.float32),  # f32[B]: not summed (the loops take it out)
     }
     if return_features:
         metrics["features"] = (x.reshape(x.shape[0], -1), t, logits)
@@ -335,6 +337,7 @@ def epoch_loop(step: Callable, carry: Any, data: DeviceData, key: jax.Array, *, 
     for s, idx in enumerate(batches):
         carry, m = step(carry, data, put_batch(idx, mesh), put_replicated(keys[s], mesh))
         lrs.append(m.pop("lr", None))
+        m.pop("sample_loss", None)  # per sample, not a sum (the study records it: ibjax.study.steps.run_epoch)
         # Sums stay on the device: reading them every step would stall the pipeline.
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         if progress is not None:

@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 import pytest
 from tiny_config import TINY, short
 
@@ -33,14 +35,16 @@ def test_a_study_config_with_an_unknown_defence_fails_before_any_work():
 
 
 def test_a_run_writes_its_defences_and_summarises_them(tmp_path):
-    names = ("spectral", "activation_clustering", "uclc", "clp", "representation")
+    names = ("spectral", "activation_clustering", "loss_isolation", "loss_trajectory", "uclc", "clp", "representation")
     cfg = short(TINY, 1, **{"analysis.defenses": names})
     s = run_study(cfg, str(tmp_path / "run"), progress=False)
     with open(os.path.join(tmp_path, "run", "defenses.json")) as f:
         stored = json.load(f)
     assert list(stored) == list(names) and s["defenses"] == stored
     poisons = int(round(0.1 * 600))
-    for name in ("spectral", "activation_clustering"):
+    assert np.load(tmp_path / "run" / "sample_losses.npy").shape == (1, 600)  # epochs x samples
+    assert stored["loss_isolation"]["epoch"] == 1
+    for name in ("spectral", "activation_clustering", "loss_isolation", "loss_trajectory"):
         r = stored[name]
         assert r["level"] == "sample" and r["poisoned"] == poisons and 0.0 <= r["auroc"] <= 1.0
         assert 0.0 <= r["tpr"] <= 1.0 and 0.0 <= r["fpr"] <= 1.0 and r["wall_s"] > 0

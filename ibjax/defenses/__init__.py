@@ -7,6 +7,7 @@ Modules, one method each:
 - :mod:`~ibjax.defenses.spectral`: spectral signatures (sample level).
 - :mod:`~ibjax.defenses.activation_clustering`: activation clustering (sample level).
 - :mod:`~ibjax.defenses.strip`: STRIP's entropy under superimposition (sample level).
+- :mod:`~ibjax.defenses.loss`: ABL-style loss isolation and the loss-trajectory score (sample level).
 - :mod:`~ibjax.defenses.ban`: BAN's adversarial neuron noise (model level).
 - :mod:`~ibjax.defenses.lipschitz`: UCLC, TAC, TUP, ABI and CLP (parameter space).
 - :mod:`~ibjax.defenses.representation`: Davies-Bouldin, DSWD, the OT distance, a linear probe.
@@ -15,7 +16,7 @@ Modules, one method each:
   trained run, and :func:`run_defenses`, which evaluates the sample-level ones against the poisons.
 """
 
-from ibjax.defenses import activation_clustering, ban, lipschitz, network, registry, representation, roc, spectral, strip
+from ibjax.defenses import activation_clustering, ban, lipschitz, loss, network, registry, representation, roc, spectral, strip
 from ibjax.defenses.activation_clustering import activation_clusters, principal_projection
 from ibjax.defenses.ban import BAN_REFERENCE, BANConfig, BANResult, ban_detect
 from ibjax.defenses.lipschitz import (
@@ -27,6 +28,7 @@ from ibjax.defenses.lipschitz import (
     trigger_activated_change,
     uclc_score,
 )
+from ibjax.defenses.loss import loss_isolation, loss_trajectory_scores
 from ibjax.defenses.registry import DEFENSE_NAMES, DEFENSES, RULES, DefenseInputs, resolve_defenses, run_defenses
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, auroc_interval, detection_rates, roc_curve, threshold_at_fpr
@@ -34,11 +36,11 @@ from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
 from ibjax.defenses.strip import strip_entropy, superimpose
 
 __all__ = [
-    "activation_clustering", "ban", "lipschitz", "network", "registry", "representation", "roc", "spectral", "strip",
+    "activation_clustering", "ban", "lipschitz", "loss", "network", "registry", "representation", "roc", "spectral", "strip",
     "DEFENSE_NAMES", "DEFENSES", "RULES", "DefenseInputs", "resolve_defenses", "run_defenses",
     "activation_clusters", "principal_projection", "BAN_REFERENCE", "BANConfig", "BANResult", "ban_detect",
     "abi_reset", "channel_lipschitz", "clp_prune", "layer_outliers", "tac_uclc_product", "trigger_activated_change",
     "uclc_score", "davies_bouldin", "dswd", "linear_probe", "ot_distance",
     "auroc", "auroc_interval", "detection_rates", "roc_curve", "threshold_at_fpr",
-    "flag_top_per_label", "spectral_scores", "strip_entropy", "superimpose",
+    "flag_top_per_label", "spectral_scores", "strip_entropy", "superimpose", "loss_isolation", "loss_trajectory_scores",
 ]

@@ -21,7 +21,7 @@ import functools
 import math
 import time
 import types
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,13 +30,14 @@ import numpy as np
 from ibjax.defenses.activation_clustering import activation_clusters
 from ibjax.defenses.ban import BAN_REFERENCE, BANConfig, ban_detect
 from ibjax.defenses.lipschitz import clp_prune, trigger_activated_change, uclc_score
+from ibjax.defenses.loss import loss_isolation, loss_trajectory_scores
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, detection_rates, threshold_at_fpr
 from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
 from ibjax.defenses.strip import network_logits, strip_entropy
 
 __all__ = ["DefenseInputs", "DefenseSpec", "DEFENSES", "DEFENSE_NAMES", "resolve_defenses", "run_defenses",
-           "RULES", "NEEDS_CONV_BN_PAIRS"]
+           "RULES", "NEEDS_CONV_BN_PAIRS", "NEEDS_SAMPLE_LOSSES"]
 
 RULES = ("ibjax", "reference")
 """Which settings the methods run with: ibjax's defaults or their official code's."""
@@ -59,6 +60,9 @@ class DefenseInputs:
         clean data).
       triggered_images: f32[M, H, W, C], the same test images with the test trigger.
       batch_size: images per network call.
+      sample_losses: f[E, N], every training sample's loss in each epoch's training step (nats;
+        NaN where a sample was in no full batch), as the study records them; None: not recorded
+        (the loss-based detectors then refuse to run).
     """
 
     model: Any
@@ -73,6 +77,7 @@ class DefenseInputs:
     test_labels: np.ndarray
     triggered_images: np.ndarray
     batch_size: int = 500
+    sample_losses: Optional[np.ndarray] = None
 
     def representations(self, images: np.ndarray, key: jax.Array) -> jax.Array:
         """T f32[n, D] of ``images`` (one noise draw)."""
@@ -199,6 +204,25 @@ def _clp(inp: DefenseInputs, key, rules):
     return out
 
 
+def _losses(inp: DefenseInputs) -> np.ndarray:
+    if inp.sample_losses is None:
+        raise ValueError("the loss-based detectors need the run's per-sample training losses "
+                         "(sample_losses.npy, recorded by every study since they exist)")
+    return np.asarray(inp.sample_losses, np.float32)
+
+
+def _loss_isolation(inp: DefenseInputs, key, rules):
+    losses = _losses(inp)
+    epoch = max(1, math.ceil(0.2 * len(losses)))  # after a warm-up of a fifth of the training
+    scores, flags = loss_isolation(losses[epoch - 1], 0.01)
+    return {"scores": scores, "flags": flags, "epoch": epoch, "isolated_fraction": 0.01}
+
+
+def _loss_trajectory(inp: DefenseInputs, key, rules):
+    scores = loss_trajectory_scores(_losses(inp))
+    return {"scores": scores, "flags": scores >= np.nanquantile(np.asarray(scores), 0.99), "epochs": len(inp.sample_losses)}
+
+
 def _representation(inp: DefenseInputs, key, rules):
     from ibjax.metrics.clustering import silhouette_score
 
@@ -226,6 +250,10 @@ _SPECS = (
     DefenseSpec("activation_clustering", "sample", _activation_clustering,
                 "activation clustering: 2-means per label on 10 principal dimensions, the smaller cluster if < 35%"),
     DefenseSpec("strip", "sample", _strip, "STRIP: low prediction entropy under superimposed clean images"),
+    DefenseSpec("loss_isolation", "sample", _loss_isolation,
+                "ABL-style isolation: the lowest-loss 1% of training samples after a warm-up (a fifth of the epochs)"),
+    DefenseSpec("loss_trajectory", "sample", _loss_trajectory,
+                "per-sample loss trajectory: samples that rank lowest in loss epoch after epoch"),
     DefenseSpec("ban", "model", _ban, "BAN: prediction collapse under adversarial neuron noise and the negative mask"),
     DefenseSpec("uclc", "model", _uclc, "UCLC: the largest per-layer z-score of a channel's Lipschitz bound (data-free)"),
     DefenseSpec("tac", "model", _tac, "TAC: the largest per-channel change of the last block's output under the trigger"),
@@ -241,6 +269,9 @@ DEFENSE_NAMES: tuple[str, ...] = tuple(DEFENSES)
 
 NEEDS_CONV_BN_PAIRS = ("uclc", "clp")
 """The entries that read each batch norm's convolution (:func:`ibjax.defenses.network.conv_bn_pairs`)."""
+
+NEEDS_SAMPLE_LOSSES = ("loss_isolation", "loss_trajectory")
+"""The entries that read the per-sample training losses a study records (``DefenseInputs.sample_losses``)."""
 
 
 def resolve_defenses(names: Sequence[str]) -> tuple[str, ...]:

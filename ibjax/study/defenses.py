@@ -9,7 +9,7 @@ arrays at a time keep the host memory of a large population bounded.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,9 +37,10 @@ def _images(data: DeviceData, trigger, chunk: int = 1000) -> np.ndarray:
                            for s in range(0, n, chunk)])
 
 
-def member_defense_inputs(member: StudySetup, variables) -> DefenseInputs:
+def member_defense_inputs(member: StudySetup, variables, sample_losses: Optional[np.ndarray] = None) -> DefenseInputs:
     """:class:`~ibjax.defenses.registry.DefenseInputs` of one run: its training inputs as its network
-    saw them, its clean test images and the same images triggered."""
+    saw them, its clean test images and the same images triggered, and the per-sample training
+    losses of its epochs (f[E, N], as the runner keeps them) if given."""
     cfg = member.config
     return DefenseInputs(
         model=member.model, model_name=cfg.model.name, variables=variables,
@@ -49,13 +50,15 @@ def member_defense_inputs(member: StudySetup, variables) -> DefenseInputs:
         test_images=_images(member.clean_test, member.attack.test_trigger),
         test_labels=np.asarray(member.clean_test.labels),
         triggered_images=_images(member.triggered_test, member.attack.test_trigger),
-        batch_size=cfg.train.eval_batch_size)
+        batch_size=cfg.train.eval_batch_size, sample_losses=sample_losses)
 
 
-def population_defenses(keys: Sequence[jax.Array], host_variables, pop: PopulationSetup) -> list[dict]:
-    """The config's ``analysis.defenses`` on every member (member r with ``keys[r]``), from the
-    stacked variables held on the host. One record dict per member (see
-    :func:`ibjax.defenses.registry.run_defenses`)."""
+def population_defenses(keys: Sequence[jax.Array], host_variables, pop: PopulationSetup,
+                        sample_losses: Optional[Sequence[Optional[np.ndarray]]] = None) -> list[dict]:
+    """The config's ``analysis.defenses`` on every member (member r with ``keys[r]`` and
+    ``sample_losses[r]``, its per-sample training losses f[E, N]), from the stacked variables held
+    on the host. One record dict per member (see :func:`ibjax.defenses.registry.run_defenses`)."""
     cfg = pop.config.analysis
-    return [run_defenses(member_defense_inputs(m, member_of(host_variables, r)), cfg.defenses, keys[r], cfg.defense_rules)
-            for r, m in enumerate(pop.members)]
+    losses = list(sample_losses) if sample_losses is not None else [None] * pop.size
+    return [run_defenses(member_defense_inputs(m, member_of(host_variables, r), losses[r]), cfg.defenses, keys[r],
+                         cfg.defense_rules) for r, m in enumerate(pop.members)]

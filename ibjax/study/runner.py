@@ -259,6 +259,7 @@ class RunRecorder:
         self.history = RunHistory()
         self.t_start = time.perf_counter()
         self.ckpt: Optional[Checkpointer] = None
+        self.sample_losses = None  # float16 [epochs, N]: every training sample's loss per epoch
         LOGGER.info("run directory %s; config:\n%s", rd.path, json.dumps(config_to_dict(config), indent=1))
         rd.write_json("config.json", config_to_dict(config))
 
@@ -281,6 +282,9 @@ class RunRecorder:
         state, meta = self.ckpt.restore(self.ckpt.latest_step(), state)
         self.history = RunHistory.from_json(meta["history"], f"the checkpoint of {self.rd.path}")
         self.history.timings["setup_s"] = setup_s
+        kept = self.rd.load_array(SAMPLE_LOSSES_FILE)  # None for runs from before the file existed
+        if kept is not None and len(kept) >= int(state.epoch):
+            self.sample_losses = kept[: int(state.epoch)]
         LOGGER.info("resumed %s after epoch %d", self.rd.path, int(state.epoch))
         return state
 
@@ -293,6 +297,19 @@ class RunRecorder:
         for q, groups in res.items():
             self.history.add_mi(q, epoch, groups)
         record["mi_s"] = seconds
+
+    def add_sample_losses(self, epoch: int, losses) -> None:
+        """Keep the epoch's per-sample training losses (f32[N]) in ``sample_losses.npy`` (float16
+        [epochs, N]), written before the epoch's checkpoint; rows past a resumed checkpoint are
+        dropped first (:meth:`restore`)."""
+        import numpy as np
+
+        rows = np.asarray(losses, np.float16)[None]
+        # earlier epochs: kept, or NaN where a run from before this file resumed
+        prev = np.full((epoch - 1, rows.shape[1]), np.nan, np.float16) if self.sample_losses is None \
+            else self.sample_losses[: epoch - 1]
+        self.sample_losses = np.concatenate([prev, rows])
+        self.rd.save_array(SAMPLE_LOSSES_FILE, self.sample_losses)
 
     def add_clustering(self, epoch: int, silhouettes: dict, embedding: dict) -> None:
         self.history.clustering[epoch] = silhouettes
@@ -383,6 +400,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
             train_s = time.perf_counter() - t_epoch
             for rec, record, m in zip(recorders, records, pop.members):
                 record["train_s"] = train_s
+                rec.add_sample_losses(epoch, record.pop("sample_loss"))
                 _record_online(rec.history, record.pop("online", None), m, epoch)
             if epoch in mi_epochs:
                 t_mi = time.perf_counter()
@@ -410,7 +428,8 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
             if epoch == epochs and config.analysis.defenses:
                 with phase(f"defences: {', '.join(resolve_defenses(config.analysis.defenses))}", enabled=progress):
                     found = population_defenses([jax.random.fold_in(m.keys.mi, DEFENSES_FOLD) for m in pop.members],
-                                                jax.tree.map(to_host, state.train.variables), pop)
+                                                jax.tree.map(to_host, state.train.variables), pop,
+                                                [rec.sample_losses for rec in recorders])
                 for rec, d in zip(recorders, found):
                     rec.rd.write_json(DEFENSES_FILE, d)
             host = jax.tree.map(to_host, state)
@@ -423,6 +442,7 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
 
 
 CHECKS_FILE = "checks.json"
+SAMPLE_LOSSES_FILE = "sample_losses.npy"
 CHECKS_FOLD = 1_000_003  # the bound checks' key: fold_in(mi key, this), apart from every epoch's fold_in(mi, epoch)
 DEFENSES_FOLD = 1_000_033  # the defences' key, likewise
 

@@ -229,6 +229,12 @@ def evaluate_attack_members(variables, pop: PopulationSetup, keys: Sequence) -> 
             for c, t in zip(clean, trig)]
 
 
+@functools.partial(jax.jit, donate_argnums=(0,))
+def _scatter_rows(table, index, values):
+    """``table[r, index[r]] = values[r]`` for every member r: f32[R, N], int32[R, B], f32[R, B]."""
+    return table.at[jnp.arange(table.shape[0])[:, None], index].set(values)
+
+
 @functools.partial(jax.jit, static_argnames=("model_name", "u"))
 def _abi_members(params, batch_stats, *, model_name: str, u: float):
     """Grond's ABI (:func:`ibjax.defenses.abi_reset`) on every member's network: params with a
@@ -251,7 +257,8 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
     Returns:
       The new state and one metrics dict per member: ``epoch``, ``train_accuracy``, ``train_loss``
       (nats), ``class_loss`` (per training label, nats), ``lr`` / ``lr_last`` (the rates the first
-      and last steps used), ``test_accuracy``, ``test_loss`` (nats), ``asr``, and with online critics
+      and last steps used), ``sample_loss`` (f32[N] numpy: each training sample's loss in this
+      epoch's step, NaN for samples in no full batch), ``test_accuracy``, ``test_loss`` (nats), ``asr``, and with online critics
       ``online`` = {"xt": f32[G] list, "ty": [...]}: each group's mean read (nats) on the epoch's
       new pairs.
 
@@ -278,10 +285,13 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
         carry = state.train
     totals, lrs = None, []
     steps = index.shape[1]
+    # each sample's loss in the epoch's step that used it, on the device (NaN: in no full batch)
+    sample_loss = jnp.full((pop.size, pop.train_data.size), jnp.nan, jnp.float32)
     for s in range(steps):
-        carry, m = step(carry, pop.train_data, put_batch(index[:, s], mesh, population=True),
-                        put_members(noise_keys[:, s], mesh), pop.noise)
+        batch = put_batch(index[:, s], mesh, population=True)
+        carry, m = step(carry, pop.train_data, batch, put_members(noise_keys[:, s], mesh), pop.noise)
         lrs.append(m.pop("lr"))
+        sample_loss = _scatter_rows(sample_loss, batch, m.pop("sample_loss"))
         # Sums stay on the device: reading them every step would stall the pipeline.
         totals = m if totals is None else jax.tree.map(jnp.add, totals, m)
         if progress is not None:
@@ -293,11 +303,12 @@ def run_epoch(state: RunState, pop: PopulationSetup, *,
     totals = jax.tree.map(to_host, totals)
     lr_first, lr_last = to_host(lrs[0]), to_host(lrs[-1])
     records = []
+    sample_loss = to_host(sample_loss)
     for r in range(pop.size):
         member_totals = {k: v[r] for k, v in totals.items()}
         member_totals["lr_first"], member_totals["lr_last"] = float(lr_first[r]), float(lr_last[r])
         try:
-            records.append({"epoch": epoch, **summarise_epoch(member_totals)})
+            records.append({"epoch": epoch, **summarise_epoch(member_totals), "sample_loss": sample_loss[r]})
         except FloatingPointError as err:
             if pop.size == 1:
                 raise
