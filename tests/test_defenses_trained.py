@@ -1,7 +1,6 @@
 """The detectors on a trained BadNets small CNN and its clean twin (mnist5k, the same seed): STRIP's
 entropy, BAN's verdict and suspected target, and the registry's records of both networks."""
 
-import functools
 
 import jax
 import numpy as np
@@ -10,7 +9,7 @@ from benchmarks.defense_cost import pair_config, train_pair
 
 from ibjax.defenses import BANConfig, auroc, ban_detect, strip_entropy
 from ibjax.defenses.registry import run_defenses
-from ibjax.defenses.strip import network_logits
+from ibjax.defenses.strip import NetworkLogits
 from ibjax.pipeline import gather_batch
 from ibjax.study.defenses import member_defense_inputs
 
@@ -34,7 +33,7 @@ def test_strip_entropy_is_lower_on_triggered_than_on_clean_inputs(pair):
     trig, _ = _test_images(pair, triggered=True)
     r = np.random.default_rng(0).permutation(len(labels))
     pool, inspect = clean[r[:200]], r[200:500]
-    fn = functools.partial(network_logits, model=pair.setup.model)
+    fn = NetworkLogits(pair.setup.model)
     h_clean = strip_entropy(jax.random.PRNGKey(0), fn, pair.backdoored, clean[inspect], pool, overlays=16)
     h_trig = strip_entropy(jax.random.PRNGKey(1), fn, pair.backdoored, trig[inspect], pool, overlays=16)
     assert float(np.mean(h_trig)) < 0.75 * float(np.mean(h_clean))

@@ -34,7 +34,8 @@ from ibjax.defenses.loss import loss_isolation, loss_trajectory_scores
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, detection_rates, threshold_at_fpr
 from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
-from ibjax.defenses.strip import network_logits, strip_entropy
+from ibjax.defenses.strip import NetworkLogits, strip_entropy
+from ibjax.models import feature_map
 
 __all__ = ["DefenseInputs", "DefenseSpec", "DEFENSES", "DEFENSE_NAMES", "resolve_defenses", "run_defenses",
            "RULES", "NEEDS_CONV_BN_PAIRS", "NEEDS_SAMPLE_LOSSES"]
@@ -80,41 +81,42 @@ class DefenseInputs:
     sample_losses: Optional[np.ndarray] = None
 
     def representations(self, images: np.ndarray, key: jax.Array) -> jax.Array:
-        """T f32[n, D] of ``images`` (one noise draw)."""
-        return _batched(functools.partial(_t_of, model=self.model), self.variables, images, key, self.batch_size)
+        """T f32[N, D] of ``images`` (noise from ``key``, one draw per batch)."""
+        return _batched(_t_of, self.model, self.variables, images, key, self.batch_size)
 
     def feature_maps(self, images: np.ndarray, key: jax.Array) -> jax.Array:
-        """The last block's output f32[n, h, w, D] of ``images``."""
-        return _batched(functools.partial(_map_of, model=self.model), self.variables, images, key, self.batch_size)
+        """The last block's map f32[N, h, w, C] of ``images``, before pooling."""
+        return _batched(_map_of, self.model, self.variables, images, key, self.batch_size)
 
     def predictions(self, variables, images: np.ndarray, key: jax.Array) -> np.ndarray:
-        """Predicted classes int[n] of ``images`` under ``variables``."""
-        return np.asarray(_batched(functools.partial(_pred_of, model=self.model), variables, images, key, self.batch_size))
+        """Predicted classes int[N] of ``images`` under ``variables`` (e.g. a pruned network)."""
+        return np.asarray(_batched(_pred_of, self.model, variables, images, key, self.batch_size))
 
 
-def _t_of(variables, x, key, *, model):
+def _t_of(model, variables, x, key):
     return model.apply(variables, x, train=False, rngs={"noise": key})[1]
 
 
-def _map_of(variables, x, key, *, model):
-    from ibjax.models import feature_map
-
+def _map_of(model, variables, x, key):
     return feature_map(model, variables, x, key)[0]
 
 
-def _pred_of(variables, x, key, *, model):
-    return jnp.argmax(model.apply(variables, x, train=False, rngs={"noise": key})[0], axis=-1)
+def _pred_of(model, variables, x, key):
+    return jnp.argmax(NetworkLogits(model)(variables, x, key), axis=-1)
 
 
-@functools.partial(jax.jit, static_argnames=("fn",))
-def _call(fn, variables, x, key):
-    return fn(variables, x, key)
+# ``fn`` (a module-level function) and ``model`` (a Flax module, hashed by value) are static
+# separately so that every call on the same network reuses one compiled program.
+@functools.partial(jax.jit, static_argnames=("fn", "model"))
+def _call(fn, model, variables, x, key):
+    return fn(model, variables, x, key)
 
 
-def _batched(fn, variables, images, key, batch_size: int):
+def _batched(fn, model, variables, images, key, batch_size: int):
     out = []
     for i, s in enumerate(range(0, len(images), batch_size)):
-        out.append(_call(fn, variables, jnp.asarray(images[s:s + batch_size], jnp.float32), jax.random.fold_in(key, i)))
+        out.append(_call(fn, model, variables, jnp.asarray(images[s:s + batch_size], jnp.float32),
+                         jax.random.fold_in(key, i)))
     return jnp.concatenate(out)
 
 
@@ -151,7 +153,7 @@ def _strip(inp: DefenseInputs, key, rules):
     pool, calib = inp.test_images[order[: n // 2]], inp.test_images[order[n // 2:]]
     opts = (dict(overlays=100, alpha=1.0, blend="sum"), 0.10) if rules == "reference" else \
         (dict(overlays=64, alpha=0.5, blend="mean"), 0.05)
-    fn = functools.partial(network_logits, model=inp.model)
+    fn = NetworkLogits(inp.model)
     h_train = strip_entropy(jax.random.fold_in(key, 1), fn, inp.variables, inp.train_images, pool, **opts[0])
     h_clean = strip_entropy(jax.random.fold_in(key, 2), fn, inp.variables, calib, pool, **opts[0])
     threshold = threshold_at_fpr(-h_clean, opts[1])

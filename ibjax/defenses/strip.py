@@ -15,13 +15,14 @@ ibjax's networks read [0, 1] pixels, so the sum is of pixels here).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any, Callable, Literal
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["strip_entropy", "superimpose", "network_logits"]
+__all__ = ["strip_entropy", "superimpose", "NetworkLogits"]
 
 
 def superimpose(x: jax.Array, overlay: jax.Array, alpha: float, blend: Literal["mean", "sum"] = "mean") -> jax.Array:
@@ -33,10 +34,20 @@ def superimpose(x: jax.Array, overlay: jax.Array, alpha: float, blend: Literal["
     raise ValueError(f"blend must be 'mean' or 'sum', got {blend!r}")
 
 
-def network_logits(variables, x: jax.Array, key: jax.Array, *, model) -> jax.Array:
-    """An ibjax network's logits (noise from ``key``): ``functools.partial(network_logits,
-    model=model)`` is a hashable ``logits_fn`` for :func:`strip_entropy`."""
-    return model.apply(variables, x, train=False, rngs={"noise": key})[0]
+@dataclasses.dataclass(frozen=True)
+class NetworkLogits:
+    """An ibjax network's logits as a ``logits_fn`` for :func:`strip_entropy`:
+    ``NetworkLogits(model)(variables, x, key)`` (noise from ``key``).
+
+    A frozen dataclass rather than a ``functools.partial`` because it is a static argument: it
+    hashes and compares by the (Flax, value-hashed) module, so every call with the same network
+    reuses one compiled program; two partials of the same function never compare equal.
+    """
+
+    model: Any
+
+    def __call__(self, variables, x: jax.Array, key: jax.Array) -> jax.Array:
+        return self.model.apply(variables, x, train=False, rngs={"noise": key})[0]
 
 
 def _entropy(logits: jax.Array) -> jax.Array:
@@ -53,8 +64,8 @@ def strip_entropy(key: jax.Array, logits_fn: Callable[[Any, jax.Array, jax.Array
     Args:
       key: PRNG key (which pool images overlay which image, and the network's noise).
       logits_fn: ``(params, x f32[B, H, W, C], key) -> logits f32[B, K]``, hashable (a static
-        argument: e.g. :func:`network_logits` partially applied to a Flax module); ``key`` is for a
-        noisy network.
+        argument that compares by value, such as :class:`NetworkLogits`); ``key`` is for a noisy
+        network.
       params: what ``logits_fn`` reads (a network's variables).
       images: f[N, H, W, C] inspected images in [0, 1].
       pool: f[P, H, W, C] clean images in [0, 1] to superimpose (each image draws its own
