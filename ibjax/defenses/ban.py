@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from ibjax.defenses.network import bn_paths, classifier_logits, scale_bn
+from ibjax.defenses.network import bn_paths, classifier_logits, get_leaf, scale_bn
 from ibjax.fields import Config
 from ibjax.models import feature_map
 
@@ -198,17 +198,11 @@ def ban_detect(key: jax.Array, model: Any, variables, fit_images: jax.Array, fit
 
     # Stage 2: neuron noise on every batch norm's scale and bias.
     paths = bn_paths(variables)
-    params = variables["params"]
-
-    def channels(path):
-        p = params
-        for q in path:
-            p = p[q]
-        return p["scale"].shape
 
     def draw(k):
         ks = jax.random.split(k, len(paths))
-        return {p: jax.random.uniform(kk, (2, *channels(p)), minval=-config.eps, maxval=config.eps)
+        return {p: jax.random.uniform(kk, (2, *get_leaf(variables, "params", p, "scale").shape),
+                                      minval=-config.eps, maxval=config.eps)
                 for p, kk in zip(paths, ks)}
 
     def noisy(d, stats):
