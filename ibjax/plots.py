@@ -748,3 +748,86 @@ def plot_stealth_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.Pa
       str(path).
     """
     return _save(stealth_comparison_figure(rows, title), path)
+
+
+# --------------------------------------------------------------------------------------------------
+# detection populations
+
+
+def roc_curves_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], title: Optional[str] = None) -> Figure:
+    """ROC curves, one per entry ``{label: (fpr, tpr, auroc)}`` (:func:`ibjax.defenses.roc_curve`),
+    with the chance diagonal."""
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color="0.7", lw=1, ls="--")
+    for label, (fpr, tpr, a) in curves.items():
+        ax.step(fpr, tpr, where="post", lw=1.6, label=f"{label} ({a:.2f})" if _finite(a) else label)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.02), title=title or "")
+    if curves:
+        ax.legend(fontsize=7, loc="lower right", title="AUROC", title_fontsize=7)
+    else:
+        _no_data(ax)
+    return fig
+
+
+def plot_roc_curves(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: str | os.PathLike,
+                    title: Optional[str] = None) -> str:
+    """:func:`roc_curves_figure` as a PNG at ``path``; returns str(path)."""
+    return _save(roc_curves_figure(curves, title), path)
+
+
+def monitor_auroc_figure(epochs: Sequence[int], aurocs: Mapping[str, Sequence[float]], level: float = 0.9,
+                         title: Optional[str] = None) -> Figure:
+    """The MI monitor's AUROC against the training epoch, one line per attack ``{attack: [E]}``, the
+    ``level`` a latency is read at drawn as a line."""
+    fig = Figure(figsize=(5.6, 4.0))
+    ax = fig.add_subplot()
+    ax.axhline(level, color="0.6", lw=1, ls=":")
+    ax.axhline(0.5, color="0.8", lw=1, ls="--")
+    for attack, a in aurocs.items():
+        ax.plot(list(epochs), list(a), marker="o", ms=3, lw=1.5, label=attack)
+    ax.set(xlabel="epoch", ylabel="AUROC (clean vs backdoored models)", ylim=(0, 1.02), title=title or "")
+    if aurocs:
+        ax.legend(fontsize=7)
+    else:
+        _no_data(ax)
+    return fig
+
+
+def plot_monitor_auroc(epochs: Sequence[int], aurocs: Mapping[str, Sequence[float]], path: str | os.PathLike,
+                       level: float = 0.9, title: Optional[str] = None) -> str:
+    """:func:`monitor_auroc_figure` as a PNG at ``path``; returns str(path)."""
+    return _save(monitor_auroc_figure(epochs, aurocs, level, title), path)
+
+
+def stealth_detection_figure(points: Mapping[str, Sequence[tuple[str, float, float]]], xlabel: str,
+                             title: Optional[str] = None) -> Figure:
+    """Stealthiness against detectability: one panel per detector ``{detector: [(attack, stealth,
+    auroc), ...]}``, each attack a labelled point."""
+    names = list(points)
+    cols = min(4, max(1, len(names)))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig = Figure(figsize=(3.2 * cols, 2.9 * rows))
+    for i, name in enumerate(names or [""]):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        pts = [(a, x, y) for a, x, y in points.get(name, ()) if _finite(x) and _finite(y)]
+        if not pts:
+            _no_data(ax)
+        for a, x, y in pts:
+            ax.scatter([x], [y], s=22)
+            ax.annotate(a, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set_title(name, fontsize=8)
+        if all(0 <= y <= 1 for _, _, y in pts):
+            ax.set_ylim(0, 1.05)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_ylabel("AUROC" if "/" not in name else name.split("/", 1)[1], fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def plot_stealth_detection(points: Mapping[str, Sequence[tuple[str, float, float]]], path: str | os.PathLike,
+                           xlabel: str = "stealthiness (lower = more stealthy)", title: Optional[str] = None) -> str:
+    """:func:`stealth_detection_figure` as a PNG at ``path``; returns str(path)."""
+    return _save(stealth_detection_figure(points, xlabel, title), path)

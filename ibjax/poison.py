@@ -67,7 +67,8 @@ class PoisonConfig(Config):
 
     Attributes:
       ratio: poisoned fraction of the whole training set (dirty-label), or of the target class
-        (clean-label). In (0, 1).
+        (clean-label). In [0, 1); 0 is a clean run, the negative a detector is measured against:
+        nothing is poisoned, ``target_backdoor`` is empty and every read of it is NaN.
       target: the target class.
       clean_label: poison only target-class samples and keep their labels.
       keep_label_fraction: fraction of the poisoned samples of each non-target class that keep
@@ -111,8 +112,8 @@ class PoisonConfig(Config):
     split_rate: float = 0.05
 
     def check(self) -> None:
-        if not 0.0 < self.ratio < 1.0:
-            raise ValueError(f"ratio must lie in (0, 1), got {self.ratio}")
+        if not 0.0 <= self.ratio < 1.0:
+            raise ValueError(f"ratio must lie in [0, 1) (0: a clean run), got {self.ratio}")
         if self.target < 0:
             raise ValueError(f"target class {self.target} out of range: give a class index >= 0")
         if not 0.0 < self.split_rate < 1.0:
@@ -293,7 +294,7 @@ def make_poison_plan(
     new_labels = labels.copy()
     count_fn, rule = _count_rule(config, n, num_classes, len(class_idx[t]))
     count = count_fn(config.ratio)
-    if count < 1:
+    if count < 1 and config.ratio > 0:
         raise ValueError(_no_poison_message(config, count_fn, rule, n, num_classes))
     if config.clean_label:
         selection = "first" if config.selection == "reference" else config.selection

@@ -100,6 +100,30 @@ def test_estimator_on_a_mesh_takes_typed_and_raw_keys_alike():
     np.testing.assert_allclose(np.asarray(typed.heldout), np.asarray(raw.heldout), rtol=1e-5, atol=1e-6)
 
 
+def test_an_empty_group_reads_nan_and_leaves_the_others_as_they_are():
+    # A clean run's target_backdoor has no sample: it is estimated on a stand-in and blanked, so a
+    # population's batched call keeps one shape; the other groups keep their own keys and reads.
+    from ibjax import mi as ibmi
+    from ibjax.study.steps import estimate_mi_on_mesh
+
+    rng = np.random.default_rng(1)
+    n = 64
+    t = rng.normal(size=(n, 1, 3)).astype(np.float32)
+    x = (t[:, 0, :2] + 0.1 * rng.normal(size=(n, 2))).astype(np.float32)
+    index = np.stack([np.arange(n), np.zeros(n), rng.permutation(n)]).astype(np.int32)
+    valid = np.ones_like(index, bool)
+    valid[1] = False
+    cfg = ibmi.resolve_config(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1,
+                              validation_fraction=0.0, select="last", preprocess="none")
+    keys = np.asarray(jax.random.split(jax.random.PRNGKey(3), 3))
+    res = estimate_mi_on_mesh(keys, ibmi.bank_pairs, (t, x), index, valid, 3, 2, config=cfg)
+    assert np.all(np.isnan(res.heldout[1])) and np.all(np.isnan(res.trajectory[1]))
+    assert not bool(res.converged[1]) and int(res.best_epoch[1]) == -1 and int(res.candidate[1]) == -1
+    alone = estimate_mi_on_mesh(keys[[0, 2]], ibmi.bank_pairs, (t, x), index[[0, 2]], valid[[0, 2]], 3, 2, config=cfg)
+    np.testing.assert_allclose(res.heldout[[0, 2]], alone.heldout, rtol=1e-4, atol=1e-5)
+    assert np.all(np.isfinite(res.heldout[[0, 2]]))
+
+
 def test_collectives_are_counted_in_hlo_text():
     text = ("%all-reduce.1 = f32[] all-reduce(f32[] %x), replica_groups={}\n"
             "%ag = f32[8] all-gather-start(f32[1] %y)\n %z = f32[] add(%a, %b)")

@@ -250,6 +250,19 @@ def test_a_plan_that_poisons_nothing_is_refused_with_the_smallest_ratio_that_doe
         poison.make_poison_plan(np.arange(5, dtype=np.int32) % 3, 10, poison.PoisonConfig(ratio=0.9), jax.random.PRNGKey(0))
 
 
+@pytest.mark.parametrize("clean_label", [False, True])
+def test_ratio_zero_is_a_clean_run_whose_backdoor_group_is_empty(clean_label):
+    labels = cifar_like_labels(50)
+    plan = poison.make_poison_plan(labels, 10, poison.PoisonConfig(ratio=0.0, clean_label=clean_label),
+                                   jax.random.PRNGKey(0))
+    assert plan.num_poisoned == 0 and np.array_equal(plan.labels, labels)
+    assert plan.group("target_backdoor").size == 0
+    in_target = np.flatnonzero(labels == 0)
+    assert np.array_equal(plan.group("target"), in_target) and np.array_equal(plan.group("target_clean"), in_target)
+    # the size-matched target group is as large as a clean class, as in a poisoned run
+    assert plan.group("target_sample").size == plan.group("class_1").size == 50
+
+
 @pytest.mark.parametrize("bad", [[0, 1, 10], [0, -1, 2], [0, 1, 12, 12, -3]])
 def test_labels_outside_the_classes_are_refused(bad):
     labels = np.concatenate([cifar_like_labels(50), np.asarray(bad, np.int32)])
@@ -368,7 +381,7 @@ def test_plan_is_deterministic_given_its_key_and_random_selection_differs_by_key
 @pytest.mark.parametrize(
     "changes, match",
     [
-        (dict(ratio=0.0), "ratio"),
+        (dict(ratio=-0.1), "ratio"),
         (dict(ratio=1.5), "ratio"),
         (dict(target=10), "target class"),
         (dict(selection="middle"), "selection"),  # refused at construction: a Literal field

@@ -106,7 +106,8 @@ def test_diff_names_every_changed_leaf():
     ({"mi.mode": "online", "mi.xt": mi.resolve_config(TINY.mi.xt, validation_fraction=0.2, candidates=("lr=3e-3",))},
      "offline estimates"),
     ({"mi.xt.protocol.read_epochs": 99}, r"mi.xt.protocol: read_epochs \(99\) exceeds"),
-    ({"poison.ratio": 1.5}, r"poison: ratio must lie in \(0, 1\)"),
+    ({"poison.ratio": 1.5}, r"poison: ratio must lie in \[0, 1\)"),
+    ({"poison.ratio": -0.1}, r"poison: ratio must lie in \[0, 1\) \(0: a clean run\)"),
 ])
 def test_bad_options_fail_without_data(change, match):
     with pytest.raises(ValueError, match=match):

@@ -6,6 +6,8 @@
 - :mod:`~ibjax.commands.sweep`: attacks x poison ratios x seeds, in populations, then compared.
 - :mod:`~ibjax.commands.compare`: finished runs compared per attack and poison ratio over seeds.
 - :mod:`~ibjax.commands.paper`: the paper's grid, its figures, stealthiness table and claims table.
+- :mod:`~ibjax.commands.detection`: clean and backdoored models, every detector and the MI monitor,
+  and whether stealthiness predicts detection.
 
 From a checkout they run as ``python -m experiments.NAME`` (the experiments folder, which is not
 installed); an installed ibjax runs them as ``python -m ibjax NAME`` or the console script
@@ -13,5 +15,5 @@ installed); an installed ibjax runs them as ``python -m ibjax NAME`` or the cons
 copy of each program.
 """
 
-COMMANDS = ("quickstart", "study", "sweep", "compare", "paper")
+COMMANDS = ("quickstart", "study", "sweep", "compare", "paper", "detection")
 """The command names (modules of this package)."""

@@ -31,6 +31,7 @@ from ibjax.defenses.activation_clustering import activation_clusters
 from ibjax.defenses.ban import BAN_REFERENCE, BANConfig, ban_detect
 from ibjax.defenses.lipschitz import clp_prune, trigger_activated_change, uclc_score
 from ibjax.defenses.loss import loss_isolation, loss_trajectory_scores
+from ibjax.defenses.monitor import defender_view, monitor_scores
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, detection_rates, threshold_at_fpr
 from ibjax.defenses.spectral import flag_top_per_label, spectral_scores
@@ -38,7 +39,7 @@ from ibjax.defenses.strip import NetworkLogits, strip_entropy
 from ibjax.models import feature_map
 
 __all__ = ["DefenseInputs", "DefenseSpec", "DEFENSES", "DEFENSE_NAMES", "resolve_defenses", "run_defenses",
-           "RULES", "NEEDS_CONV_BN_PAIRS", "NEEDS_SAMPLE_LOSSES"]
+           "RULES", "NEEDS_CONV_BN_PAIRS", "NEEDS_SAMPLE_LOSSES", "NEEDS_MI_HISTORY"]
 
 RULES = ("ibjax", "reference")
 """Which settings the methods run with: ibjax's defaults or their official code's."""
@@ -64,6 +65,8 @@ class DefenseInputs:
       sample_losses: f[E, N], every training sample's loss in each epoch's training step (nats;
         NaN where a sample was in no full batch), as the study records them; None: not recorded
         (the loss-based detectors then refuse to run).
+      mi: the run's MI history, ``{quantity: MIHistory}`` (offline ``xt``/``ty`` and online
+        ``xt_online``/``ty_online`` reads), for the MI-dynamics monitor; None: not given.
     """
 
     model: Any
@@ -79,6 +82,7 @@ class DefenseInputs:
     triggered_images: np.ndarray
     batch_size: int = 500
     sample_losses: Optional[np.ndarray] = None
+    mi: Optional[Mapping[str, Any]] = None
 
     def representations(self, images: np.ndarray, key: jax.Array) -> jax.Array:
         """T f32[N, D] of ``images`` (noise from ``key``, one draw per batch)."""
@@ -225,6 +229,28 @@ def _loss_trajectory(inp: DefenseInputs, key, rules):
     return {"scores": scores, "flags": scores >= np.nanquantile(np.asarray(scores), 0.99), "epochs": len(inp.sample_losses)}
 
 
+def _mi_monitor(inp: DefenseInputs, key, rules):
+    # Both sources when the run has them: the offline reads at the MI epochs and the online critics'
+    # reads every epoch; the headline is the offline read at the last epoch, else the online one.
+    if inp.mi is None:
+        raise ValueError("the MI monitor needs the run's MI history (DefenseInputs.mi)")
+    out = {}
+    for source, quantities in (("offline", ("xt", "ty")), ("online", ("xt_online", "ty_online"))):
+        if not all(q in inp.mi for q in quantities):
+            continue
+        values, epochs = defender_view(inp.mi, inp.target, inp.num_classes, quantities=quantities)
+        if not epochs:
+            continue
+        res = monitor_scores(values)
+        out[source] = {"epochs": list(epochs), "scores": np.asarray(res.score).tolist(),
+                       "targets": np.asarray(res.target).tolist()}
+    if not out:
+        raise ValueError("the MI monitor found no epoch at which every class was read (estimate MI offline at "
+                         "some epochs, or run the online critics)")
+    head = out.get("offline", out.get("online"))
+    return {"score": head["scores"][-1], "suspected_target": head["targets"][-1], **out}
+
+
 def _representation(inp: DefenseInputs, key, rules):
     from ibjax.metrics.clustering import silhouette_score
 
@@ -237,12 +263,16 @@ def _representation(inp: DefenseInputs, key, rules):
     idx = _non_target(inp)
     clean_t = inp.representations(inp.test_images[idx], k_test)
     trig_t = inp.representations(inp.triggered_images[idx], k_test)
+    dswd_ = float(dswd(clean_t, trig_t, inp.variables["params"]["classifier"]["kernel"]))
+    if not backdoor.any():  # a clean run: no backdoor group to compare; the trigger's DSWD still reads
+        return {"silhouette": math.nan, "davies_bouldin": math.nan, "ot_distance": math.nan, "linear_probe": math.nan,
+                "dswd": dswd_, "backdoor_samples": 0, "clean_target_samples": int(clean_target.sum())}
     return {
         "silhouette": float(silhouette_score(t, labels, 2, valid)),
         "davies_bouldin": float(davies_bouldin(t, labels, 2, valid)),
         "ot_distance": float(ot_distance(t[backdoor], t[clean_target])),  # the two groups' rows only: an n x m cost
         "linear_probe": float(linear_probe(k_probe, t, backdoor, valid)),
-        "dswd": float(dswd(clean_t, trig_t, inp.variables["params"]["classifier"]["kernel"])),
+        "dswd": dswd_,
         "backdoor_samples": int(backdoor.sum()), "clean_target_samples": int(clean_target.sum()),
     }
 
@@ -260,6 +290,8 @@ _SPECS = (
     DefenseSpec("uclc", "model", _uclc, "UCLC: the largest per-layer z-score of a channel's Lipschitz bound (data-free)"),
     DefenseSpec("tac", "model", _tac, "TAC: the largest per-channel change of the last block's output under the trigger"),
     DefenseSpec("clp", "defence", _clp, "CLP: channels above mean + 3 std of UCLC pruned; accuracy and ASR after"),
+    DefenseSpec("mi_monitor", "model", _mi_monitor,
+                "MI-dynamics monitor: how far the most deviant class's I(X;T), I(T;Y_pred) curves sit from the others'"),
     DefenseSpec("representation", "representation", _representation,
                 "backdoor vs target-class clean T: silhouette, Davies-Bouldin, OT distance, linear probe; DSWD"),
 )
@@ -271,6 +303,9 @@ DEFENSE_NAMES: tuple[str, ...] = tuple(DEFENSES)
 
 NEEDS_CONV_BN_PAIRS = ("uclc", "clp")
 """The entries that read each batch norm's convolution (:func:`ibjax.defenses.network.conv_bn_pairs`)."""
+
+NEEDS_MI_HISTORY = ("mi_monitor",)
+"""The entries that read the run's MI history (``DefenseInputs.mi``)."""
 
 NEEDS_SAMPLE_LOSSES = ("loss_isolation", "loss_trajectory")
 """The entries that read the per-sample training losses a study records (``DefenseInputs.sample_losses``)."""

@@ -51,6 +51,20 @@ class MIResult:
     candidate: jax.Array
     cap: float = struct.field(pytree_node=False)
 
+    def without(self, missing) -> "MIResult":
+        """This result with the groups ``missing`` (bool[G]) blanked: every read and trajectory NaN,
+        ``converged`` False, ``best_epoch`` and ``candidate`` -1. For groups a run does not have (a
+        clean run's ``target_backdoor``), estimated on a stand-in so the batched call keeps its shape."""
+        missing = np.asarray(missing, bool)
+
+        def blank(x):
+            x = np.array(x)
+            m = missing.reshape(missing.shape + (1,) * (x.ndim - 1))
+            fill = False if x.dtype == bool else (-1 if np.issubdtype(x.dtype, np.integer) else np.nan)
+            return np.where(m, np.asarray(fill, x.dtype), x)
+
+        return jax.tree.map(blank, self)
+
     def to_dict(self, group_names: Optional[Sequence[str]] = None):
         """Plain-Python view, per group: ``{"trajectory", "validation", "train", "heldout",
         "heldout_se", "converged", "cap", "heldout_cap", "best_epoch", "trend", "trend_se", "final_lr",

@@ -9,7 +9,7 @@ arrays at a time keep the host memory of a large population bounded.
 from __future__ import annotations
 
 import functools
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ import numpy as np
 
 from ibjax.defenses.registry import DefenseInputs, run_defenses
 from ibjax.pipeline import DeviceData, gather_batch
+from ibjax.records import MIHistory
 from ibjax.study.population import PopulationSetup, member_of
 from ibjax.study.state import StudySetup
 
@@ -37,10 +38,11 @@ def _images(data: DeviceData, trigger, chunk: int = 1000) -> np.ndarray:
                            for s in range(0, n, chunk)])
 
 
-def member_defense_inputs(member: StudySetup, variables, sample_losses: Optional[np.ndarray] = None) -> DefenseInputs:
+def member_defense_inputs(member: StudySetup, variables, sample_losses: Optional[np.ndarray] = None,
+                          mi: Optional[Mapping[str, MIHistory]] = None) -> DefenseInputs:
     """:class:`~ibjax.defenses.registry.DefenseInputs` of one run: its training inputs as its network
-    saw them, its clean test images and the same images triggered, and the per-sample training
-    losses of its epochs (f[E, N], as the runner keeps them) if given."""
+    saw them, its clean test images and the same images triggered, the per-sample training losses of
+    its epochs (f[E, N], as the runner keeps them) and its MI history, if given."""
     cfg = member.config
     return DefenseInputs(
         model=member.model, model_name=cfg.model.name, variables=variables,
@@ -50,15 +52,18 @@ def member_defense_inputs(member: StudySetup, variables, sample_losses: Optional
         test_images=_images(member.clean_test, member.attack.test_trigger),
         test_labels=np.asarray(member.clean_test.labels),
         triggered_images=_images(member.triggered_test, member.attack.test_trigger),
-        batch_size=cfg.train.eval_batch_size, sample_losses=sample_losses)
+        batch_size=cfg.train.eval_batch_size, sample_losses=sample_losses, mi=mi)
 
 
 def population_defenses(keys: Sequence[jax.Array], host_variables, pop: PopulationSetup,
-                        sample_losses: Optional[Sequence[Optional[np.ndarray]]] = None) -> list[dict]:
-    """The config's ``analysis.defenses`` on every member (member r with ``keys[r]`` and
-    ``sample_losses[r]``, its per-sample training losses f[E, N]), from the stacked variables held
-    on the host. One record dict per member (see :func:`ibjax.defenses.registry.run_defenses`)."""
+                        sample_losses: Optional[Sequence[Optional[np.ndarray]]] = None,
+                        mi: Optional[Sequence[Optional[Mapping[str, MIHistory]]]] = None) -> list[dict]:
+    """The config's ``analysis.defenses`` on every member (member r with ``keys[r]``,
+    ``sample_losses[r]``, its per-sample training losses f[E, N], and ``mi[r]``, its MI history),
+    from the stacked variables held on the host. One record dict per member (see
+    :func:`ibjax.defenses.registry.run_defenses`)."""
     cfg = pop.config.analysis
     losses = list(sample_losses) if sample_losses is not None else [None] * pop.size
-    return [run_defenses(member_defense_inputs(m, member_of(host_variables, r), losses[r]), cfg.defenses, keys[r],
-                         cfg.defense_rules) for r, m in enumerate(pop.members)]
+    mi = list(mi) if mi is not None else [None] * pop.size
+    return [run_defenses(member_defense_inputs(m, member_of(host_variables, r), losses[r], mi[r]), cfg.defenses,
+                         keys[r], cfg.defense_rules) for r, m in enumerate(pop.members)]

@@ -429,7 +429,8 @@ def _run(configs: Sequence[StudyConfig], opened, progress: bool, mesh: Mesh, plo
                 with phase(f"defences: {', '.join(resolve_defenses(config.analysis.defenses))}", enabled=progress):
                     found = population_defenses([jax.random.fold_in(m.keys.mi, DEFENSES_FOLD) for m in pop.members],
                                                 jax.tree.map(to_host, state.train.variables), pop,
-                                                [rec.sample_losses for rec in recorders])
+                                                [rec.sample_losses for rec in recorders],
+                                                [rec.history.mi for rec in recorders])
                 for rec, d in zip(recorders, found):
                     rec.rd.write_json(DEFENSES_FILE, d)
             host = jax.tree.map(to_host, state)

@@ -244,10 +244,13 @@ def build_setup(config: StudyConfig, *, precomputed: Optional[np.ndarray] = None
     if config.train.batch_size > len(train_set):
         raise ValueError(f"train.batch_size ({config.train.batch_size}) exceeds the {len(train_set)} training images")
     if config.mi.offline:
-        for name in config.mi.quantities:  # fail now, not after the first epochs
+        # Fail now, not after the first epochs. An empty group (a clean run's target_backdoor) is no
+        # error: it reads NaN (ibjax.study.steps.estimate_mi_on_mesh).
+        present = plan.group_masks.any(axis=1)
+        for name in config.mi.quantities:
             cfg = getattr(config.mi, name)
             try:
-                ibmi.check_groups(plan.group_masks, cfg, plan.group_names)
+                ibmi.check_groups(plan.group_masks[present], cfg, np.asarray(plan.group_names)[present].tolist())
             except ValueError as e:
                 raise ValueError(f"{name}: {e}") from e
     model = make_model(dataclasses.replace(config.model, num_classes=num_classes))

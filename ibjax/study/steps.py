@@ -535,10 +535,21 @@ def estimate_mi_on_mesh(key: jax.Array, sample_fn, shared, group_data, valid: np
       valid: bool[G, M].
 
     Returns:
-      :class:`ibjax.mi.MIResult` of the G real groups, as host (NumPy) arrays on every process.
+      :class:`ibjax.mi.MIResult` of the G real groups, as host (NumPy) arrays on every process; an
+      empty group (no valid row) reads NaN (:meth:`ibjax.mi.MIResult.without`).
     """
     valid = np.asarray(valid, bool)
     g = valid.shape[0]
+    empty = ~valid.any(axis=1)
+    if empty.any() and not empty.all():
+        # A group the run does not have (a clean run's target_backdoor) is estimated on a stand-in, a
+        # copy of the first non-empty group, and blanked after: the batched call keeps one shape for
+        # every member of a population, at the cost of one group's estimator work.
+        stand = np.where(empty, int(np.flatnonzero(~empty)[0]), np.arange(g))
+        res = estimate_mi_on_mesh(key, sample_fn, shared, jax.tree.map(lambda x: np.asarray(x)[stand], group_data),
+                                  valid[stand], da, db, config=config, mesh=mesh, group_names=group_names,
+                                  progress=progress)
+        return res.without(empty)
     if mesh is None:
         res = ibmi.estimate_mi_sampled(key, sample_fn, shared, jax.tree.map(jnp.asarray, group_data), valid, da, db,
                                        config=config, group_names=group_names, progress=progress)

@@ -1,0 +1,191 @@
+"""The MI-dynamics monitor: a model-level backdoor detector from the per-class MI trajectories alone.
+
+A defender who estimates I(X;T) and I(T;Y_pred) for the training samples of every class, on groups of
+one size, sees one curve per class and quantity and nothing about poisons. An all-to-one backdoor
+puts samples of every class, with a trigger, into one class; that class's information flow then
+departs from the others'. The monitor scores, at every measured epoch, how far the most deviant class
+sits from the rest, and names it as the suspected target:
+
+1. per quantity q, epoch e and class k, the class's deviation from the OTHER classes (leave-one-out,
+   so that the deviant does not widen the spread it is measured against): ``"z"`` (mean and standard
+   deviation of the others) or ``"robust"`` (median and 1.4826 x median absolute deviation);
+2. accumulated over the epochs read so far (``accumulate``): ``"rms"``, the root mean square of the
+   per-epoch deviations over quantities and epochs <= e (a persistent departure adds up while
+   estimator noise averages out), ``"mean"``, the deviation of the class's running-mean values, or
+   ``"last"``, epoch e alone;
+3. the model's score at e is the largest class deviation, its argmax the suspected target.
+
+Some classes differ from the others in every network (on MNIST the digit 1's I(T;Y_pred) is far
+lower); a ``baseline`` of per-class values, the mean history of clean networks the defender trained
+itself, is subtracted first, so that only departures from what clean training does count.
+
+Pure functions of arrays (nats in, unitless deviations out), usable under jit and vmap over a member
+axis; :func:`defender_view` turns a study's MI history into the array, and :func:`auroc_by_epoch` /
+:func:`detection_latency` read a population's scores epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ibjax.defenses.roc import auroc
+from ibjax.records import as_mi_histories
+
+__all__ = ["MonitorResult", "class_deviation", "monitor_scores", "defender_view", "auroc_by_epoch",
+           "detection_latency", "STATISTICS", "ACCUMULATIONS", "DEFENDER_TARGET_GROUP"]
+
+STATISTICS = ("z", "robust")
+ACCUMULATIONS = ("rms", "mean", "last")
+
+DEFENDER_TARGET_GROUP = "target_sample"
+"""The study's group that stands for the target class in the defender's view: a random subsample of
+every sample labelled with the target, as large as a clean class (:mod:`ibjax.poison`), which is what a
+defender who sizes every class's group alike measures. The group ``target`` (all of them) is larger
+under dirty-label poisoning, and a size difference is not what the monitor should read."""
+
+_MAD_TO_STD = 1.4826  # MAD of a normal sample x this = its standard deviation
+_FLOOR = 1e-6  # nats: a spread below this is treated as this (identical classes)
+
+
+@struct.dataclass
+class MonitorResult:
+    """The monitor's reads over a history's E epochs.
+
+    Attributes:
+      score: f32[E], the largest class deviation using the epochs up to each one.
+      target: int32[E], the class with that deviation (the suspected target).
+      deviation: f32[K, E], every class's accumulated deviation.
+    """
+
+    score: jax.Array
+    target: jax.Array
+    deviation: jax.Array
+
+
+def class_deviation(values: jax.Array, statistic: str = "z") -> jax.Array:
+    """Each class's deviation from the other classes: f32[..., K] for values f[..., K] (classes on
+    the last axis; NaN entries are left out of the others' statistics and read NaN themselves).
+
+    ``"z"``: (v_k - mean of the others) / their standard deviation (ddof 1); ``"robust"``: (v_k -
+    median of the others) / (1.4826 x their median absolute deviation). Spreads are floored at 1e-6.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    v = jnp.asarray(values, jnp.float32)
+    k = v.shape[-1]
+    if k < 3:
+        raise ValueError(f"the monitor compares each class with the others: it needs >= 3 classes, got {k}")
+    others = jnp.where(jnp.eye(k, dtype=bool), jnp.nan, v[..., None, :])  # [..., K (class), K (others)]
+    if statistic == "z":
+        centre = jnp.nanmean(others, axis=-1)
+        spread = jnp.nanstd(others, axis=-1, ddof=1)
+    else:
+        centre = jnp.nanmedian(others, axis=-1)
+        spread = _MAD_TO_STD * jnp.nanmedian(jnp.abs(others - centre[..., None]), axis=-1)
+    return (v - centre) / jnp.maximum(spread, _FLOOR)
+
+
+def _running_mean(x: jax.Array) -> jax.Array:
+    """NaN-aware mean over the last axis of every prefix: f[..., E]."""
+    ok = jnp.isfinite(x)
+    total = jnp.cumsum(jnp.where(ok, x, 0.0), axis=-1)
+    count = jnp.cumsum(ok, axis=-1)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.nan)
+
+
+@functools.partial(jax.jit, static_argnames=("statistic", "accumulate"))
+def monitor_scores(history: jax.Array, baseline: Optional[jax.Array] = None, *, statistic: str = "z",
+                   accumulate: str = "mean") -> MonitorResult:
+    """The monitor's score and suspected target at every epoch of one network's history.
+
+    Args:
+      history: f[Q, K, E] per quantity (e.g. I(X;T), I(T;Y_pred)), class and measured epoch, nats
+        (the defender's view: :func:`defender_view`); NaN where a read is missing.
+      baseline: optional f[Q, K, E], the per-class values clean training gives (the mean history
+        of the defender's own clean networks), subtracted before the deviations.
+      statistic: the per-epoch deviation (:func:`class_deviation`).
+      accumulate: how the epochs read so far combine (module docstring): ``"rms"``, ``"mean"`` or
+        ``"last"``.
+
+    Returns:
+      :class:`MonitorResult`: at epoch index e the score uses epochs 0..e only (what an online
+      monitor knows then).
+    """
+    if accumulate not in ACCUMULATIONS:
+        raise ValueError(f"accumulate must be one of {ACCUMULATIONS}, got {accumulate!r}")
+    h = jnp.asarray(history, jnp.float32)
+    if h.ndim != 3:
+        raise ValueError(f"history must be f[Q, K, E] (quantities, classes, epochs), got shape {h.shape}")
+    if baseline is not None:
+        h = h - jnp.asarray(baseline, jnp.float32)
+    if accumulate == "mean":
+        z = class_deviation(jnp.moveaxis(_running_mean(h), 1, -1), statistic)  # [Q, E, K]
+        dev = jnp.sqrt(jnp.nanmean(jnp.square(z), axis=0)).T  # RMS over quantities: [K, E]
+    else:
+        z = jnp.moveaxis(class_deviation(jnp.moveaxis(h, 1, -1), statistic), -1, 1)  # [Q, K, E]
+        sq = jnp.nanmean(jnp.square(z), axis=0)  # [K, E]
+        dev = jnp.sqrt(_running_mean(sq) if accumulate == "rms" else sq)
+    filled = jnp.where(jnp.isfinite(dev), dev, -jnp.inf)
+    return MonitorResult(score=jnp.max(filled, axis=0), target=jnp.argmax(filled, axis=0).astype(jnp.int32),
+                         deviation=dev)
+
+
+def defender_view(mi: Mapping[str, Any], target: int, num_classes: int, *, quantities: Sequence[str] = ("xt", "ty"),
+                  read: str = "heldout", epochs: Optional[Sequence[int]] = None) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The per-class history a defender would measure, from a study's MI history.
+
+    Class k != target reads group ``class_k``, the target class reads :data:`DEFENDER_TARGET_GROUP`;
+    every group then holds about one clean class's number of samples labelled k.
+
+    Args:
+      mi: ``{quantity: MIHistory}`` or mi.json's layout; online reads are the quantities
+        ``"xt_online"`` / ``"ty_online"`` (read ``"heldout"``).
+      target: the run's poison target (the group naming's, not the defender's knowledge).
+      epochs: the epochs to read (default: those every quantity holds for every class).
+
+    Returns:
+      ``(values f64[Q, K, E] nats, NaN where absent, epochs)``.
+    """
+    hist = as_mi_histories({q: mi[q] for q in quantities if q in mi})
+    missing = [q for q in quantities if q not in hist]
+    if missing:
+        raise ValueError(f"MI history has no quantity {missing[0]!r} (has {sorted(mi)}): estimate it, or choose "
+                         "other quantities")
+    groups = [DEFENDER_TARGET_GROUP if k == target else f"class_{k}" for k in range(num_classes)]
+    for q in quantities:
+        absent = [g for g in groups if g not in hist[q].groups]
+        if absent:
+            raise ValueError(f"MI history {q!r} has no group {absent[0]!r}: the monitor needs every class's group")
+    if epochs is None:
+        common = set(hist[quantities[0]].epochs)
+        for q in quantities:
+            for g in groups:
+                common &= set(hist[q].epochs_of(g, read))
+        epochs = sorted(common)
+    epochs = tuple(int(e) for e in epochs)
+    values = np.stack([hist[q].values(read, groups, epochs) for q in quantities])
+    return values, epochs
+
+
+@jax.jit
+def auroc_by_epoch(scores: jax.Array, positive: jax.Array) -> jax.Array:
+    """AUROC f32[E] of model scores f[M, E] (M models, E epochs) for ``positive`` bool[M]
+    (backdoored), epoch by epoch."""
+    return jax.vmap(auroc, in_axes=(1, None))(jnp.asarray(scores, jnp.float32), jnp.asarray(positive, bool))
+
+
+def detection_latency(aurocs: Sequence[float], epochs: Sequence[int], level: float = 0.9) -> Optional[int]:
+    """The first epoch at which the AUROC reaches ``level`` and stays there for every later epoch read
+    (None if it never does): how early the monitor separates the population."""
+    a = np.asarray(aurocs, float)
+    ok = np.isfinite(a) & (a >= level)
+    for i in range(len(a)):
+        if ok[i:].all():
+            return int(epochs[i])
+    return None
