@@ -22,11 +22,13 @@ def test_usage_and_unknown_command(capsys):
 
 def test_each_command_is_the_experiment_s_program():
     import experiments.compare
+    import experiments.detection
     import experiments.paper
     import experiments.quickstart
     import experiments.study
     import experiments.sweep
     import ibjax.commands.compare
+    import ibjax.commands.detection
     import ibjax.commands.paper
     import ibjax.commands.quickstart
     import ibjax.commands.study

@@ -35,7 +35,8 @@ def test_a_study_config_with_an_unknown_defence_fails_before_any_work():
 
 
 def test_a_run_writes_its_defences_and_summarises_them(tmp_path):
-    names = ("spectral", "activation_clustering", "loss_isolation", "loss_trajectory", "uclc", "clp", "representation")
+    names = ("spectral", "activation_clustering", "loss_isolation", "loss_trajectory", "uclc", "clp", "mi_monitor",
+             "representation")
     cfg = short(TINY, 1, **{"analysis.defenses": names})
     s = run_study(cfg, str(tmp_path / "run"), progress=False)
     with open(os.path.join(tmp_path, "run", "defenses.json")) as f:
@@ -49,6 +50,9 @@ def test_a_run_writes_its_defences_and_summarises_them(tmp_path):
         assert r["level"] == "sample" and r["poisoned"] == poisons and 0.0 <= r["auroc"] <= 1.0
         assert 0.0 <= r["tpr"] <= 1.0 and 0.0 <= r["fpr"] <= 1.0 and r["wall_s"] > 0
     assert stored["uclc"]["level"] == "model" and "score" in stored["uclc"]
+    monitor = stored["mi_monitor"]  # from the run's own MI history, read at its MI epochs
+    assert monitor["offline"]["epochs"] == list(cfg.mi.epochs) and monitor["score"] == monitor["offline"]["scores"][-1]
+    assert 0 <= monitor["suspected_target"] < 10
     with open(os.path.join(tmp_path, "run", "summary.md")) as f:
         md = f.read()
-    assert "## Defences on the trained network" in md and "| spectral |" in md and "| uclc |" in md
+    assert "## Defences on the trained network" in md and "| spectral |" in md and "| uclc |" in md and "| mi_monitor |" in md

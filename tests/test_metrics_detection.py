@@ -79,6 +79,20 @@ def test_correlations_across_attacks_match_scipy_and_their_interval_covers_them(
     assert math.isnan(by[("train", "representation/dswd")]["spearman"])  # a constant metric has no rank order
 
 
+def test_per_model_correlations_pool_the_backdoored_models_and_match_scipy():
+    models = _models(np.random.default_rng(4), attacks=[(f"a{i}", 0.5 * i) for i in range(3)], n=8)
+    rows = {(r["read"], r["detector"]): r for r in det.run_level_correlations(models, jax.random.PRNGKey(2),
+                                                                             resamples=200)}
+    r = rows[("heldout", "ban")]
+    bad = [m for m in models if m.poisoned]
+    x = [m.stealth["heldout"] for m in bad]
+    y = [m.defenses["ban"]["score"] for m in bad]
+    assert r["models"] == 24
+    assert r["spearman"] == pytest.approx(stats.spearmanr(x, y)[0]) and r["kendall"] == pytest.approx(stats.kendalltau(x, y)[0])
+    assert r["spearman_low"] <= r["spearman"] <= r["spearman_high"]
+    assert r["spearman_high"] - r["spearman_low"] < 1.0
+
+
 def _mi(rng, deviant: bool, epochs=(1, 2, 4)):
     groups = ["target", "target_backdoor", "target_clean", DEFENDER_TARGET_GROUP] + [f"class_{k}" for k in range(1, 10)]
     out = {}
@@ -103,6 +117,10 @@ def test_the_monitor_table_reads_the_latency_and_the_target_epoch_by_epoch():
         assert t["epochs"] == [1, 2, 4] and len(t["scores"]) == 16
         assert r["auroc"][0] < 0.9 and min(r["auroc"][1:]) >= 0.95 and r["latency"] == 2
         assert r["target_rate"][-1] == 1.0
+    # as a detector of its own: the last epoch's read of the baseline variant
+    rows = det.model_level_table(det.with_monitor(models, "baseline"), jax.random.PRNGKey(0), resamples=100)
+    (row,) = [r for r in rows if r["detector"] == "mi_monitor_baseline"]
+    assert row["auroc"] == pytest.approx(t["attacks"]["badnets"]["auroc"][-1]) and row["target_rate"] == 1.0
     with pytest.raises(ValueError, match="no quantity 'xt_online'"):
         det.monitor_epoch_table(models, source="online")
     with pytest.raises(ValueError, match="variant"):

@@ -59,7 +59,7 @@ def test_the_detection_command_runs_a_tiny_population_and_writes_its_tables(tmp_
     report = detection.main(argv)
     assert report["missing"] == [] and os.path.isfile(report["path"])
     rows = {(r["detector"], r["attack"]): r for r in report["model_level"]}
-    assert set(rows) == {("mi_monitor", "badnets"), ("uclc", "badnets")}
+    assert set(rows) == {("mi_monitor", "badnets"), ("mi_monitor_baseline", "badnets"), ("uclc", "badnets")}
     assert rows[("mi_monitor", "badnets")]["positives"] == 2 and rows[("mi_monitor", "badnets")]["negatives"] == 2
     assert 0.0 <= rows[("mi_monitor", "badnets")]["auroc"] <= 1.0
     (sample,) = report["sample_level"]

@@ -16,7 +16,8 @@ interrupted ones resumed, compatible ones train as populations). Then ``ROOT/rep
 - ``monitor.json`` / ``monitor.csv``: the MI monitor's AUROC at every MI epoch (blind and against a
   clean baseline; offline reads, and the online critics' where the runs have them), with latencies;
 - ``correlations.csv``: per stealth read and detector, each attack's stealthiness and detectability
-  with Spearman and Kendall correlations and seed-bootstrap intervals;
+  with Spearman and Kendall correlations and seed-bootstrap intervals; ``correlations_per_model.csv``
+  the same over every backdoored model, with intervals from a bootstrap over models;
 - ``detection.json``: all of it; ``figures/``: ROC curves, the monitor's AUROC against the epoch,
   stealthiness against detectability.
 
@@ -184,16 +185,22 @@ def write_report(root: str, grid: Sequence[DetectionRun], about: dict, *, resamp
         raise ValueError(f"the report needs finished clean and backdoored runs; {len(runs)} of {len(grid)} are finished "
                          f"under {root}: run the command without --report-only")
     models = [load_model(r, root) for r in runs]
+    try:  # the monitor against the clean models' mean history, as a detector of its own
+        models = det.with_monitor(models, "baseline")
+    except ValueError as e:
+        LOGGER.warning("no baseline MI monitor: %s", e)
     key = jax.random.PRNGKey(0)
     model_rows = det.model_level_table(models, jax.random.fold_in(key, 1), resamples=resamples)
     sample_rows = det.sample_level_table(models)
     monitor, monitor_lines = _monitor_tables(models)
     corr = det.stealth_correlations(models, jax.random.fold_in(key, 2), resamples=resamples)
+    per_model = det.run_level_correlations(models, jax.random.fold_in(key, 3), resamples=resamples)
 
     write_csv(os.path.join(out, "model_level.csv"), model_rows)
     write_csv(os.path.join(out, "sample_level.csv"), _flat_seed_rows(sample_rows))
     write_csv(os.path.join(out, "correlations.csv"), [{k: (json.dumps(v) if isinstance(v, list) else v)
                                                          for k, v in r.items()} for r in corr])
+    write_csv(os.path.join(out, "correlations_per_model.csv"), per_model)
     write_csv(os.path.join(out, "monitor.csv"), [{"source": t["source"], "variant": t["variant"], "attack": a,
                                                   "epoch": e, "auroc": x, "target_rate": tr, "latency": r["latency"]}
                                                  for t in monitor for a, r in t["attacks"].items()
@@ -250,12 +257,16 @@ def write_report(root: str, grid: Sequence[DetectionRun], about: dict, *, resamp
     lines += [f"| {r['read']} | {r['detector']} | " + ", ".join(f"{a} {_fmt(s, 2)}" for a, s in zip(r["attacks"], r["stealth"]))
               + " | " + ", ".join(_fmt(d, 2) for d in r["detectability"])
               + f" | {_interval(r, 'spearman')} | {_interval(r, 'kendall')} |" for r in corr]
+    lines += ["", "## The same, model by model (every backdoored model; bootstrap over models)", "",
+              "| read | detector | models | Spearman | Kendall |", "|---|---|---|---|---|"]
+    lines += [f"| {r['read']} | {r['detector']} | {r['models']} | {_interval(r, 'spearman')} | {_interval(r, 'kendall')} |"
+              for r in per_model]
     lines += ["", "## Figures", ""] + [f"![{os.path.relpath(f, out)}]({os.path.relpath(f, out)})" for f in figures]
     path = os.path.join(out, "detection.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     result = {"path": path, "model_level": model_rows, "sample_level": sample_rows, "monitor": monitor,
-              "correlations": corr, "missing": missing, "about": about}
+              "correlations": corr, "correlations_per_model": per_model, "missing": missing, "about": about}
     with open(os.path.join(out, "detection.json"), "w") as f:
         json.dump(result, f, indent=1, default=float)
     if missing:

@@ -32,8 +32,8 @@ from ibjax.defenses.monitor import auroc_by_epoch, defender_view, detection_late
 from ibjax.defenses.roc import auroc_interval, detection_rates, threshold_at_fpr
 from ibjax.metrics.runs import seed_statistics
 
-__all__ = ["DetectedModel", "model_level_table", "sample_level_table", "monitor_histories", "monitor_epoch_table",
-           "stealth_correlations", "MONITOR_VARIANTS", "REPRESENTATION_METRICS"]
+__all__ = ["DetectedModel", "model_level_table", "sample_level_table", "monitor_histories", "monitor_epoch_table", "with_monitor",
+           "stealth_correlations", "run_level_correlations", "MONITOR_VARIANTS", "REPRESENTATION_METRICS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,6 +198,23 @@ def monitor_epoch_table(models: Sequence[DetectedModel], *, source: str = "offli
     return out
 
 
+def with_monitor(models: Sequence[DetectedModel], variant: str = "baseline", *, source: str = "offline",
+                 **options) -> list[DetectedModel]:
+    """``models`` with the monitor's read of ``variant`` at the last common epoch added as a model-level
+    entry ``mi_monitor_<variant>`` (``score``, ``suspected_target``), so that the tables and the
+    correlations treat it as any detector (the ``baseline`` variant needs the population's clean
+    models, so it cannot run inside one run as the registry's blind ``mi_monitor`` does)."""
+    t = monitor_epoch_table(models, source=source, variant=variant, **options)
+    values, _ = monitor_histories(models, source)
+    poisoned = np.asarray([m.poisoned for m in models], bool)
+    base = _baselines(values, ~poisoned) if variant == "baseline" else np.zeros_like(values)
+    res = jax.vmap(lambda h, b: monitor_scores(h, b, statistic=t["statistic"], accumulate=t["accumulate"]))(values, base)
+    name = f"mi_monitor_{variant}"
+    return [dataclasses.replace(m, defenses={**m.defenses, name: {
+        "level": "model", "score": float(res.score[i, -1]), "suspected_target": int(res.target[i, -1]),
+        "epoch": t["epochs"][-1], "wall_s": 0.0}}) for i, m in enumerate(models)]
+
+
 def _auroc_host(scores: np.ndarray, positive: np.ndarray) -> float:
     """Mann-Whitney AUROC on the host (ties one half), for the bootstrap's many small calls; the
     same number as :func:`ibjax.defenses.roc.auroc`."""
@@ -269,6 +286,50 @@ def stealth_correlations(models: Sequence[DetectedModel], key: jax.Array, *, rea
             rho, tau = _correlation(st, dt)
             boot = np.asarray([_correlation(*_per_attack(d, attacks, det, read)) for d in draws])
             row = {"read": read, "detector": det, "attacks": attacks, "stealth": st.tolist(), "detectability": dt.tolist(),
+                   "spearman": rho, "kendall": tau}
+            for j, name in enumerate(("spearman", "kendall")):
+                b = boot[:, j][np.isfinite(boot[:, j])]
+                row[f"{name}_low"], row[f"{name}_high"] = ((float(np.quantile(b, tail)), float(np.quantile(b, 1 - tail)))
+                                                           if b.size else (math.nan, math.nan))
+            rows.append(row)
+    return rows
+
+
+def _model_value(m: DetectedModel, detector: str) -> float:
+    """One model's detectability read of ``detector``: a model-level score, a sample-level AUROC, or a
+    representation metric (``"representation/<metric>"``)."""
+    if "/" in detector:
+        entry, metric = detector.split("/", 1)
+        return _f(m.defenses.get(entry, {}).get(metric))
+    rec = m.defenses.get(detector, {})
+    return _f(rec.get("auroc") if rec.get("level") == "sample" else rec.get("score"))
+
+
+def run_level_correlations(models: Sequence[DetectedModel], key: jax.Array, *,
+                           reads: Sequence[str] = ("heldout", "train"), resamples: int = 1000,
+                           level: float = 0.95) -> list[dict]:
+    """The same question model by model: over every backdoored model (all attacks pooled), Spearman
+    and Kendall between its stealthiness and its detectability read (:func:`_model_value`), with
+    bootstrap intervals over models. More points than the attacks' means, so narrower intervals; it
+    mixes the between-attack question with the within-attack seed-to-seed one.
+
+    Returns rows ``{"read", "detector", "models", "spearman", "spearman_low", "spearman_high",
+    "kendall", "kendall_low", "kendall_high"}``.
+    """
+    bad = [m for m in models if m.poisoned]
+    detectors = [*_level(models, "model"), *_level(models, "sample"),
+                 *(f"{n}/{k}" for n in _level(models, "representation") for k in REPRESENTATION_METRICS)]
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32))
+    draws = rng.integers(0, len(bad), (resamples, len(bad)))
+    tail = (1 - level) / 2
+    rows = []
+    for read in reads:
+        x = np.asarray([_f(m.stealth.get(read)) for m in bad], float)
+        for d in detectors:
+            y = np.asarray([_model_value(m, d) for m in bad], float)
+            rho, tau = _correlation(x, y)
+            boot = np.asarray([_correlation(x[i], y[i]) for i in draws])
+            row = {"read": read, "detector": d, "models": int((np.isfinite(x) & np.isfinite(y)).sum()),
                    "spearman": rho, "kendall": tau}
             for j, name in enumerate(("spearman", "kendall")):
                 b = boot[:, j][np.isfinite(boot[:, j])]
