@@ -101,6 +101,15 @@ def fail(message: str, code: int = 2):
     raise SystemExit(code)
 
 
+def comma_list(text: str, cast, flag: str) -> list:
+    """``"a,b,c"`` as a list of ``cast`` values (blanks dropped); one error line naming ``--flag``
+    for a value ``cast`` refuses."""
+    try:
+        return [cast(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--{flag}: expected a comma-separated list, got {text!r}")
+
+
 def _merge(base: dict, update: dict) -> dict:
     out = dict(base)
     for k, v in update.items():

@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ibjax.cli import cli_errors, fail, named_fields, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, comma_list, fail, named_fields, parse_study_command, setup_logging
 from ibjax.commands.compare import write_csv
 from ibjax.defenses.roc import roc_curve
 from ibjax.metrics import detection as det
@@ -51,13 +51,6 @@ from ibjax.study.detection import DETECTION_ATTACKS, DETECTION_SCALES, Detection
 from ibjax.study.presets import preset
 from ibjax.study.rundir import RunDirectory
 from ibjax.study.runner import run_many
-
-
-def _list(text: str, cast, what: str) -> list:
-    try:
-        return [cast(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--{what}: expected a comma-separated list, got {text!r}")
 
 
 def main(argv=None) -> dict:
@@ -85,7 +78,7 @@ def main(argv=None) -> dict:
     changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
     changes.update({k: flat[k] for k in named_fields(rest) if k in flat})
     with cli_errors():
-        grid = detection_grid(a.scale, cmd.preset, attacks=_list(a.attacks, str, "attacks") if a.attacks else None,
+        grid = detection_grid(a.scale, cmd.preset, attacks=comma_list(a.attacks, str, "attacks") if a.attacks else None,
                               clean_runs=a.clean_runs, runs_per_attack=a.runs_per_attack, epochs=a.epochs,
                               changes=changes)
         for run in grid:  # every run's options are checked before the first one starts

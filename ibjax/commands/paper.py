@@ -36,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibjax import metrics
-from ibjax.cli import cli_errors, fail, named_fields, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, comma_list, fail, named_fields, parse_study_command, setup_logging
 from ibjax.commands import compare
 from ibjax.metrics.claims import VERDICTS, claims_markdown, evaluate_claims
 from ibjax.progress import LOGGER
@@ -47,13 +47,6 @@ from ibjax.study.paper import MAIN_NOISE, LOW_NOISE, PAPER_VARIANTS, SCALES, Gri
 from ibjax.study.presets import preset
 from ibjax.study.rundir import RunDirectory
 from ibjax.study.runner import run_many
-
-
-def _list(text: str, cast, what: str) -> list:
-    try:
-        return [cast(x.strip()) for x in text.split(",") if x.strip()]
-    except ValueError:
-        fail(f"--{what}: expected a comma-separated list, got {text!r}")
 
 
 def main(argv=None) -> dict:
@@ -85,9 +78,9 @@ def main(argv=None) -> dict:
     changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
     changes.update({k: flat[k] for k in named_fields(rest) if k in flat})
     with cli_errors():
-        grid = paper_grid(a.scale, cmd.preset, seeds=_list(a.seeds, int, "seeds") if a.seeds else None,
-                          variants=_list(a.variants, str, "variants") if a.variants else None,
-                          datasets=_list(a.datasets, str, "datasets") if a.datasets else None,
+        grid = paper_grid(a.scale, cmd.preset, seeds=comma_list(a.seeds, int, "seeds") if a.seeds else None,
+                          variants=comma_list(a.variants, str, "variants") if a.variants else None,
+                          datasets=comma_list(a.datasets, str, "datasets") if a.datasets else None,
                           epochs=a.epochs, changes=changes)
         for run in grid:  # every run's options are checked before the first one starts
             check_config(run.config)

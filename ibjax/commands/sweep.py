@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ibjax.cli import cli_errors, fail, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, comma_list, fail, parse_study_command, setup_logging
 from ibjax.commands import compare
 from ibjax.fields import override
 from ibjax.parallel import process_share
@@ -39,13 +39,6 @@ from ibjax.runtime import prepare_cpu_process
 from ibjax.study import check_config
 from ibjax.study.rundir import RunDirectory
 from ibjax.study.runner import run_many
-
-
-def _list(s: str, cast):
-    try:
-        return [cast(x) for x in s.split(",") if x.strip()]
-    except ValueError:
-        fail(f"expected a comma-separated list, got {s!r}")
 
 
 def main(argv=None):
@@ -75,8 +68,8 @@ def main(argv=None):
     setup_logging(cmd.quiet)
     prepare_cpu_process()  # before JAX starts its backend
     base = cmd.study
-    plan = [(attack, ratio, seed) for attack in _list(a.attacks, str) for ratio in _list(a.ratios, float)
-            for seed in _list(a.seeds, int)]
+    plan = [(attack, ratio, seed) for attack in comma_list(a.attacks, str, "attacks") for ratio in comma_list(a.ratios, float, "ratios")
+            for seed in comma_list(a.seeds, int, "seeds")]
     run_dirs = [os.path.join(a.root, f"{attack}_{ratio}_s{seed}") for attack, ratio, seed in plan]
     with cli_errors():
         configs = [override(base, {"attack.name": attack, "seed": seed, "poison.ratio": ratio})

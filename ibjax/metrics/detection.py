@@ -172,8 +172,8 @@ def monitor_epoch_table(models: Sequence[DetectedModel], *, source: str = "offli
     """The monitor read at every epoch for every attack.
 
     Returns ``{"epochs", "variant", "source", "attacks": {attack: {"auroc": [E], "target_rate": [E],
-    "latency": first epoch the AUROC reaches ``level`` and keeps it, or None}}, "scores": f[M, E]
-    as lists}``.
+    "latency": first epoch the AUROC reaches ``level`` and keeps it, or None}}, "scores": f[M, E],
+    "targets": int[M, E] as lists}``.
     """
     if variant not in MONITOR_VARIANTS:
         raise ValueError(f"variant must be one of {MONITOR_VARIANTS}, got {variant!r}")
@@ -187,7 +187,7 @@ def monitor_epoch_table(models: Sequence[DetectedModel], *, source: str = "offli
         values, np.zeros_like(values) if base is None else base)
     scores, targets = np.asarray(res.score), np.asarray(res.target)
     out = {"epochs": list(epochs), "variant": variant, "source": source, "statistic": statistic,
-           "accumulate": accumulate, "attacks": {}, "scores": scores.tolist()}
+           "accumulate": accumulate, "attacks": {}, "scores": scores.tolist(), "targets": targets.tolist()}
     truth = np.asarray([m.target for m in models])
     for attack in _attacks(models):
         pick = ~poisoned | np.asarray([m.cell == attack for m in models])
@@ -205,13 +205,9 @@ def with_monitor(models: Sequence[DetectedModel], variant: str = "baseline", *, 
     correlations treat it as any detector (the ``baseline`` variant needs the population's clean
     models, so it cannot run inside one run as the registry's blind ``mi_monitor`` does)."""
     t = monitor_epoch_table(models, source=source, variant=variant, **options)
-    values, _ = monitor_histories(models, source)
-    poisoned = np.asarray([m.poisoned for m in models], bool)
-    base = _baselines(values, ~poisoned) if variant == "baseline" else np.zeros_like(values)
-    res = jax.vmap(lambda h, b: monitor_scores(h, b, statistic=t["statistic"], accumulate=t["accumulate"]))(values, base)
     name = f"mi_monitor_{variant}"
     return [dataclasses.replace(m, defenses={**m.defenses, name: {
-        "level": "model", "score": float(res.score[i, -1]), "suspected_target": int(res.target[i, -1]),
+        "level": "model", "score": t["scores"][i][-1], "suspected_target": t["targets"][i][-1],
         "epoch": t["epochs"][-1], "wall_s": 0.0}}) for i, m in enumerate(models)]
 
 
@@ -240,23 +236,42 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def _per_attack(models: Sequence[DetectedModel], attacks: Sequence[str], detector: str, read: str) -> tuple:
     """(stealth f[A], detectability f[A]) of each attack: the mean stealth total of its models and
-    the detector's AUROC (model level, against the clean models) or mean AUROC (sample level)."""
+    the detector's AUROC (model level, against the clean models), else the mean of its models'
+    reads (:func:`_model_value`: a sample-level AUROC, a representation metric)."""
     clean = [m for m in models if not m.poisoned]
+    model_level = detector in _level(models, "model")
     st, det = [], []
     for attack in attacks:
         bad = [m for m in models if m.cell == attack]
         st.append(_mean([m.stealth.get(read) for m in bad]))
-        if "/" in detector:  # a representation metric: the mean of its models' values
-            entry, metric = detector.split("/", 1)
-            det.append(_mean([m.defenses.get(entry, {}).get(metric) for m in bad]))
-            continue
-        recs = [m.defenses.get(detector, {}) for m in bad]
-        if any(r.get("level") == "sample" for r in recs):
-            det.append(_mean([r.get("auroc") for r in recs]))
-        else:
-            s = np.asarray([_f(m.defenses.get(detector, {}).get("score")) for m in clean + bad], float)
+        if model_level:
+            s = np.asarray([_model_value(m, detector) for m in clean + bad], float)
             det.append(_auroc_host(s, np.asarray([m.poisoned for m in clean + bad], bool)))
+        else:
+            det.append(_mean([_model_value(m, detector) for m in bad]))
     return np.asarray(st, float), np.asarray(det, float)
+
+
+def _detectors(models: Sequence[DetectedModel]) -> list[str]:
+    """What the correlations read: every model- and sample-level detector, and each representation
+    metric as ``"representation/<metric>"``."""
+    return [*_level(models, "model"), *_level(models, "sample"),
+            *(f"{n}/{k}" for n in _level(models, "representation") for k in REPRESENTATION_METRICS)]
+
+
+def _with_intervals(row: dict, boot: np.ndarray, level: float) -> dict:
+    """``row`` with the percentile interval of each correlation's bootstrap (``boot`` f[B, 2]:
+    Spearman, Kendall) as ``<name>_low`` / ``<name>_high``."""
+    tail = (1 - level) / 2
+    for j, name in enumerate(("spearman", "kendall")):
+        b = boot[:, j][np.isfinite(boot[:, j])] if boot.size else np.zeros(0)
+        row[f"{name}_low"], row[f"{name}_high"] = ((float(np.quantile(b, tail)), float(np.quantile(b, 1 - tail)))
+                                                   if b.size else (math.nan, math.nan))
+    return row
+
+
+def _rng(key: jax.Array) -> np.random.Generator:
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32))
 
 
 def stealth_correlations(models: Sequence[DetectedModel], key: jax.Array, *, reads: Sequence[str] = ("heldout", "train"),
@@ -272,26 +287,18 @@ def stealth_correlations(models: Sequence[DetectedModel], key: jax.Array, *, rea
     "spearman_low", "spearman_high", "kendall", "kendall_low", "kendall_high"}``.
     """
     attacks = _attacks(models)
-    detectors = [*_level(models, "model"), *_level(models, "sample"),
-                 *(f"{n}/{k}" for n in _level(models, "representation") for k in REPRESENTATION_METRICS)]
     cells = {c: [m for m in models if m.cell == c] for c in dict.fromkeys(m.cell for m in models)}
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32))
+    rng = _rng(key)
     draws = [[cells[c][i] for c in cells for i in rng.integers(0, len(cells[c]), len(cells[c]))]
              for _ in range(resamples)]
-    tail = (1 - level) / 2
     rows = []
     for read in reads:
-        for det in detectors:
+        for det in _detectors(models):
             st, dt = _per_attack(models, attacks, det, read)
             rho, tau = _correlation(st, dt)
             boot = np.asarray([_correlation(*_per_attack(d, attacks, det, read)) for d in draws])
-            row = {"read": read, "detector": det, "attacks": attacks, "stealth": st.tolist(), "detectability": dt.tolist(),
-                   "spearman": rho, "kendall": tau}
-            for j, name in enumerate(("spearman", "kendall")):
-                b = boot[:, j][np.isfinite(boot[:, j])]
-                row[f"{name}_low"], row[f"{name}_high"] = ((float(np.quantile(b, tail)), float(np.quantile(b, 1 - tail)))
-                                                           if b.size else (math.nan, math.nan))
-            rows.append(row)
+            rows.append(_with_intervals({"read": read, "detector": det, "attacks": attacks, "stealth": st.tolist(),
+                                         "detectability": dt.tolist(), "spearman": rho, "kendall": tau}, boot, level))
     return rows
 
 
@@ -317,23 +324,14 @@ def run_level_correlations(models: Sequence[DetectedModel], key: jax.Array, *,
     "kendall", "kendall_low", "kendall_high"}``.
     """
     bad = [m for m in models if m.poisoned]
-    detectors = [*_level(models, "model"), *_level(models, "sample"),
-                 *(f"{n}/{k}" for n in _level(models, "representation") for k in REPRESENTATION_METRICS)]
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().astype(np.uint32))
-    draws = rng.integers(0, len(bad), (resamples, len(bad)))
-    tail = (1 - level) / 2
+    draws = _rng(key).integers(0, len(bad), (resamples, len(bad)))
     rows = []
     for read in reads:
         x = np.asarray([_f(m.stealth.get(read)) for m in bad], float)
-        for d in detectors:
+        for d in _detectors(models):
             y = np.asarray([_model_value(m, d) for m in bad], float)
             rho, tau = _correlation(x, y)
             boot = np.asarray([_correlation(x[i], y[i]) for i in draws])
-            row = {"read": read, "detector": d, "models": int((np.isfinite(x) & np.isfinite(y)).sum()),
-                   "spearman": rho, "kendall": tau}
-            for j, name in enumerate(("spearman", "kendall")):
-                b = boot[:, j][np.isfinite(boot[:, j])]
-                row[f"{name}_low"], row[f"{name}_high"] = ((float(np.quantile(b, tail)), float(np.quantile(b, 1 - tail)))
-                                                           if b.size else (math.nan, math.nan))
-            rows.append(row)
+            rows.append(_with_intervals({"read": read, "detector": d, "models": int((np.isfinite(x) & np.isfinite(y)).sum()),
+                                         "spearman": rho, "kendall": tau}, boot, level))
     return rows
