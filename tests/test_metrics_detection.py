@@ -93,10 +93,10 @@ def test_per_model_correlations_pool_the_backdoored_models_and_match_scipy():
     assert r["spearman_high"] - r["spearman_low"] < 1.0
 
 
-def _mi(rng, deviant: bool, epochs=(1, 2, 4)):
+def _mi(rng, deviant: bool, epochs=(1, 2, 4), quantities=("xt", "ty")):
     groups = ["target", "target_backdoor", "target_clean", DEFENDER_TARGET_GROUP] + [f"class_{k}" for k in range(1, 10)]
     out = {}
-    for q in ("xt", "ty"):
+    for q in quantities:
         d = {}
         for g in groups:
             d[g] = {}
@@ -125,3 +125,15 @@ def test_the_monitor_table_reads_the_latency_and_the_target_epoch_by_epoch():
         det.monitor_epoch_table(models, source="online")
     with pytest.raises(ValueError, match="variant"):
         det.monitor_epoch_table(models, variant="oracle")
+
+
+def test_the_monitor_reads_the_online_critics_every_epoch():
+    rng = np.random.default_rng(6)
+    online = ("xt", "ty", "xt_online", "ty_online")
+    models = [det.DetectedModel("clean", s, False, 0, 10, {}, mi=_mi(rng, False, (1, 2, 3, 4, 5), online))
+              for s in range(6)]
+    models += [det.DetectedModel("wanet", s, True, 0, 10, {}, mi=_mi(rng, True, (1, 2, 3, 4, 5), online))
+               for s in range(6)]
+    t = det.monitor_epoch_table(models, source="online", variant="baseline")
+    assert t["source"] == "online" and t["epochs"] == [1, 2, 3, 4, 5]
+    assert t["attacks"]["wanet"]["latency"] == 2
