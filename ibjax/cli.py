@@ -41,7 +41,8 @@ import tyro
 
 from ibjax.fields import resolve_path
 from ibjax.mi import MI_ALIASES, Candidate, MIConfig
-from ibjax.study.config import STUDY_RENAMES, StudyConfig, config_from_dict, config_to_dict, migrate_config_dict
+from ibjax.study.config import (STUDY_RENAMES, StudyConfig, config_diff, config_from_dict, config_to_dict, flatten_config,
+                                migrate_config_dict)
 from ibjax.study.presets import PRESETS
 from ibjax.study.writers import WRITERS, check_writers
 
@@ -190,6 +191,16 @@ def named_fields(argv: Sequence[str]) -> set[str]:
         if leaf.startswith("no_"):  # tyro's negated boolean flags
             out.add(f"{head}.{leaf[3:]}" if head else leaf[3:])
     return out
+
+
+def grid_changes(cmd: "StudyCommand", argv: Sequence[str]) -> dict:
+    """A grid command's user changes as dotted overrides: what ``cmd.study`` changes from its preset,
+    and every field named on the command line ``argv`` (a flag equal to the preset's value still
+    beats a grid scale's, e.g. ``--model.name resnet18`` at the cpu scale)."""
+    flat = flatten_config(cmd.study)
+    changes = {k: new for k, (_, new) in config_diff(PRESETS[cmd.preset], cmd.study).items()}
+    changes.update({k: flat[k] for k in named_fields(argv) if k in flat})
+    return changes
 
 
 def _renamed_flag(arg: str) -> Optional[str]:

@@ -38,17 +38,16 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ibjax.cli import cli_errors, comma_list, fail, named_fields, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, comma_list, fail, grid_changes, parse_study_command, setup_logging
 from ibjax.commands.compare import write_csv
 from ibjax.defenses.roc import roc_curve
 from ibjax.metrics import detection as det
 from ibjax.progress import LOGGER
 from ibjax.runtime import prepare_cpu_process
 from ibjax.study import check_config
-from ibjax.study.config import config_diff, config_from_dict, flatten_config
+from ibjax.study.config import config_from_dict
 from ibjax.study.defenses import DEFENSES_FILE
 from ibjax.study.detection import DETECTION_ATTACKS, DETECTION_SCALES, DetectionRun, detection_grid
-from ibjax.study.presets import preset
 from ibjax.study.rundir import RunDirectory
 from ibjax.study.runner import run_many
 
@@ -76,9 +75,7 @@ def main(argv=None) -> dict:
     setup_logging(cmd.quiet)
     prepare_cpu_process()  # before JAX starts its backend
     root = a.root or os.path.join("runs", f"detection-{a.scale}")
-    flat = flatten_config(cmd.study)
-    changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
-    changes.update({k: flat[k] for k in named_fields(rest) if k in flat})
+    changes = grid_changes(cmd, rest)
     with cli_errors():
         grid = detection_grid(a.scale, cmd.preset, attacks=comma_list(a.attacks, str, "attacks") if a.attacks else None,
                               clean_runs=a.clean_runs, runs_per_attack=a.runs_per_attack, epochs=a.epochs,

@@ -36,15 +36,14 @@ from typing import Any, Sequence
 import numpy as np
 
 from ibjax import metrics
-from ibjax.cli import cli_errors, comma_list, fail, named_fields, parse_study_command, setup_logging
+from ibjax.cli import cli_errors, comma_list, fail, grid_changes, parse_study_command, setup_logging
 from ibjax.commands import compare
 from ibjax.metrics.claims import VERDICTS, claims_markdown, evaluate_claims
 from ibjax.progress import LOGGER
 from ibjax.runtime import prepare_cpu_process
 from ibjax.study import check_config
-from ibjax.study.config import config_diff, config_from_dict, flatten_config
+from ibjax.study.config import config_from_dict
 from ibjax.study.paper import MAIN_NOISE, LOW_NOISE, PAPER_VARIANTS, SCALES, GridRun, claim_run, paper_grid
-from ibjax.study.presets import preset
 from ibjax.study.rundir import RunDirectory
 from ibjax.study.runner import run_many
 
@@ -72,11 +71,7 @@ def main(argv=None) -> dict:
     setup_logging(cmd.quiet)
     prepare_cpu_process()  # before JAX starts its backend
     root = a.root or os.path.join("runs", f"paper-{a.scale}")
-    # The user's changes: what differs from the preset, and every field named on the command line
-    # (a flag equal to the preset's value still beats the scale's, e.g. --model.name resnet18 at cpu scale).
-    flat = flatten_config(cmd.study)
-    changes = {k: new for k, (_, new) in config_diff(preset(cmd.preset), cmd.study).items()}
-    changes.update({k: flat[k] for k in named_fields(rest) if k in flat})
+    changes = grid_changes(cmd, rest)
     with cli_errors():
         grid = paper_grid(a.scale, cmd.preset, seeds=comma_list(a.seeds, int, "seeds") if a.seeds else None,
                           variants=comma_list(a.variants, str, "variants") if a.variants else None,
