@@ -153,8 +153,7 @@ def monitor_histories(models: Sequence[DetectedModel], source: str = "offline") 
     common = sorted(set.intersection(*(set(e) for _, e in views)))
     if not common:
         raise ValueError(f"the models share no {source} MI epoch at which every class was read")
-    values = np.stack([defender_view(m.mi, m.target, m.num_classes, quantities=quantities, epochs=common)[0]
-                       for m in models])
+    values = np.stack([v[..., [list(e).index(c) for c in common]] for v, e in views])
     return values, tuple(common)
 
 
