@@ -49,6 +49,8 @@ VARIANTS = {
     # sharing each task's splits): a concat critic with a rank-4 bottleneck (the low-rank prior of the 32-d tasks)
     # and a separable critic (curved dependence), both at lr 1e-3 with weight decay 1 (curbs their memorising).
     "select": dict(critic_rank=4, lr=1e-3, weight_decay=1.0, candidates=("critic=separable critic_rank=0",)),
+    "sepgauss": dict(critic="separable", hidden=(128, 128, 128, 128), lr=1e-3, weight_decay=2.0,
+                     candidates=("critic.family=gaussian",)),
 }
 
 

@@ -53,10 +53,13 @@ class CriticConfig(Config):
     """The critic: its family and shape, and the map of its inputs.
 
     Attributes:
-      family: a family of :data:`ibjax.mi.critics.CRITICS`: ``"concat"`` (reference) or ``"separable"``.
+      family: a family of :data:`ibjax.mi.critics.CRITICS`: ``"concat"`` (reference), ``"separable"``
+        or ``"gaussian"`` (a Gaussian model's log density ratio fitted in closed form, not trained:
+        :mod:`ibjax.mi.gaussian`; the optimiser section does not apply to it).
       hidden: hidden widths.
       embed_dim: embedding width of the separable critic.
-      rank: concat only: ``r > 0`` puts a linear bottleneck in front of the MLP, which then sees
+      rank: ``gaussian``: the canonical pairs kept (``0``: chosen on the validation split among 1, 2,
+        4, ... and all). ``concat``: ``r > 0`` puts a linear bottleneck in front of the MLP, which then sees
         r linear features of a and r of b (at most their widths); ``0`` (reference): none. A
         low-rank prior: on 2-D dependence hidden in 32 x 32 dimensions it lifts the held-out read
         (docs/estimator.md, "Why a low-rank critic is not the default"), but on inputs whose

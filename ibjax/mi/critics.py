@@ -1,6 +1,6 @@
 """Critics f(a, b) for variational MI bounds, as pure functions over a params pytree, and their registry.
 
-Two families:
+Three families:
 
 - ``concat``: the reference's concatenation critic f(a, b) = MLP([a, b]) with ReLU hidden layers
   (128, 128) and a scalar output. Its first layer is linear in the concatenation, so
@@ -9,6 +9,8 @@ Two families:
   not a (da + db)-wide matmul. This is the same function, not an approximation
   (:func:`concat_critic` evaluates it the plain way; the tests check they agree).
 - ``separable``: f(a, b) = g(a) . h(b) with two MLP embeddings; all B x B scores are one matmul.
+- ``gaussian``: the log density ratio of a Gaussian model of the pair, fitted in closed form to the
+  training split's moments instead of trained (:mod:`ibjax.mi.gaussian`; its :class:`ClosedForm`).
 
 Scores are read for a batch of B pairs (a_i, b_i) and negative indices ``neg_index int32[B, K]`` into
 the batch: ``scores(params, a, b, neg_index) -> (pos f32[B], neg f32[B, K])`` with
@@ -22,13 +24,16 @@ init, scores and all-pairs functions; adding a family is one entry there. :func:
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from ibjax.mi import gaussian
+
 __all__ = [
     "Critic",
+    "ClosedForm",
     "CRITICS",
     "get_critic",
     "init_concat_critic",
@@ -199,6 +204,26 @@ def separable_critic_scores(
 
 
 @dataclasses.dataclass(frozen=True)
+class ClosedForm:
+    """How a family is fitted without training: moments accumulated over the training split, solved once.
+
+    Attributes:
+      zero: ``(da, db) -> moments``, the empty moments pytree.
+      add: ``(moments, a f[B, da], b f[B, db], weight f[B]) -> moments``.
+      solve: ``moments -> params`` (every pair or component of the family).
+      ranks: ``(da, db) -> tuple[int, ...]``, the model sizes compared on the validation split when
+        ``MIConfig.critic.rank`` is 0.
+      keep: ``(params, rank int or int32[]) -> params`` of that size.
+    """
+
+    zero: Callable[[int, int], Any]
+    add: Callable[..., Any]
+    solve: Callable[[Any], dict]
+    ranks: Callable[[int, int], tuple]
+    keep: Callable[[dict, Any], dict]
+
+
+@dataclasses.dataclass(frozen=True)
 class Critic:
     """One family of critics as pure functions of its params pytree (jit-, vmap- and grad-safe).
 
@@ -207,13 +232,22 @@ class Critic:
       scores: ``(params, a f[B, da], b f[B, db], neg_index int32[B, K], dtype) -> (pos f32[B],
         neg f32[B, K])``.
       matrix: ``(params, a f[B, da], b f[B, db], dtype, block_rows) -> f32[B, B]``, every pair's score.
-      takes_rank: whether ``rank`` (``MIConfig.critic.rank``, a linear bottleneck) is an option of it.
+      takes_rank: whether ``rank`` (``MIConfig.critic.rank``) is an option of it.
+      fit: None for a family trained by gradient steps; a :class:`ClosedForm` for one fitted to the
+        training split in closed form (the estimator then runs no critic epochs).
     """
 
     init: Callable[..., dict]
     scores: Callable[..., tuple[jax.Array, jax.Array]]
     matrix: Callable[..., jax.Array]
     takes_rank: bool = False
+    fit: Optional[ClosedForm] = None
+
+    @property
+    def trained(self) -> bool:
+        """Whether the family's critic is trained by steps (online critics and :func:`ibjax.mi.update`
+        need one)."""
+        return self.fit is None
 
 
 def _init_concat(key, da, db, hidden, embed_dim, rank):
@@ -224,9 +258,19 @@ def _init_separable(key, da, db, hidden, embed_dim, rank):
     return init_separable_critic(key, da, db, hidden, embed_dim)
 
 
+def _init_gaussian(key, da, db, hidden, embed_dim, rank):
+    del key, hidden, embed_dim, rank
+    return gaussian.init_gaussian_critic(da, db)
+
+
 CRITICS: dict[str, Critic] = {
     "concat": Critic(init=_init_concat, scores=concat_critic_scores, matrix=concat_critic_matrix, takes_rank=True),
     "separable": Critic(init=_init_separable, scores=separable_critic_scores, matrix=separable_critic_matrix),
+    "gaussian": Critic(init=_init_gaussian, scores=gaussian.gaussian_critic_scores,
+                       matrix=gaussian.gaussian_critic_matrix, takes_rank=True,
+                       fit=ClosedForm(zero=gaussian.zero_stats, add=gaussian.add_stats,
+                                      solve=gaussian.fit_gaussian_critic, ranks=gaussian.pair_ranks,
+                                      keep=gaussian.keep_pairs)),
 }
 """The critic families by name: the values ``MIConfig.critic.family`` takes (saved configs hold them)."""
 

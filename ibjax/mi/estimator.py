@@ -46,7 +46,7 @@ from flax import struct
 from ibjax import rng
 from ibjax.mi.bounds import infonce_all_pairs_terms
 from ibjax.mi.config import MIConfig, batches_per_epoch, candidate_configs, resolve_config, split_sizes
-from ibjax.mi.critics import critic_matrix
+from ibjax.mi.critics import critic_matrix, get_critic
 from ibjax.mi.reliability import convergence_verdict, mean_and_se, trend
 from ibjax.mi.result import MIResult
 from ibjax.mi.selection import select_by_validation
@@ -77,6 +77,7 @@ class _Sizes:
     ho_batches: jax.Array
     ho_rows: jax.Array  # rows per held-out read batch
     val_batches: jax.Array
+    tr_batches: jax.Array  # batches of B covering the training split (a closed-form fit's pass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +90,7 @@ class _Static:
     read_rows: int  # rows of a held-out read batch
     val_batches: int
     fit_rows: int
+    train_batches: int
     da: int
     db: int
     group_batch: int = 0  # groups computed side by side: 0 = all (vmap), k = a loop over chunks of k
@@ -327,6 +329,54 @@ def _epochs_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared,
     return carry, est, val
 
 
+def _fit_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, *, sample_fn, config: MIConfig,
+             static: _Static):
+    """A closed-form family's critic (``Critic.fit``) from one pass over the training split, its size
+    chosen on the validation split (``critic.rank`` 0) or given; in place of the epochs.
+
+    Returns ``(carry with the fitted critic kept, trajectory f32[E], validation f32[E])``: every epoch
+    holds the fitted critic's training and validation reads, so the result has the shape of a trained
+    family's (model selection stacks them) and its convergence verdict sees no trend.
+    """
+    fit = get_critic(config.critic.family).fit
+    bsz = config.protocol.batch_size
+    keys = jax.random.split(jax.random.fold_in(setup.key_epochs, 0), static.train_batches + 1)
+    order = _ranks(keys[0], setup.train)
+
+    def accumulate(stats, h):
+        j = h * bsz + jnp.arange(bsz)
+        weight = j < sizes.n_tr
+        a, b, _ = _batch(sample_fn, shared, group_data, order[jnp.where(weight, j, 0)], jnp.minimum(bsz, sizes.n_tr),
+                         keys[h + 1], setup, config, static, negatives=False)
+        return fit.add(stats, a, b, weight), None
+
+    stats, _ = jax.lax.scan(accumulate, fit.zero(static.da, static.db), jnp.arange(static.train_batches))
+    params = fit.solve(stats)
+    read = functools.partial(_split_terms, group_data=group_data, shared=shared, setup=setup, sample_fn=sample_fn,
+                             config=config, static=static)
+
+    def validation_read(rank):
+        return read(fit.keep(params, rank), setup.val_order, sizes.n_val, sizes.val_batches, setup.val_keys)[1]
+
+    ranks = fit.ranks(static.da, static.db) if config.critic.rank == 0 else (config.critic.rank,)
+    if config.protocol.validation_fraction <= 0:  # nothing to choose on: the largest model
+        ranks = ranks[-1:]
+    if len(ranks) > 1:
+        vals = jnp.stack([validation_read(r) for r in ranks])
+        best = jnp.argmax(jnp.where(jnp.isnan(vals), -jnp.inf, vals))
+        params, val = fit.keep(params, jnp.asarray(ranks, jnp.int32)[best]), vals[best]
+    else:
+        params = fit.keep(params, ranks[0])
+        val = validation_read(ranks[0]) if config.protocol.validation_fraction > 0 else jnp.asarray(jnp.nan)
+    # The training read: every training batch once, negatives drawn as in training.
+    _, train = read(params, order, sizes.n_tr, sizes.tr_batches, keys[1:])
+    epochs = config.protocol.epochs
+    carry = carry.replace(state=carry.state.replace(params=params), best_val=val.astype(jnp.float32),
+                          best_epoch=jnp.asarray(epochs - 1, jnp.int32),
+                          best_params=params if config.optimiser.select == "best" else None)
+    return carry, jnp.full((epochs,), train, jnp.float32), jnp.full((epochs,), val, jnp.float32)
+
+
 def _finish_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, trajectory, validation, *, sample_fn,
                 config: MIConfig, static: _Static):
     train_read = jnp.mean(trajectory[-config.protocol.read_epochs:])
@@ -409,6 +459,12 @@ def _run_epochs(carry, setup, sizes, group_data, shared, start, *, sample_fn, co
     return _over_groups(fn, (carry, setup, sizes, group_data), static.group_batch)
 
 
+@functools.partial(jax.jit, static_argnames=_STATIC, donate_argnums=(0,))
+def _fit_closed_form(carry, setup, sizes, group_data, shared, *, sample_fn, config, static):
+    fn = functools.partial(_fit_one, shared=shared, sample_fn=sample_fn, config=config, static=static)
+    return _over_groups(fn, (carry, setup, sizes, group_data), static.group_batch)
+
+
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _finish(carry, setup, sizes, group_data, shared, trajectory, validation, *, sample_fn, config, static):
     fn = functools.partial(_finish_one, shared=shared, sample_fn=sample_fn, config=config, static=static)
@@ -458,7 +514,7 @@ def _group_sizes(valid: np.ndarray, config: MIConfig, names: Optional[Sequence[s
     else:
         ho_batches, ho_rows = -(-n_ho // bsz), np.full_like(n_ho, bsz)
     return dict(n_ho=n_ho, n_val=n_val, n_tr=n_tr, steps=batches_per_epoch(n_tr, bsz, config.optimiser.batch_fraction),
-                ho_batches=ho_batches, ho_rows=ho_rows, val_batches=-(-n_val // bsz))
+                ho_batches=ho_batches, ho_rows=ho_rows, val_batches=-(-n_val // bsz), tr_batches=-(-n_tr // bsz))
 
 
 def check_groups(mask: np.ndarray, config: Union[MIConfig, str, None] = None, group_names: Optional[Sequence[str]] = None,
@@ -621,6 +677,7 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
         read_rows=int(counts["ho_rows"].max()) if config.reads_all_pairs else config.protocol.batch_size,
         val_batches=int(counts["val_batches"].max()), fit_rows=int(min(config.critic.fit_samples, counts["n_tr"].max())),
+        train_batches=int(counts["tr_batches"].max()),
         da=int(da), db=int(db), premapped=config.critic.preprocess != "none" and sample_fn in _ROW_SOURCES,
     )
     sizes = _Sizes(**{k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
@@ -629,19 +686,25 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
     setup, carry, mapped = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
     if static.premapped:  # the epochs and reads take pairs from the mapped rows
         kw["sample_fn"], shared, group_data = _ROW_SOURCES[sample_fn][1], None, mapped
-    trajectory, validation, done = [], [], 0
-    while done < config.protocol.epochs:
-        length = min(chunk, config.protocol.epochs - done)
-        carry, est, val = _run_epochs(carry, setup, sizes, group_data, shared, jnp.asarray(done, jnp.int32),
-                                      length=length, **kw)
-        trajectory.append(est)
-        validation.append(val)
-        done += length
+    if not get_critic(config.critic.family).trained:
+        carry, trajectory, validation = _fit_closed_form(carry, setup, sizes, group_data, shared, **kw)
         if progress is not None:
-            jax.block_until_ready(est)
-            progress(done, config.protocol.epochs)
-    trajectory = jnp.concatenate(trajectory, axis=1)
-    validation = jnp.concatenate(validation, axis=1)
+            jax.block_until_ready(trajectory)
+            progress(config.protocol.epochs, config.protocol.epochs)
+    else:
+        trajectory, validation, done = [], [], 0
+        while done < config.protocol.epochs:
+            length = min(chunk, config.protocol.epochs - done)
+            carry, est, val = _run_epochs(carry, setup, sizes, group_data, shared, jnp.asarray(done, jnp.int32),
+                                          length=length, **kw)
+            trajectory.append(est)
+            validation.append(val)
+            done += length
+            if progress is not None:
+                jax.block_until_ready(est)
+                progress(done, config.protocol.epochs)
+        trajectory = jnp.concatenate(trajectory, axis=1)
+        validation = jnp.concatenate(validation, axis=1)
     train, heldout, heldout_se, rise, rise_se, converged, best_epoch, lr, heldout_cap = _finish(
         carry, setup, sizes, group_data, shared, trajectory, validation, **kw)
     return MIResult(trajectory=trajectory, validation=validation, train=train, heldout=heldout, heldout_se=heldout_se,

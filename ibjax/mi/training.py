@@ -18,7 +18,7 @@ from flax import struct
 from ibjax import rng
 from ibjax.mi.bounds import bound_terms, get_bound
 from ibjax.mi.config import MIConfig, resolve_config
-from ibjax.mi.critics import critic_scores, init_critic
+from ibjax.mi.critics import critic_scores, get_critic, init_critic
 from ibjax.schedules import reduce_on_plateau
 
 __all__ = ["CriticState", "init", "update", "end_epoch", "plateau_update"]
@@ -66,8 +66,14 @@ def init_one(key: jax.Array, da: int, db: int, config: MIConfig) -> CriticState:
 
 
 def init(key: jax.Array, num_groups: int, da: int, db: int, config: Optional[MIConfig] = None, **overrides) -> CriticState:
-    """Stacked critic state for ``num_groups`` groups (group g initialised from ``split(key, G)[g]``)."""
-    return _init(key, num_groups, da, db, resolve_config(config, **overrides))
+    """Stacked critic state for ``num_groups`` groups (group g initialised from ``split(key, G)[g]``).
+
+    Raises ValueError for a family fitted in closed form (``gaussian``): it has no steps to take."""
+    config = resolve_config(config, **overrides)
+    if not get_critic(config.critic.family).trained:
+        raise ValueError(f"the {config.critic.family!r} critic is fitted in closed form, not trained by steps: "
+                         "critics trained step by step (online critics, update) need critic.family concat or separable")
+    return _init(key, num_groups, da, db, config)
 
 
 @functools.partial(jax.jit, static_argnames=("num_groups", "da", "db", "config"))
