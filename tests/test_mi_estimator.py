@@ -14,14 +14,17 @@ from ibjax.mi import groundtruth
 from ibjax.mi import estimator
 
 # Shared with test_mi_reference.py / test_mi_reliability.py (equal configs share compiled programs).
-LIGHT = mi.resolve_config(epochs=12, batch_size=32, negatives=48, hidden=(16, 16), lr=3e-3, read_epochs=2,
+# The concat critic without candidates: the estimator's machinery on one trained critic (the Gaussian
+# candidate has its own tests, tests/test_mi_gaussian.py).
+LIGHT = mi.resolve_config(critic="concat", candidates=(), epochs=12, batch_size=32, negatives=48, hidden=(16, 16),
+                          lr=3e-3, read_epochs=2,
                     heldout_fraction=0.25, validation_fraction=0.25, select="best", preprocess="rank",
                     plateau_patience=1)
 # ibjax's default levers with a critic a CPU test can afford (separable, all-pairs InfoNCE: one B x B
 # matmul per batch) for the accuracy anchors.
 ANCHOR = mi.resolve_config(epochs=20, batch_size=256, critic="separable", negative_sampling="all", hidden=(64, 64),
                      embed_dim=32, lr=1e-3, batch_fraction=1.0, heldout_fraction=0.2, validation_fraction=0.2,
-                     select="best", preprocess="rank")
+                     select="best", preprocess="rank", candidates=())
 
 
 def _three_groups():
@@ -182,7 +185,7 @@ def test_clear_errors_for_bad_input():
         mi.resolve_config(preprocess="whiten").validate()
     with pytest.raises(ValueError, match="critic: rank must be >= 0"):
         mi.resolve_config(critic_rank=-2).validate()
-    with pytest.raises(ValueError, match="concat-critic option"):
+    with pytest.raises(ValueError, match="concat/gaussian-critic option"):
         mi.resolve_config(critic="separable", critic_rank=4).validate()
     with pytest.raises(ValueError, match="one per group"):
         mi.estimate_mi_groups(jax.random.split(jax.random.PRNGKey(0), 3), x, x)

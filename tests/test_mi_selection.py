@@ -64,7 +64,7 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
     tasks = tuple(groundtruth.Task.make(name, "gaussian", 3, 3, mi=1.0) for name in ("g1", "g2"))
     (_, _, x, y), = groundtruth.sample_tasks(jax.random.PRNGKey(0), 600, tasks, (0, 1))
     base = mi.resolve_config(mi.XT_CONFIG, epochs=12, batch_size=64, negatives=32, hidden=(16, 16), lr=3e-3,
-                             read_epochs=2)
+                             read_epochs=2, candidates=())
     keys = jax.random.split(jax.random.PRNGKey(1), 2)
     good = mi.estimate_mi_groups(keys, x, y, config=base)
     stuck = mi.estimate_mi_groups(keys, x, y, config=mi.resolve_config(base, lr=1e-7))
@@ -87,7 +87,8 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
 
 
 def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
-    base = mi.resolve_config(mi.XT_CONFIG, candidates=["critic=separable lr=1e-3 hidden=64,64", "critic_rank=4"])
+    base = mi.resolve_config(mi.XT_CONFIG, critic="concat",
+                             candidates=["critic=separable lr=1e-3 hidden=64,64", "critic_rank=4"])
     assert [str(c) for c in base.candidates] == ["critic.family=separable optimiser.lr=0.001 critic.hidden=64,64",
                                                  "critic.rank=4"]
     assert base.total_epochs == 3 * base.protocol.epochs
@@ -96,18 +97,23 @@ def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
     assert (sep.critic.family, sep.optimiser.lr, sep.critic.hidden, sep.protocol.epochs) == (
         "separable", 1e-3, (64, 64), base.protocol.epochs)
     assert rank.critic.rank == 4 and rank.candidates == ()
-    assert mi.candidate_configs(mi.XT_CONFIG) == (mi.XT_CONFIG,)
+    assert mi.candidate_configs(mi.XT_REFERENCE) == (mi.XT_REFERENCE,)
+    # The default's Gaussian candidate; a config that is itself Gaussian does not repeat it.
+    plain, gauss = mi.candidate_configs(mi.XT_CONFIG)
+    assert (plain.critic.family, gauss.critic.family, gauss.candidates) == ("separable", "gaussian", ())
+    assert len(mi.candidate_configs(mi.resolve_config(family="gaussian"))) == 1
     assert mi.Candidate("weight_decay=1 plateau_on=validation").changes == (
         ("optimiser.weight_decay", 1.0), ("optimiser.plateau_on", "validation"))
     assert mi.Candidate(str(base.candidates[0])) == base.candidates[0]  # its text reads back
     for bad, match in [("epochs=10", r"changes \['protocol.epochs'\]"), ("heldout_fraction=0.3", "may change only"),
                        ("lr", "FIELD=VALUE"), ("critc=separable", "unknown field 'critc'"),
                        ("critic=mlp", "expected one of 'concat', 'separable'"), ("critic_rank=four", "expected an integer"),
-                       ("critic=separable critic_rank=4", "concat-critic option"), ("", "empty candidate"),
+                       ("critic=separable critic_rank=4", "concat/gaussian-critic option"), ("", "empty candidate"),
                        ("plateau_on=maybe", "expected one of"), ("critic.dtype=float16", "expected one of")]:
         with pytest.raises(ValueError, match=match):
             mi.resolve_config(mi.XT_CONFIG, candidates=(bad,))
-    assert mi.resolve_config(mi.XT_CONFIG, candidates="critic_rank=4").candidates == (mi.Candidate("critic.rank=4"),)
+    assert mi.resolve_config(mi.XT_CONFIG, critic="concat", candidates="critic_rank=4").candidates == (
+        mi.Candidate("critic.rank=4"),)
     with pytest.raises(ValueError, match="expected a candidate"):
         dataclasses.replace(mi.XT_CONFIG, candidates=[4])
     with pytest.raises(ValueError, match="'optimiser' is a section"):

@@ -89,7 +89,7 @@ def test_estimator_on_a_mesh_takes_typed_and_raw_keys_alike():
     index = np.stack([np.arange(n), rng.permutation(n)]).astype(np.int32)
     valid = np.ones_like(index, bool)
     cfg = ibmi.resolve_config(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1,
-                              validation_fraction=0.0, select="last", preprocess="none")
+                              validation_fraction=0.0, candidates=(), select="last", preprocess="none")
     mesh = par.make_mesh(1)
     shared = par.put_replicated((t, x), mesh)
     run = lambda key: estimate_mi_on_mesh(key, ibmi.bank_pairs, shared, index, valid, 3, 2,  # noqa: E731
@@ -114,7 +114,7 @@ def test_an_empty_group_reads_nan_and_leaves_the_others_as_they_are():
     valid = np.ones_like(index, bool)
     valid[1] = False
     cfg = ibmi.resolve_config(epochs=2, batch_size=16, negatives=8, hidden=(8,), heldout_fraction=0.25, read_epochs=1,
-                              validation_fraction=0.0, select="last", preprocess="none")
+                              validation_fraction=0.0, candidates=(), select="last", preprocess="none")
     keys = np.asarray(jax.random.split(jax.random.PRNGKey(3), 3))
     res = estimate_mi_on_mesh(keys, ibmi.bank_pairs, (t, x), index, valid, 3, 2, config=cfg)
     assert np.all(np.isnan(res.heldout[1])) and np.all(np.isnan(res.trajectory[1]))

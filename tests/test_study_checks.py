@@ -18,7 +18,7 @@ def test_bound_checks_of_a_population_read_each_members_data_and_network():
     pop = build_population(configs, mesh=make_mesh(), progress=False)
     state = stack_states([init_run_state(m) for m in pop.members], pop.mesh)
     small = resolve_config(epochs=3, batch_size=32, negatives=32, hidden=(16,), read_epochs=1, heldout_passes=1,
-                           validation_fraction=0.0, select="last", preprocess="none")
+                           validation_fraction=0.0, candidates=(), select="last", preprocess="none")
     keys = [jax.random.PRNGKey(r) for r in range(2)]
     out = backdoor_checks(keys, state.train.variables, pop, small)
     assert len(out) == 2

@@ -7,7 +7,7 @@ from ibjax.study import StudyConfig
 # A held-out read only (no validation split, rank map or best critic): the cheapest estimator that
 # exercises every read the study writes; the defaults' levers have tests of their own.
 TINY_MI = resolve_config(epochs=6, batch_size=16, negatives=32, hidden=(16, 16), lr=1e-3, read_epochs=2, heldout_passes=1,
-                         validation_fraction=0.0, select="last", preprocess="none")
+                         validation_fraction=0.0, candidates=(), select="last", preprocess="none")
 TINY = override(StudyConfig(), {
     "data.name": "mnist5k",
     "data.per_class_limit": 60,

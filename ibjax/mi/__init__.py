@@ -2,8 +2,10 @@
 
 One concern per module:
 
-- :mod:`ibjax.mi.critics`: the critic families f(a, b) (concatenation, separable) as pure functions
-  of a params pytree, and their registry :data:`~ibjax.mi.critics.CRITICS`.
+- :mod:`ibjax.mi.critics`: the critic families f(a, b) (concatenation, separable, Gaussian) as pure
+  functions of a params pytree, and their registry :data:`~ibjax.mi.critics.CRITICS`.
+- :mod:`ibjax.mi.gaussian`: the Gaussian critic, fitted in closed form (moments, canonical
+  correlations) instead of trained.
 - :mod:`ibjax.mi.bounds`: the variational lower bounds (InfoNCE, NWJ, DV) as functions of critic
   scores, in nats.
 - :mod:`ibjax.mi.groundtruth`: tasks whose MI is known exactly, to measure the estimator against.
@@ -25,9 +27,10 @@ One concern per module:
   and the general :func:`estimate_mi_sampled` (selecting among ``MIConfig.candidates`` if any).
 """
 
-from ibjax.mi import bounds, critics, discrete, groundtruth
+from ibjax.mi import bounds, critics, discrete, gaussian, groundtruth
 from ibjax.mi.config import (
     CANDIDATE_SECTIONS,
+    DEFAULT_CANDIDATES,
     MI_ALIASES,
     MI_PRESETS,
     TY_CONFIG,
@@ -77,6 +80,7 @@ __all__ = [
     "batches_per_epoch",
     "split_sizes",
     "CANDIDATE_SECTIONS",
+    "DEFAULT_CANDIDATES",
     "MI_ALIASES",
     "candidate_configs",
     "MIResult",
