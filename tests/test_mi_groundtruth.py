@@ -140,8 +140,8 @@ def test_gaussian_fit_read_is_the_fitted_gaussian_critic_and_reads_the_truth_fro
     task = gt.Task.make("g", "gaussian", 4, 3, mi=1.0)
     x, y = (np.asarray(v, np.float64) for v in task.sample(jax.random.PRNGKey(0), 1500))
     full = gt.gaussian_fit_read(x[:1000], y[:1000], x[1000:], y[1000:])
-    np.testing.assert_allclose(full, _conditional_gaussian_read(x[:1000], y[:1000], x[1000:], y[1000:]), atol=1e-8)
-    assert gt.gaussian_fit_read(x[:1000], y[:1000], x[1000:], y[1000:], rank=3) == pytest.approx(full, abs=1e-9)
+    np.testing.assert_allclose(full, _conditional_gaussian_read(x[:1000], y[:1000], x[1000:], y[1000:]), atol=1e-4)  # float32 against float64
+    assert gt.gaussian_fit_read(x[:1000], y[:1000], x[1000:], y[1000:], rank=3) == pytest.approx(full, abs=1e-6)
     x, y = (np.asarray(v, np.float64) for v in task.sample(jax.random.PRNGKey(1), 21000))
     assert gt.gaussian_fit_read(x[:20000], y[:20000], x[20000:], y[20000:]) == pytest.approx(1.0, abs=0.12)
 

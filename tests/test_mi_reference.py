@@ -136,7 +136,11 @@ def test_reference_configs_are_the_authors_settings_and_ibjax_keeps_their_sizes(
             section, name = path.split(".")
             assert getattr(getattr(ref, section), name) == getattr(getattr(ours, section), name), path
         assert ours.protocol.heldout_fraction > 0
-        assert (ours.critic.family, ours.candidates) == ("separable", mi.DEFAULT_CANDIDATES)
+        assert ours.candidates == mi.DEFAULT_CANDIDATES
+    assert mi.XT_CONFIG.critic.family == "separable"
+    # I(T;Y_pred): the authors' critic and rate, ibjax's levers (the separable critic read lower there).
+    assert (mi.TY_CONFIG.critic.family, mi.TY_CONFIG.critic.hidden, mi.TY_CONFIG.optimiser.lr,
+            mi.TY_CONFIG.optimiser.weight_decay) == ("concat", (128, 128), 5e-4, 1e-4)
     assert math.isclose(xt.cap, math.log(513))
 
 

@@ -37,6 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ibjax import rng
+from ibjax.mi import bounds
+from ibjax.mi import gaussian as gaussian_critic  # the module; `gaussian` here is a task family
 
 __all__ = [
     "Task",
@@ -263,43 +265,26 @@ def sample_tasks(key: jax.Array, n: int, tasks: Sequence[Task], ids: Optional[Se
     return out
 
 
-def _inv_sqrt(c: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh(c)
-    return (v / np.sqrt(np.maximum(w, 1e-12))) @ v.T
-
-
 def gaussian_fit_read(x_fit, y_fit, x_read, y_read, rank: Optional[int] = None) -> float:
     """The all-pairs InfoNCE read (nats) of the Gaussian model fitted to ``(x_fit, y_fit)``, on
     ``(x_read f[n, dx], y_read f[n, dy])``.
 
-    The critic is the fitted model's log density ratio log p(y|x) / p(y), written in canonical
-    coordinates (CCA of the fitted covariances): a sum over canonical pairs k of the bivariate Gaussian
-    ratio with the fitted canonical correlation rho_k. ``rank``: keep the ``rank`` largest pairs (a
-    low-rank model); None keeps all min(dx, dy), which is the full Gaussian model. Every read row's
-    negatives are the other read rows (as :func:`ibjax.mi.estimate_mi`'s held-out read), so the read
-    is at most log(n).
+    The critic is :mod:`ibjax.mi.gaussian`'s, fitted to the moments of the fit rows with no ridge: the
+    model's log density ratio log p(y|x) / p(y) in canonical coordinates. ``rank``: keep the ``rank``
+    strongest canonical pairs (a low-rank model); None keeps all min(dx, dy), the full Gaussian
+    model. Every read row's negatives are the other read rows (as :func:`ibjax.mi.estimate_mi`'s
+    held-out read), so the read is at most log(n).
 
     On Gaussian tasks this is what a critic of the right family reads from that many fitted samples:
     its shortfall below the truth is the sample's, not an optimiser's (in d x d dimensions a full
-    model fits d^2 cross-covariances). Computed on the host in float64.
+    model fits d^2 cross-covariances).
     """
-    from scipy.special import logsumexp  # here: importing SciPy at the top would slow every command
-
-    xf, yf, xr, yr = (np.asarray(v, np.float64) for v in (x_fit, y_fit, x_read, y_read))
+    xf, yf, xr, yr = (jnp.asarray(v, jnp.float32) for v in (x_fit, y_fit, x_read, y_read))
     if xf.shape[0] != yf.shape[0] or xr.shape[0] != yr.shape[0]:
         raise ValueError("x and y need the same number of rows, in fit and in read")
-    mx, my = xf.mean(0), yf.mean(0)
-    wx = _inv_sqrt(np.atleast_2d(np.cov(xf, rowvar=False)))
-    wy = _inv_sqrt(np.atleast_2d(np.cov(yf, rowvar=False)))
-    cross = wx @ ((xf - mx).T @ (yf - my) / (xf.shape[0] - 1)) @ wy
-    u, rho, vt = np.linalg.svd(cross)
-    r = len(rho) if rank is None else min(int(rank), len(rho))
-    rho = np.minimum(rho[:r], 1.0 - 1e-9)
-    a = (xr - mx) @ wx @ u[:, :r]  # [n, r] canonical variates
-    b = (yr - my) @ wy @ vt[:r].T
-    p2 = rho**2
-    # s[i, j] = sum_k log N(b_jk | rho_k a_ik, 1 - rho_k^2) - log N(b_jk | 0, 1), less the terms in a_i
-    # alone (InfoNCE cancels them).
-    s = -0.5 * np.sum(np.log1p(-p2)) + (a * rho / (1 - p2)) @ b.T - 0.5 * ((b**2) @ (p2 / (1 - p2)))[None, :]
-    n = s.shape[0]
-    return float(np.mean(np.diag(s) - logsumexp(s, axis=1)) + np.log(n))
+    stats = gaussian_critic.zero_stats(xf.shape[1], yf.shape[1])
+    stats = gaussian_critic.add_stats(stats, xf, yf, jnp.ones(xf.shape[0]))
+    params = gaussian_critic.fit_gaussian_critic(stats, ridge=0.0)
+    if rank is not None:
+        params = gaussian_critic.keep_pairs(params, min(int(rank), params["rho"].shape[0]))
+    return float(bounds.infonce_all_pairs(gaussian_critic.gaussian_critic_matrix(params, xr, yr)))
