@@ -1,6 +1,7 @@
 """The MI monitor's options compared on a finished detection population.
 
-``python -m experiments.monitor_variants --root ROOT [--attacks a,b] [--clean-runs N] [--runs-per-attack N]``
+``python -m experiments.monitor_variants --root ROOT [--attacks a,b] [--clean-runs N] [--runs-per-attack N]
+[--first-seed S]``
 
 Reads the runs of ``python -m experiments.detection`` (the same grid flags) and prints, for every
 statistic x accumulation x variant of :func:`ibjax.metrics.detection.monitor_epoch_table`, each
@@ -24,15 +25,18 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--attacks", default=None)
     p.add_argument("--clean-runs", type=int, default=None)
     p.add_argument("--runs-per-attack", type=int, default=None)
+    p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--source", default="offline", choices=["offline", "online"])
     a = p.parse_args(argv)
     grid = detection_grid("cpu", attacks=a.attacks.split(",") if a.attacks else None, clean_runs=a.clean_runs,
-                          runs_per_attack=a.runs_per_attack)
+                          runs_per_attack=a.runs_per_attack, first_seed=a.first_seed)
     models = [load_model(r, a.root) for r in grid]
     rows = []
-    for variant in MONITOR_VARIANTS:
+    for variant in ("blind", "baseline"):  # the statistic varies below: "calibrated" is baseline + "clean"
         for statistic in STATISTICS:
             for accumulate in ACCUMULATIONS:
+                if not MONITOR_VARIANTS[variant].against_clean and statistic == "clean":
+                    continue  # "clean" reads against clean networks
                 t = monitor_epoch_table(models, source=a.source, variant=variant, statistic=statistic,
                                         accumulate=accumulate)
                 cells = " | ".join(f"{name} " + " ".join(f"{x:.2f}" for x in r["auroc"])

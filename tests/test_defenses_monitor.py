@@ -8,8 +8,10 @@ import pytest
 
 from ibjax.defenses.monitor import (
     DEFENDER_TARGET_GROUP,
+    CleanBaseline,
     auroc_by_epoch,
     class_deviation,
+    clean_baseline,
     defender_view,
     detection_latency,
     monitor_scores,
@@ -90,6 +92,42 @@ def test_a_baseline_removes_a_class_that_differs_in_every_network():
     assert np.mean(np.asarray(cal.target)[pos, -1] == 3) >= 0.9
 
 
+@pytest.mark.parametrize("accumulate", ["mean", "last"])
+def test_clean_baseline_is_the_clean_mean_and_the_pooled_scatter_of_the_residual(accumulate):
+    c = np.random.default_rng(5).normal(1.0, 0.3, (6, 2, 5, 4))
+    got = clean_baseline(c.astype(np.float32), accumulate)
+    mean = c.mean(axis=0)
+    r = c - mean
+    if accumulate == "mean":
+        r = np.cumsum(r, axis=-1) / np.arange(1, 5)
+    r = r - np.median(r, axis=2, keepdims=True)
+    scale = np.sqrt(r.var(axis=0, ddof=1).mean(axis=1))  # [Q, E]
+    np.testing.assert_allclose(np.asarray(got.mean), mean, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(got.scale), scale, rtol=1e-4)
+    h = c[0].astype(np.float32)
+    z = r[0] / scale[:, None, :]
+    want = np.sqrt(np.mean(z**2, axis=0)).max(axis=0)
+    res = monitor_scores(h, got, statistic="clean", accumulate=accumulate)
+    np.testing.assert_allclose(np.asarray(res.score), want, rtol=1e-4)
+
+
+def test_the_clean_statistic_reads_through_each_network_s_own_level():
+    # every network's MI moves as a whole (seed to seed) by more than the deviant departs; the clean
+    # networks' scatter of a class's residual, that shift taken out, still finds it
+    rng = np.random.default_rng(6)
+    h, pos = _population(rng, m=40, shift=0.25, start=1)
+    h += rng.normal(0.0, 0.5, (40, 2, 1, 1)).astype(np.float32)
+    fits = [clean_baseline(h[np.flatnonzero(~pos & (np.arange(40) != i))]) for i in range(40)]
+    base = jax.tree.map(lambda *x: jnp.stack(x), *fits)
+    res = jax.vmap(lambda x, b: monitor_scores(x, b, statistic="clean"))(h, base)
+    assert float(auroc_by_epoch(res.score, pos)[-1]) >= 0.95
+    assert np.mean(np.asarray(res.target)[pos, -1] == 3) >= 0.9
+    # the same residual with the network's shift left in: the shift, not the class, decides
+    r = np.cumsum(h - np.asarray(base.mean), axis=-1) / np.arange(1, h.shape[-1] + 1)
+    naive = np.sqrt(np.mean(r**2, axis=1)).max(axis=1)
+    assert float(auroc_by_epoch(naive, pos)[-1]) < 0.8
+
+
 def test_monitor_scores_use_only_the_epochs_read_so_far_and_differentiate():
     h, _ = _population(np.random.default_rng(4), m=2)
     full = monitor_scores(h[0])
@@ -109,6 +147,14 @@ def test_monitor_inputs_are_checked():
         monitor_scores(np.zeros((2, 5, 3)), accumulate="max")
     with pytest.raises(ValueError, match=r"f\[Q, K, E\]"):
         monitor_scores(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="needs a CleanBaseline"):
+        monitor_scores(np.zeros((2, 5, 3)), np.zeros((2, 5, 3)), statistic="clean")
+    fit = clean_baseline(np.random.default_rng(0).normal(size=(3, 2, 5, 3)), "last")
+    assert isinstance(fit, CleanBaseline) and fit.scale.shape == (2, 3)
+    with pytest.raises(ValueError, match="accumulate='mean'"):
+        monitor_scores(np.zeros((2, 5, 3)), fit, statistic="clean")
+    with pytest.raises(ValueError, match="N >= 2"):
+        clean_baseline(np.zeros((1, 2, 5, 3)))
 
 
 def test_detection_latency_is_the_first_epoch_from_which_the_auroc_holds():

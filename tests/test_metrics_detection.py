@@ -118,6 +118,7 @@ def test_the_monitor_table_reads_the_latency_and_the_target_epoch_by_epoch():
         assert r["auroc"][0] < 0.9 and min(r["auroc"][1:]) >= 0.95 and r["latency"] == 2
         assert r["target_rate"][-1] == 1.0
     # as a detector of its own: the last epoch's read of the baseline variant
+    t = det.monitor_epoch_table(models, variant="baseline")
     rows = det.model_level_table(det.with_monitor(models, "baseline"), jax.random.PRNGKey(0), resamples=100)
     (row,) = [r for r in rows if r["detector"] == "mi_monitor_baseline"]
     assert row["auroc"] == pytest.approx(t["attacks"]["badnets"]["auroc"][-1]) and row["target_rate"] == 1.0
@@ -125,6 +126,14 @@ def test_the_monitor_table_reads_the_latency_and_the_target_epoch_by_epoch():
         det.monitor_epoch_table(models, source="online")
     with pytest.raises(ValueError, match="variant"):
         det.monitor_epoch_table(models, variant="oracle")
+    # the calibrated variant is the baseline one with the statistic "clean"
+    cal = det.monitor_epoch_table(models, variant="calibrated")
+    assert (cal["statistic"], cal["accumulate"]) == ("clean", "mean")
+    assert cal["scores"] == det.monitor_epoch_table(models, variant="baseline", statistic="clean")["scores"]
+    with pytest.raises(ValueError, match="a variant against them"):
+        det.monitor_epoch_table(models, variant="blind", statistic="clean")
+    with pytest.raises(ValueError, match="at least 3 clean"):
+        det.monitor_epoch_table(models[6:], variant="calibrated")
 
 
 def test_the_monitor_reads_the_online_critics_every_epoch():

@@ -43,6 +43,11 @@ def test_the_grid_refuses_unknown_attacks_and_cells_too_small_for_an_auroc():
         detection_grid("cpu", clean_runs=1)
     with pytest.raises(ValueError, match="unknown scale"):
         detection_grid("tpu")
+    later = detection_grid("cpu", attacks=["badnets"], clean_runs=2, runs_per_attack=3, first_seed=10)
+    assert [(r.name, r.config.seed) for r in later] == [("clean_s10", 10), ("clean_s11", 11), ("badnets_s10", 10),
+                                                        ("badnets_s11", 11), ("badnets_s12", 12)]
+    with pytest.raises(ValueError, match="first_seed"):
+        detection_grid("cpu", first_seed=-1)
     user = detection_grid("gpu", attacks=["wanet"], clean_runs=2, runs_per_attack=2,
                           changes={"seed": 9, "poison.ratio": 0.3, "analysis.defenses": ("uclc",)})
     assert [r.seed for r in user] == [0, 1, 0, 1] and [r.config.poison.ratio for r in user] == [0.0, 0.0, 0.1, 0.1]
@@ -59,6 +64,7 @@ def test_the_detection_command_runs_a_tiny_population_and_writes_its_tables(tmp_
     report = detection.main(argv)
     assert report["missing"] == [] and os.path.isfile(report["path"])
     rows = {(r["detector"], r["attack"]): r for r in report["model_level"]}
+    # two clean models: enough for the baseline monitor, not for the calibrated one (a scatter of one)
     assert set(rows) == {("mi_monitor", "badnets"), ("mi_monitor_baseline", "badnets"), ("uclc", "badnets")}
     assert rows[("mi_monitor", "badnets")]["positives"] == 2 and rows[("mi_monitor", "badnets")]["negatives"] == 2
     assert 0.0 <= rows[("mi_monitor", "badnets")]["auroc"] <= 1.0

@@ -2,7 +2,8 @@
 one protocol, every detector and the MI-dynamics monitor on every one.
 
 ``python -m experiments.detection [--scale cpu|gpu] [--root DIR] [--attacks a,b] [--clean-runs N]
-[--runs-per-attack N] [--epochs N] [--report-only] [study flags: any StudyConfig field]``
+[--runs-per-attack N] [--first-seed S] [--epochs N] [--report-only] [study flags: any StudyConfig
+field]``
 
 The grid (:mod:`ibjax.study.detection`): ``--clean-runs`` clean networks (poison ratio 0) and
 ``--runs-per-attack`` backdoored ones per attack (default BadNets, Blend, WaNet, Adaptive-Blend,
@@ -59,6 +60,8 @@ def main(argv=None) -> dict:
     p.add_argument("--attacks", default=None, help=f"comma-separated attacks (of {','.join(DETECTION_ATTACKS)})")
     p.add_argument("--clean-runs", type=int, default=None, help="clean models (default: the scale's)")
     p.add_argument("--runs-per-attack", type=int, default=None, help="backdoored models per attack (default: the scale's)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds of every cell start here (default: %(default)s): another population of networks")
     p.add_argument("--epochs", type=int, default=None,
                    help="train this many epochs, MI and metric epochs scaled along (default: the scale's)")
     p.add_argument("--max-population", type=int, default=None,
@@ -69,8 +72,8 @@ def main(argv=None) -> dict:
     a, rest = p.parse_known_args(argv)
     if any(flag in rest for flag in ("--out", "--resume", "--fresh")):
         fail("the detection grid names its run directories itself (ROOT/runs/<cell>_s<seed>): drop --out/--resume/--fresh")
-    if (a.max_population is not None and a.max_population < 1) or a.resamples < 10:
-        fail("--max-population must be >= 1 and --resamples >= 10")
+    if (a.max_population is not None and a.max_population < 1) or a.resamples < 10 or a.first_seed < 0:
+        fail("--max-population must be >= 1, --resamples >= 10 and --first-seed >= 0")
     cmd = parse_study_command(rest)
     setup_logging(cmd.quiet)
     prepare_cpu_process()  # before JAX starts its backend
@@ -79,7 +82,7 @@ def main(argv=None) -> dict:
     with cli_errors():
         grid = detection_grid(a.scale, cmd.preset, attacks=comma_list(a.attacks, str, "attacks") if a.attacks else None,
                               clean_runs=a.clean_runs, runs_per_attack=a.runs_per_attack, epochs=a.epochs,
-                              changes=changes)
+                              first_seed=a.first_seed, changes=changes)
         for run in grid:  # every run's options are checked before the first one starts
             check_config(run.config)
         t0 = time.perf_counter()
@@ -178,10 +181,12 @@ def write_report(root: str, grid: Sequence[DetectionRun], about: dict, *, resamp
         raise ValueError(f"the report needs finished clean and backdoored runs; {len(runs)} of {len(grid)} are finished "
                          f"under {root}: run the command without --report-only")
     models = [load_model(r, root) for r in runs]
-    try:  # the monitor against the clean models' mean history, as a detector of its own
-        models = det.with_monitor(models, "baseline")
-    except ValueError as e:
-        LOGGER.warning("no baseline MI monitor: %s", e)
+    for variant, v in det.MONITOR_VARIANTS.items():  # the monitor against the clean models, as detectors of their own
+        if v.against_clean:
+            try:
+                models = det.with_monitor(models, variant)
+            except ValueError as e:
+                LOGGER.warning("no %s MI monitor: %s", variant, e)
     key = jax.random.PRNGKey(0)
     model_rows = det.model_level_table(models, jax.random.fold_in(key, 1), resamples=resamples)
     sample_rows = det.sample_level_table(models)

@@ -31,7 +31,8 @@ from ibjax.defenses.lipschitz import (
     uclc_score,
 )
 from ibjax.defenses.loss import loss_isolation, loss_trajectory_scores
-from ibjax.defenses.monitor import MonitorResult, auroc_by_epoch, class_deviation, defender_view, detection_latency, monitor_scores
+from ibjax.defenses.monitor import (CleanBaseline, MonitorResult, auroc_by_epoch, class_deviation, clean_baseline, defender_view,
+                                   detection_latency, monitor_scores)
 from ibjax.defenses.registry import DEFENSE_NAMES, DEFENSES, RULES, DefenseInputs, resolve_defenses, run_defenses
 from ibjax.defenses.representation import davies_bouldin, dswd, linear_probe, ot_distance
 from ibjax.defenses.roc import auroc, auroc_interval, detection_rates, roc_curve, threshold_at_fpr
@@ -46,5 +47,6 @@ __all__ = [
     "uclc_score", "davies_bouldin", "dswd", "linear_probe", "ot_distance",
     "auroc", "auroc_interval", "detection_rates", "roc_curve", "threshold_at_fpr",
     "flag_top_per_label", "spectral_scores", "strip_entropy", "superimpose", "loss_isolation", "loss_trajectory_scores",
-    "MonitorResult", "auroc_by_epoch", "class_deviation", "defender_view", "detection_latency", "monitor_scores",
+    "CleanBaseline", "MonitorResult", "auroc_by_epoch", "class_deviation", "clean_baseline", "defender_view",
+    "detection_latency", "monitor_scores",
 ]

@@ -8,7 +8,8 @@ sits from the rest, and names it as the suspected target:
 
 1. per quantity q, epoch e and class k, the class's deviation from the OTHER classes (leave-one-out,
    so that the deviant does not widen the spread it is measured against): ``"z"`` (mean and standard
-   deviation of the others) or ``"robust"`` (median and 1.4826 x median absolute deviation);
+   deviation of the others) or ``"robust"`` (median and 1.4826 x median absolute deviation); or,
+   given clean networks, its departure in units of their scatter (``"clean"``, below);
 2. accumulated over the epochs read so far (``accumulate``): ``"rms"``, the root mean square of the
    per-epoch deviations over quantities and epochs <= e (a persistent departure adds up while
    estimator noise averages out), ``"mean"``, the deviation of the class's running-mean values, or
@@ -17,7 +18,13 @@ sits from the rest, and names it as the suspected target:
 
 Some classes differ from the others in every network (on MNIST the digit 1's I(T;Y_pred) is far
 lower); a ``baseline`` of per-class values, the mean history of clean networks the defender trained
-itself, is subtracted first, so that only departures from what clean training does count.
+itself, is subtracted first, so that only departures from what clean training does count. With such
+networks the defender knows more than their mean: how far clean training itself scatters each read.
+The statistic ``"clean"`` measures a class's departure in that unit (:func:`clean_baseline`): the
+residual from the clean mean, less the network's shift common to all its classes (the median over
+classes: a seed moves every class's MI together, which is no class's departure), over the clean
+networks' spread of the same residual, pooled over classes. The other classes' spread, which
+``"z"`` divides by, mixes the classes' own differences with the noise.
 
 Pure functions of arrays (nats in, unitless deviations out), usable under jit and vmap over a member
 axis; :func:`defender_view` turns a study's MI history into the array, and :func:`auroc_by_epoch` /
@@ -27,7 +34,7 @@ axis; :func:`defender_view` turns a study's MI history into the array, and :func
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -37,10 +44,12 @@ from flax import struct
 from ibjax.defenses.roc import auroc
 from ibjax.records import as_mi_histories
 
-__all__ = ["MonitorResult", "class_deviation", "monitor_scores", "defender_view", "auroc_by_epoch",
-           "detection_latency", "STATISTICS", "ACCUMULATIONS", "DEFENDER_TARGET_GROUP"]
+__all__ = ["MonitorResult", "CleanBaseline", "class_deviation", "clean_baseline", "monitor_scores", "defender_view",
+           "auroc_by_epoch", "detection_latency", "STATISTICS", "ACCUMULATIONS", "DEFENDER_TARGET_GROUP"]
 
-STATISTICS = ("z", "robust")
+STATISTICS = ("z", "robust", "clean")
+"""Per-epoch deviations: against the other classes (``"z"``, ``"robust"``: :func:`class_deviation`) or
+in units of clean training's own scatter (``"clean"``: needs a :class:`CleanBaseline`)."""
 ACCUMULATIONS = ("rms", "mean", "last")
 
 DEFENDER_TARGET_GROUP = "target_sample"
@@ -68,6 +77,51 @@ class MonitorResult:
     deviation: jax.Array
 
 
+@struct.dataclass
+class CleanBaseline:
+    """What clean training gives, fitted by :func:`clean_baseline` to clean networks' histories.
+
+    Attributes:
+      mean: f32[Q, K, E], the per-class mean history (nats).
+      scale: f32[Q, E], the clean networks' standard deviation of the monitor's residual (nats),
+        pooled over classes.
+      accumulate: the accumulation the residuals were taken with (the scale holds for it alone).
+    """
+
+    mean: jax.Array
+    scale: jax.Array
+    accumulate: str = struct.field(pytree_node=False, default="mean")
+
+
+def _residuals(h: jax.Array, mean: jax.Array, accumulate: str) -> jax.Array:
+    """f[..., Q, K, E]: the departure from the clean mean (its running mean for ``"mean"``), less the
+    network's shift common to its classes (the median over classes)."""
+    r = h - mean
+    if accumulate == "mean":
+        r = _running_mean(r)
+    return r - jnp.nanmedian(r, axis=-2, keepdims=True)
+
+
+def _check_accumulate(accumulate: str) -> None:
+    if accumulate not in ACCUMULATIONS:
+        raise ValueError(f"accumulate must be one of {ACCUMULATIONS}, got {accumulate!r}")
+
+
+@functools.partial(jax.jit, static_argnames=("accumulate",))
+def clean_baseline(clean: jax.Array, accumulate: str = "mean") -> CleanBaseline:
+    """The :class:`CleanBaseline` of N clean networks' histories ``clean f[N, Q, K, E]`` (nats, N >= 2;
+    NaN reads left out): their per-class mean, and the sample standard deviation (ddof 1) over the N
+    networks of each one's residual (:data:`STATISTICS` ``"clean"``), its variance averaged over the
+    classes."""
+    _check_accumulate(accumulate)
+    c = jnp.asarray(clean, jnp.float32)
+    if c.ndim != 4 or c.shape[0] < 2:
+        raise ValueError(f"clean histories must be f[N, Q, K, E] with N >= 2 networks, got shape {c.shape}")
+    mean = jnp.nanmean(c, axis=0)
+    var = jnp.nanvar(_residuals(c, mean, accumulate), axis=0, ddof=1)  # [Q, K, E]
+    return CleanBaseline(mean=mean, scale=jnp.sqrt(jnp.nanmean(var, axis=1)), accumulate=accumulate)
+
+
 def class_deviation(values: jax.Array, statistic: str = "z") -> jax.Array:
     """Each class's deviation from the other classes: f32[..., K] for values f[..., K] (classes on
     the last axis; NaN entries are left out of the others' statistics and read NaN themselves).
@@ -75,8 +129,8 @@ def class_deviation(values: jax.Array, statistic: str = "z") -> jax.Array:
     ``"z"``: (v_k - mean of the others) / their standard deviation (ddof 1); ``"robust"``: (v_k -
     median of the others) / (1.4826 x their median absolute deviation). Spreads are floored at 1e-6.
     """
-    if statistic not in STATISTICS:
-        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
+    if statistic not in ("z", "robust"):
+        raise ValueError(f"statistic must be 'z' or 'robust' (against the other classes), got {statistic!r}")
     v = jnp.asarray(values, jnp.float32)
     k = v.shape[-1]
     if k < 3:
@@ -100,16 +154,18 @@ def _running_mean(x: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=("statistic", "accumulate"))
-def monitor_scores(history: jax.Array, baseline: Optional[jax.Array] = None, *, statistic: str = "z",
-                   accumulate: str = "mean") -> MonitorResult:
+def monitor_scores(history: jax.Array, baseline: Union[jax.Array, CleanBaseline, None] = None, *,
+                   statistic: str = "z", accumulate: str = "mean") -> MonitorResult:
     """The monitor's score and suspected target at every epoch of one network's history.
 
     Args:
       history: f[Q, K, E] per quantity (e.g. I(X;T), I(T;Y_pred)), class and measured epoch, nats
         (the defender's view: :func:`defender_view`); NaN where a read is missing.
-      baseline: optional f[Q, K, E], the per-class values clean training gives (the mean history
-        of the defender's own clean networks), subtracted before the deviations.
-      statistic: the per-epoch deviation (:func:`class_deviation`).
+      baseline: optional: the per-class values clean training gives, f[Q, K, E] (the mean history of
+        the defender's own clean networks) or a :class:`CleanBaseline` (that mean and the clean
+        networks' scatter), its mean subtracted before the deviations.
+      statistic: the per-epoch deviation, one of :data:`STATISTICS` (``"clean"`` needs a
+        :class:`CleanBaseline` fitted with this ``accumulate``).
       accumulate: how the epochs read so far combine (module docstring): ``"rms"``, ``"mean"`` or
         ``"last"``.
 
@@ -117,13 +173,22 @@ def monitor_scores(history: jax.Array, baseline: Optional[jax.Array] = None, *, 
       :class:`MonitorResult`: at epoch index e the score uses epochs 0..e only (what an online
       monitor knows then).
     """
-    if accumulate not in ACCUMULATIONS:
-        raise ValueError(f"accumulate must be one of {ACCUMULATIONS}, got {accumulate!r}")
+    _check_accumulate(accumulate)
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}")
     h = jnp.asarray(history, jnp.float32)
     if h.ndim != 3:
         raise ValueError(f"history must be f[Q, K, E] (quantities, classes, epochs), got shape {h.shape}")
+    if statistic == "clean":
+        if not isinstance(baseline, CleanBaseline) or baseline.accumulate != accumulate:
+            raise ValueError(f"statistic 'clean' needs a CleanBaseline fitted with accumulate={accumulate!r}: "
+                             "clean_baseline(clean_histories, accumulate)")
+        z = _residuals(h, baseline.mean, accumulate) / jnp.maximum(baseline.scale[:, None, :], _FLOOR)
+        sq = jnp.nanmean(jnp.square(z), axis=0)  # [K, E]
+        dev = jnp.sqrt(_running_mean(sq) if accumulate == "rms" else sq)
+        return _result(dev)
     if baseline is not None:
-        h = h - jnp.asarray(baseline, jnp.float32)
+        h = h - jnp.asarray(baseline.mean if isinstance(baseline, CleanBaseline) else baseline, jnp.float32)
     if accumulate == "mean":
         z = class_deviation(jnp.moveaxis(_running_mean(h), 1, -1), statistic)  # [Q, E, K]
         dev = jnp.sqrt(jnp.nanmean(jnp.square(z), axis=0)).T  # RMS over quantities: [K, E]
@@ -131,6 +196,10 @@ def monitor_scores(history: jax.Array, baseline: Optional[jax.Array] = None, *, 
         z = jnp.moveaxis(class_deviation(jnp.moveaxis(h, 1, -1), statistic), -1, 1)  # [Q, K, E]
         sq = jnp.nanmean(jnp.square(z), axis=0)  # [K, E]
         dev = jnp.sqrt(_running_mean(sq) if accumulate == "rms" else sq)
+    return _result(dev)
+
+
+def _result(dev: jax.Array) -> MonitorResult:
     filled = jnp.where(jnp.isfinite(dev), dev, -jnp.inf)
     return MonitorResult(score=jnp.max(filled, axis=0), target=jnp.argmax(filled, axis=0).astype(jnp.int32),
                          deviation=dev)

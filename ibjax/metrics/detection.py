@@ -12,7 +12,8 @@ here is a function of those records and a key:
 - :func:`sample_level_table`: per sample-level detector and attack, the poisoned-sample AUROC, TPR
   and FPR as seed statistics;
 - :func:`monitor_epoch_table`: the MI-dynamics monitor read epoch by epoch (what it knows at each
-  measured epoch), blind or against a clean baseline, with the first epoch its AUROC reaches 0.9;
+  measured epoch), blind or against the clean models (:data:`MONITOR_VARIANTS`), with the first
+  epoch its AUROC reaches 0.9;
 - :func:`stealth_correlations`: per attack, the stealthiness next to each detector's AUROC, and
   their Spearman and Kendall correlations across attacks with seed-bootstrap intervals.
 
@@ -26,14 +27,16 @@ import math
 from typing import Any, Mapping, Optional, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from ibjax.defenses.monitor import auroc_by_epoch, defender_view, detection_latency, monitor_scores
+from ibjax.defenses.monitor import auroc_by_epoch, clean_baseline, defender_view, detection_latency, monitor_scores
 from ibjax.defenses.roc import auroc_interval, detection_rates, threshold_at_fpr
 from ibjax.metrics.runs import seed_statistics
 
 __all__ = ["DetectedModel", "model_level_table", "sample_level_table", "monitor_histories", "monitor_epoch_table", "with_monitor",
-           "stealth_correlations", "run_level_correlations", "MONITOR_VARIANTS", "REPRESENTATION_METRICS"]
+           "stealth_correlations", "run_level_correlations", "MonitorVariant", "MONITOR_VARIANTS",
+           "REPRESENTATION_METRICS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,10 +141,26 @@ def sample_level_table(models: Sequence[DetectedModel]) -> list[dict]:
 REPRESENTATION_METRICS = ("silhouette", "davies_bouldin", "ot_distance", "linear_probe", "dswd")
 """The representation entry's metrics set beside the stealthiness (``defenses.json``'s keys)."""
 
-MONITOR_VARIANTS = ("blind", "baseline")
-"""How the monitor reads a history: ``blind`` (every class against the others, no reference) or
+@dataclasses.dataclass(frozen=True)
+class MonitorVariant:
+    """How the monitor reads a population's histories: against the population's clean models or not,
+    and the options of :func:`ibjax.defenses.monitor.monitor_scores`."""
+
+    against_clean: bool
+    statistic: str
+    accumulate: str = "mean"
+
+
+MONITOR_VARIANTS: Mapping[str, MonitorVariant] = {
+    "blind": MonitorVariant(against_clean=False, statistic="z"),
+    "baseline": MonitorVariant(against_clean=True, statistic="z"),
+    "calibrated": MonitorVariant(against_clean=True, statistic="clean"),
+}
+"""The monitor's variants, by name: ``blind`` (every class against the others, no reference),
 ``baseline`` (first the clean models' mean per-class history is subtracted: a defender who trained
-clean networks of the task; each clean model is scored against the OTHER clean models' mean)."""
+clean networks of the task) and ``calibrated`` (that mean subtracted, then each class's departure
+in units of the clean models' own scatter, the network's common shift taken out: the statistic
+``"clean"``). Against the clean models, each clean model is scored against the OTHER clean models."""
 
 
 def monitor_histories(models: Sequence[DetectedModel], source: str = "offline") -> tuple[np.ndarray, tuple[int, ...]]:
@@ -157,33 +176,49 @@ def monitor_histories(models: Sequence[DetectedModel], source: str = "offline") 
     return values, tuple(common)
 
 
-def _baselines(values: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """Per model, the mean history of the clean models other than itself: f[M, Q, K, E]."""
-    total, n = values[clean].sum(axis=0), int(clean.sum())
-    out = np.broadcast_to(total / n, values.shape).copy()
-    if n > 1:
-        out[clean] = (total[None] - values[clean]) / (n - 1)
-    return out
+def _baselines(values: np.ndarray, clean: np.ndarray, statistic: str, accumulate: str):
+    """Per model, the baseline of the clean models other than itself: their mean history f[M, Q, K, E],
+    or for the statistic ``"clean"`` their :class:`~ibjax.defenses.monitor.CleanBaseline` (leaves with
+    a leading M axis)."""
+    if statistic != "clean":
+        total, n = values[clean].sum(axis=0), int(clean.sum())
+        out = np.broadcast_to(total / n, values.shape).copy()
+        if n > 1:
+            out[clean] = (total[None] - values[clean]) / (n - 1)
+        return out
+    idx = np.flatnonzero(clean)
+    fits = [clean_baseline(values[idx[idx != i]], accumulate) for i in range(len(values))]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *fits)
 
 
 def monitor_epoch_table(models: Sequence[DetectedModel], *, source: str = "offline", variant: str = "blind",
-                        statistic: str = "z", accumulate: str = "mean", level: float = 0.9) -> dict:
+                        statistic: Optional[str] = None, accumulate: Optional[str] = None, level: float = 0.9) -> dict:
     """The monitor read at every epoch for every attack.
 
-    Returns ``{"epochs", "variant", "source", "attacks": {attack: {"auroc": [E], "target_rate": [E],
-    "latency": first epoch the AUROC reaches ``level`` and keeps it, or None}}, "scores": f[M, E],
-    "targets": int[M, E] as lists}``.
+    ``variant`` names a :data:`MONITOR_VARIANTS` entry; ``statistic`` / ``accumulate`` replace its own.
+
+    Returns ``{"epochs", "variant", "source", "statistic", "accumulate", "attacks": {attack: {"auroc":
+    [E], "target_rate": [E], "latency": first epoch the AUROC reaches ``level`` and keeps it, or None}},
+    "scores": f[M, E], "targets": int[M, E] as lists}``.
     """
     if variant not in MONITOR_VARIANTS:
-        raise ValueError(f"variant must be one of {MONITOR_VARIANTS}, got {variant!r}")
+        raise ValueError(f"variant must be one of {tuple(MONITOR_VARIANTS)}, got {variant!r}")
+    v = MONITOR_VARIANTS[variant]
+    statistic, accumulate = statistic or v.statistic, accumulate or v.accumulate
     values, epochs = monitor_histories(models, source)
     poisoned = np.asarray([m.poisoned for m in models], bool)
-    if (~poisoned).sum() < (2 if variant == "baseline" else 1):
-        raise ValueError(f"the {variant} monitor needs clean models ({'at least 2 ' if variant == 'baseline' else ''}"
-                         "for its negatives and baseline)")
-    base = _baselines(values, ~poisoned) if variant == "baseline" else None
-    res = jax.vmap(lambda h, b: monitor_scores(h, b, statistic=statistic, accumulate=accumulate))(
-        values, np.zeros_like(values) if base is None else base)
+    if not v.against_clean and statistic == "clean":
+        raise ValueError("the statistic 'clean' reads against clean networks: use a variant against them "
+                         "('baseline', 'calibrated')")
+    need = 1 if not v.against_clean else 3 if statistic == "clean" else 2
+    if (~poisoned).sum() < need:
+        raise ValueError(f"the {variant} monitor with statistic {statistic!r} needs at least {need} clean models "
+                         "(its negatives and baseline)")
+    if v.against_clean:
+        base = _baselines(values, ~poisoned, statistic, accumulate)
+        res = jax.vmap(lambda h, b: monitor_scores(h, b, statistic=statistic, accumulate=accumulate))(values, base)
+    else:
+        res = jax.vmap(lambda h: monitor_scores(h, statistic=statistic, accumulate=accumulate))(values)
     scores, targets = np.asarray(res.score), np.asarray(res.target)
     out = {"epochs": list(epochs), "variant": variant, "source": source, "statistic": statistic,
            "accumulate": accumulate, "attacks": {}, "scores": scores.tolist(), "targets": targets.tolist()}
@@ -201,8 +236,8 @@ def with_monitor(models: Sequence[DetectedModel], variant: str = "baseline", *, 
                  **options) -> list[DetectedModel]:
     """``models`` with the monitor's read of ``variant`` at the last common epoch added as a model-level
     entry ``mi_monitor_<variant>`` (``score``, ``suspected_target``), so that the tables and the
-    correlations treat it as any detector (the ``baseline`` variant needs the population's clean
-    models, so it cannot run inside one run as the registry's blind ``mi_monitor`` does)."""
+    correlations treat it as any detector (the variants against clean models need the population's
+    clean models, so they cannot run inside one run as the registry's blind ``mi_monitor`` does)."""
     t = monitor_epoch_table(models, source=source, variant=variant, **options)
     name = f"mi_monitor_{variant}"
     return [dataclasses.replace(m, defenses={**m.defenses, name: {

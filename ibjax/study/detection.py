@@ -2,7 +2,7 @@
 
 Does information-flow stealthiness predict what defenders catch? The grid answers it with a
 population: ``clean_runs`` clean networks (poison ratio 0, the negatives) and ``runs_per_attack``
-backdoored ones per attack of :data:`DETECTION_ATTACKS`, seeds 0, 1, ... in every cell (so a
+backdoored ones per attack of :data:`DETECTION_ATTACKS`, seeds 0, 1, ... (or from ``first_seed``) in every cell (so a
 backdoored run has a clean twin trained with its seed). Every run records its stealthiness, the
 per-sample training losses and the defences of ``analysis.defenses`` (default
 :data:`DETECTION_DEFENSES`, the MI-dynamics monitor among them), and estimates MI at more epochs
@@ -98,14 +98,17 @@ class DetectionRun:
 
 def detection_grid(scale: str = "cpu", preset_name: str = "default", *, attacks: Optional[Sequence[str]] = None,
                    clean_runs: Optional[int] = None, runs_per_attack: Optional[int] = None,
-                   epochs: Optional[int] = None, changes: Mapping[str, Any] = ()) -> list[DetectionRun]:
+                   epochs: Optional[int] = None, first_seed: int = 0, changes: Mapping[str, Any] = ()
+                   ) -> list[DetectionRun]:
     """The grid's runs: the clean ones first, then each attack's.
 
     Args:
       scale: a name of :data:`DETECTION_SCALES`.
       preset_name: the preset the runs start from.
       attacks: names of :data:`DETECTION_ATTACKS` (default BadNets, Blend, WaNet, Adaptive-Blend, Grond).
-      clean_runs, runs_per_attack: cell sizes (default the scale's); seeds 0..n-1.
+      clean_runs, runs_per_attack: cell sizes (default the scale's); seeds first_seed, first_seed + 1, ...
+      first_seed: the first seed of every cell: a population with other seeds, in the same root or
+        another, is a fresh sample of networks (to test what a first population chose).
       epochs: train this many epochs instead (:func:`ibjax.study.paper.shorten`).
       changes: dotted overrides after the scale's (a user's flags); the grid's own fields (attack,
         ratio, seed) win over them. ``analysis.defenses`` defaults to :data:`DETECTION_DEFENSES`.
@@ -136,12 +139,14 @@ def detection_grid(scale: str = "cpu", preset_name: str = "default", *, attacks:
               if member_incompatibility(override(base, {"attack.name": DETECTION_ATTACKS[c][0]})) is None]
     clean_attack = shared[0] if shared else "badnets"
     runs = []
-    for seed in range(n_clean):
+    if first_seed < 0:
+        raise ValueError(f"first_seed must be >= 0, got {first_seed}")
+    for seed in range(first_seed, first_seed + n_clean):
         runs.append(DetectionRun(CLEAN, seed, override(base, {"attack.name": clean_attack, "poison.ratio": 0.0,
                                                                "seed": seed})))
     for cell in attacks:
         attack, ratio = DETECTION_ATTACKS[cell]
-        for seed in range(n_attack):
+        for seed in range(first_seed, first_seed + n_attack):
             runs.append(DetectionRun(cell, seed, override(base, {"attack.name": attack, "poison.ratio": ratio,
                                                                   "seed": seed})))
     return runs
