@@ -141,6 +141,7 @@ def sample_level_table(models: Sequence[DetectedModel]) -> list[dict]:
 REPRESENTATION_METRICS = ("silhouette", "davies_bouldin", "ot_distance", "linear_probe", "dswd")
 """The representation entry's metrics set beside the stealthiness (``defenses.json``'s keys)."""
 
+
 @dataclasses.dataclass(frozen=True)
 class MonitorVariant:
     """How the monitor reads a population's histories: against the population's clean models or not,
