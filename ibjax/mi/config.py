@@ -396,8 +396,8 @@ XT_CONFIG = MIConfig()
 """ibjax's I(X;T) estimator: :class:`MIConfig`'s defaults (the reference's sizes, ibjax's levers)."""
 # I(T;Y_pred) keeps the authors' concat critic, rate and decay: on a trained network's logits against
 # its features the deep separable critic read 0.16 nats lower on average (39 groups x epochs of the
-# cpu preset, 4 beyond two standard errors, whatever its decay), the concat critic with the Gaussian
-# candidate beside it as the previous default did (docs/estimator.md, "On network features").
+# cpu preset, 4 beyond two standard errors, whatever its decay); the concat critic, with the Gaussian
+# candidate beside it, read as the previous default did (docs/estimator.md, "On network features").
 TY_CONFIG = override(XT_CONFIG, {**_TY_SIZES, "critic.family": "concat", "critic.hidden": (128, 128),
                                  "optimiser.weight_decay": 1e-4})
 """ibjax's I(T;Y_pred) estimator: the authors' I(T;Y_pred) sizes and critic (concat (128, 128), B 512,
