@@ -181,14 +181,11 @@ def _baselines(values: np.ndarray, clean: np.ndarray, statistic: str, accumulate
     """Per model, the baseline of the clean models other than itself: their mean history f[M, Q, K, E],
     or for the statistic ``"clean"`` their :class:`~ibjax.defenses.monitor.CleanBaseline` (leaves with
     a leading M axis)."""
-    if statistic != "clean":
-        total, n = values[clean].sum(axis=0), int(clean.sum())
-        out = np.broadcast_to(total / n, values.shape).copy()
-        if n > 1:
-            out[clean] = (total[None] - values[clean]) / (n - 1)
-        return out
     idx = np.flatnonzero(clean)
-    fits = [clean_baseline(values[idx[idx != i]], accumulate) for i in range(len(values))]
+    others = [values[idx[idx != i]] for i in range(len(values))]
+    if statistic != "clean":
+        return np.stack([o.mean(axis=0) for o in others])
+    fits = [clean_baseline(o, accumulate) for o in others]
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *fits)
 
 
