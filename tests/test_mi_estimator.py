@@ -102,7 +102,7 @@ def test_chunked_epochs_give_the_same_result_and_report_progress_between_chunks(
 def test_a_second_call_with_the_same_config_does_not_recompile():
     x, y, mask = _three_groups()
     mi.estimate_mi_groups(jax.random.PRNGKey(1), x, y, mask, config=LIGHT)
-    fns = (estimator._prepare, estimator._run_epochs, estimator._finish)
+    fns = (estimator._prepare, estimator._init_carry, estimator._run_epochs, estimator._finish)
     sizes = [f._cache_size() for f in fns]
     res = mi.estimate_mi_groups(jax.random.PRNGKey(2), x + 1.0, y, mask, config=dataclasses.replace(LIGHT))
     jax.block_until_ready(res)

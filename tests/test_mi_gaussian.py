@@ -46,6 +46,72 @@ def test_matrix_and_scores_agree_with_the_pairwise_critic(dx, dy):
     np.testing.assert_allclose(negs, jnp.take_along_axis(pairwise, neg, axis=1), rtol=1e-4, atol=1e-4)
 
 
+def _wide_pairs(n, da, db, seed=0):
+    # Five shared latent directions in wide inputs, a fifth of the rows weighted out, 16 padding rows.
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 5))
+    a = z @ rng.normal(size=(5, da)) + rng.normal(size=(n, da))
+    b = 0.5 * z @ rng.normal(size=(5, db)) + rng.normal(size=(n, db))
+    w = (rng.random(n) > 0.2).astype(np.float32)
+    pad = lambda x: np.concatenate([x, np.zeros((16,) + x.shape[1:])]).astype(np.float32)  # noqa: E731
+    return pad(a), pad(b), pad(w)
+
+
+@pytest.mark.parametrize("n,da,db", [(100, 300, 40), (100, 40, 300), (60, 30, 20)])
+def test_the_sample_space_fit_is_the_moments_fit(n, da, db):
+    # Fewer rows than coordinates (and one case with more): kept rows solved through the n x n Gram
+    # matrices give the critic of the moments, pair by pair (a ridge large enough that the canonical
+    # correlations are distinct, so their order is defined), rows added batch by batch.
+    a, b, w = _wide_pairs(n, da, db)
+    moments = gaussian.fit_gaussian_critic(gaussian.add_stats(gaussian.zero_stats(da, db), a, b, w), ridge=0.3)
+    rows = gaussian.GaussianRows(a=jnp.zeros(a.shape), b=jnp.zeros(b.shape), w=jnp.zeros(w.shape),
+                                 filled=jnp.zeros((), jnp.int32))
+    add = jax.jit(gaussian.add_stats)
+    for i in range(0, a.shape[0], 29):
+        rows = add(rows, a[i:i + 29], b[i:i + 29], w[i:i + 29])
+    assert int(rows.filled) == a.shape[0]
+    dual = gaussian.fit_gaussian_critic(rows, ridge=0.3)
+    assert dual["proj_a"].shape == moments["proj_a"].shape and dual["proj_b"].shape == moments["proj_b"].shape
+    np.testing.assert_allclose(dual["rho"], moments["rho"], atol=1e-4)
+    assert float(moments["rho"][0]) > 0.5 and float(moments["rho"][0]) < gaussian.MAX_RHO
+    for r in (1, 3, 10, min(da, db)):
+        s1 = gaussian.gaussian_critic_matrix(gaussian.keep_pairs(moments, r), a[:20], b[:20])
+        s2 = gaussian.gaussian_critic_matrix(gaussian.keep_pairs(dual, r), a[:20], b[:20])
+        np.testing.assert_allclose(s2, s1, rtol=1e-3, atol=1e-3 * float(jnp.abs(s1).max()))
+
+
+def test_the_accumulator_is_the_cheaper_exact_one():
+    assert isinstance(gaussian.zero_stats(512, 3072), gaussian.GaussianStats)  # no capacity: the moments
+    rows = gaussian.zero_stats(512, 3072, capacity=384)
+    assert isinstance(rows, gaussian.GaussianRows) and rows.a.shape == (384, 512) and rows.b.shape == (384, 3072)
+    assert isinstance(gaussian.zero_stats(512, 3072, capacity=3072), gaussian.GaussianStats)
+    assert isinstance(gaussian.zero_stats(16, 16, capacity=4000), gaussian.GaussianStats)
+    # Under vmap and jit, rows fitted per group as the moments are.
+    a, b, w = _wide_pairs(40, 60, 8)
+    fit = jax.jit(jax.vmap(lambda a, b, w: gaussian.fit_gaussian_critic(
+        gaussian.add_stats(gaussian.zero_stats(60, 8, capacity=a.shape[0]), a, b, w), ridge=0.3)["rho"]))
+    rho = np.asarray(fit(np.stack([a, a]), np.stack([b, 0 * b]), np.stack([w, w])))
+    assert rho.shape == (2, 8) and rho[0, 0] > 0.5 and np.all(rho[1] < 1e-3)
+
+
+def test_the_estimate_on_wide_inputs_does_not_depend_on_the_path(monkeypatch):
+    # A closed-form estimate of few pairs of wide rows reads the same through the rows as through the
+    # moments (each path forced; another length per call, so each is traced afresh).
+    a, b, w = _wide_pairs(300, 60, 12, seed=1)  # 144 training pairs: fewer than 60 x 12 moments, more than 72
+    keep = w > 0
+    a, b = a[keep], b[keep]
+    kw = dict(family="gaussian", candidates=(), batch_size=32, negatives=16, read_epochs=1)
+    asked = []
+    monkeypatch.setattr(gaussian, "rows_are_cheaper", lambda *s: asked.append(s) or True)
+    rows = mi.estimate_mi(jax.random.PRNGKey(3), a, b, epochs=2, **kw)
+    assert asked, "the estimator did not offer the fit its capacity"
+    monkeypatch.setattr(gaussian, "rows_are_cheaper", lambda *_: False)
+    moments = mi.estimate_mi(jax.random.PRNGKey(3), a, b, epochs=3, **kw)
+    assert float(rows.validation[0]) > 0.3
+    np.testing.assert_allclose(rows.heldout, moments.heldout, atol=0.02)
+    np.testing.assert_allclose(rows.validation[0], moments.validation[0], atol=0.02)
+
+
 def test_keep_pairs_and_the_ranks_compared():
     assert gaussian.pair_ranks(32, 32) == (1, 2, 4, 8, 16, 32)
     assert gaussian.pair_ranks(3, 5) == (1, 2, 3)

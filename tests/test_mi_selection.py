@@ -86,6 +86,30 @@ def test_on_real_estimates_it_picks_the_critic_that_learnt_and_keeps_its_held_ou
     assert auto.to_dict()[0]["candidate"] == 1
 
 
+def test_candidates_with_the_same_input_maps_share_one_preparation(monkeypatch):
+    # The splits, the fitted maps and the rows mapped once are prepared once for the candidates that
+    # agree on the maps, again for one that changes them; each candidate reads what it reads alone.
+    from ibjax.mi import estimator
+
+    tasks = (groundtruth.Task.make("g", "gaussian", 3, 3, mi=1.0),)
+    (_, _, x, y), = groundtruth.sample_tasks(jax.random.PRNGKey(0), 400, tasks, (0,))
+    base = mi.resolve_config(mi.XT_CONFIG, epochs=3, batch_size=32, negatives=16, hidden=(8, 8), read_epochs=1,
+                             candidates=())
+    calls = []
+    real = estimator._prepare
+    monkeypatch.setattr(estimator, "_prepare",
+                        lambda *a, **k: calls.append(k["config"].critic.preprocess) or real(*a, **k))
+    config = mi.resolve_config(
+        base, candidates=("critic.family=gaussian", "optimiser.lr=1e-4", "critic.preprocess=standardize"))
+    both = mi.estimate_mi_groups(jax.random.PRNGKey(1), x, y, config=config)
+    assert calls == ["rank", "standardize"]
+    alone = [mi.estimate_mi_groups(jax.random.PRNGKey(1), x, y, config=c) for c in mi.candidate_configs(config)]
+    sel, _ = mi.select_by_validation(alone)
+    np.testing.assert_array_equal(both.candidate, sel.candidate)
+    np.testing.assert_allclose(both.heldout, sel.heldout, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both.validation, sel.validation, rtol=1e-5, atol=1e-6)
+
+
 def test_candidates_parse_to_typed_configs_and_may_change_only_the_critic():
     base = mi.resolve_config(mi.XT_CONFIG, critic="concat",
                              candidates=["critic=separable lr=1e-3 hidden=64,64", "critic_rank=4"])

@@ -208,7 +208,8 @@ class ClosedForm:
     """How a family is fitted without training: moments accumulated over the training split, solved once.
 
     Attributes:
-      zero: ``(da, db) -> moments``, the empty moments pytree.
+      zero: ``(da, db, capacity) -> moments``, the empty moments pytree for at most ``capacity`` rows
+        (a family may keep the rows themselves where that is cheaper).
       add: ``(moments, a f[B, da], b f[B, db], weight f[B]) -> moments``.
       solve: ``moments -> params`` (every pair or component of the family).
       ranks: ``(da, db) -> tuple[int, ...]``, the model sizes compared on the validation split when
@@ -216,7 +217,7 @@ class ClosedForm:
       keep: ``(params, rank int or int32[]) -> params`` of that size.
     """
 
-    zero: Callable[[int, int], Any]
+    zero: Callable[[int, int, int], Any]
     add: Callable[..., Any]
     solve: Callable[[Any], dict]
     ranks: Callable[[int, int], tuple]

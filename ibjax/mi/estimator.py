@@ -164,7 +164,10 @@ def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup
 
 
 def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, config: MIConfig, static: _Static):
-    k_init, k_split, k_epochs, k_ho, k_val, k_fit = jax.random.split(key, 6)
+    """One group's splits, input maps and validation order, and its rows mapped once (None unless
+    ``static.premapped``): what every candidate critic of an estimate with the same maps shares
+    (:func:`_maps_of`); reads config.protocol and the critic's map fields only."""
+    _, k_split, k_epochs, k_ho, k_val, k_fit = jax.random.split(key, 6)
     split_order = _ranks(k_split, valid)
     rank = jnp.zeros_like(split_order).at[split_order].set(jnp.arange(split_order.shape[0], dtype=jnp.int32))
     heldout = valid & (rank < sizes.n_ho)
@@ -195,19 +198,33 @@ def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, co
     setup = _Setup(key_epochs=k_epochs, key_ho=k_ho, heldout=heldout, train=train,
                    val_order=_ranks(k_val_order, validation),
                    val_keys=jax.random.split(k_val_batches, max(static.val_batches, 1)), ma=ma, mb=mb)
-    state = init_one(k_init, static.da, static.db, config)
-    best = state.params if config.optimiser.select == "best" else None
-    carry = _Carry(state=state, best_params=best, best_val=jnp.asarray(-jnp.inf, jnp.float32),
-                   best_epoch=jnp.asarray(config.protocol.epochs - 1, jnp.int32))
     if not static.premapped:
-        return setup, carry, None
+        return setup, None
     # Every row of the group (every noise draw of a bank) through its maps once: the search among
     # the knots is most of a map's cost on wide inputs (pixels), and the epochs, validation and
     # held-out passes read each row many times. What is left per batch is the tie-breaking draw, as
     # without premapping: the same estimate, up to float rounding (tested). A fixed draw per row
     # would let the critic memorise its tie noise (I(X;B) of the SPEC anchor read 0.29 of 0.325).
     rows_a, rows_b = _ROW_SOURCES[sample_fn][0](shared, group_data)
-    return setup, carry, (_premap_rows(ma, rows_a, kind), _premap_rows(mb, rows_b, kind))
+    return setup, (_premap_rows(ma, rows_a, kind), _premap_rows(mb, rows_b, kind))
+
+
+def _init_carry_one(key, *, config: MIConfig, static: _Static) -> _Carry:
+    """One group's fresh critic (the first of the key's six streams, as :func:`_prepare_one` splits it)."""
+    state = init_one(jax.random.split(key, 6)[0], static.da, static.db, config)
+    best = state.params if config.optimiser.select == "best" else None
+    return _Carry(state=state, best_params=best, best_val=jnp.asarray(-jnp.inf, jnp.float32),
+                  best_epoch=jnp.asarray(config.protocol.epochs - 1, jnp.int32))
+
+
+def _maps_of(config: MIConfig, static: _Static) -> tuple:
+    """What :func:`_prepare_one` depends on beyond its arrays: candidates that agree on it share one
+    preparation (the input maps' fit and the pass over every row are most of a short estimate's cost)."""
+    c = config.critic
+    return (config.protocol, c.preprocess, c.rank_knots, static.fit_rows, static.val_batches, static.premapped,
+            static.group_batch, static.da, static.db, static.width)
+
+
 
 
 def _premap_rows(m: Marginals, rows: jax.Array, kind: str) -> jax.Array:
@@ -350,7 +367,8 @@ def _fit_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, *,
                          keys[h + 1], setup, config, static, negatives=False)
         return fit.add(stats, a, b, weight), None
 
-    stats, _ = jax.lax.scan(accumulate, fit.zero(static.da, static.db), jnp.arange(static.train_batches))
+    stats, _ = jax.lax.scan(accumulate, fit.zero(static.da, static.db, static.train_batches * bsz),
+                            jnp.arange(static.train_batches))
     params = fit.solve(stats)
     read = functools.partial(_split_terms, group_data=group_data, shared=shared, setup=setup, sample_fn=sample_fn,
                              config=config, static=static)
@@ -362,7 +380,9 @@ def _fit_one(carry: _Carry, setup: _Setup, sizes: _Sizes, group_data, shared, *,
     if config.protocol.validation_fraction <= 0:  # nothing to choose on: the largest model
         ranks = ranks[-1:]
     if len(ranks) > 1:
-        vals = jnp.stack([validation_read(r) for r in ranks])
+        # One pass for every rank: under vmap the pairs, their maps and the canonical variates, which
+        # no rank changes, are computed once; only the coefficients and the B x B scores are per rank.
+        vals = jax.vmap(validation_read)(jnp.asarray(ranks, jnp.int32))
         best = jnp.argmax(jnp.where(jnp.isnan(vals), -jnp.inf, vals))
         params, val = fit.keep(params, jnp.asarray(ranks, jnp.int32)[best]), vals[best]
     else:
@@ -440,6 +460,11 @@ def _over_groups(fn, per_group: tuple, group_batch: int):
 def _prepare(keys, valid, sizes, group_data, shared, *, sample_fn, config, static):
     fn = functools.partial(_prepare_one, shared=shared, sample_fn=sample_fn, config=config, static=static)
     return _over_groups(fn, (keys, valid, sizes, group_data), static.group_batch)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "static"))
+def _init_carry(keys, *, config, static):
+    return _over_groups(functools.partial(_init_carry_one, config=config, static=static), (keys,), static.group_batch)
 
 
 def _rows_of_arrays(shared, group_data):
@@ -660,18 +685,19 @@ def estimate_mi_sampled(
     # Counts per candidate (batch_fraction, which a candidate may change, sets the steps); a group too
     # small for the shared splits fails here, before any candidate trains.
     counts = [_group_sizes(valid, c, group_names) for c in configs]
-    results = []
+    results, prepared = [], {}
     for i, (cfg, cnt) in enumerate(zip(configs, counts)):
         report = None if progress is None else (
             lambda done, _, d=i * config.protocol.epochs: progress(d + done, config.total_epochs))
         results.append(_estimate(key, sample_fn, shared, group_data, valid, da, db, cfg, cnt, report, chunk,
-                                 group_batch))
+                                 group_batch, prepared))
     return results[0] if len(results) == 1 else select_by_validation(results)[0]
 
 
 def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfig, counts: dict, progress, chunk: int,
-              group_batch) -> MIResult:
-    """One config's estimate (:func:`estimate_mi_sampled` without candidates), its group counts given."""
+              group_batch, prepared: dict) -> MIResult:
+    """One config's estimate (:func:`estimate_mi_sampled` without candidates), its group counts given;
+    ``prepared`` holds the preparations of earlier candidates of the same call, by :func:`_maps_of`."""
     static = _Static(
         group_batch=resolve_group_batch(group_batch, valid.shape[0], (key, group_data)), width=valid.shape[1],
         steps=int(counts["steps"].max()), ho_batches=int(counts["ho_batches"].max()),
@@ -683,7 +709,11 @@ def _estimate(key, sample_fn, shared, group_data, valid, da, db, config: MIConfi
     sizes = _Sizes(**{k: jnp.asarray(v, jnp.int32) for k, v in counts.items()})
     keys = group_keys(key, valid.shape[0])
     kw = dict(sample_fn=sample_fn, config=config, static=static)
-    setup, carry, mapped = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
+    maps = _maps_of(config, static)
+    if maps not in prepared:
+        prepared[maps] = _prepare(keys, jnp.asarray(valid), sizes, group_data, shared, **kw)
+    setup, mapped = prepared[maps]
+    carry = _init_carry(keys, config=config, static=static)
     if static.premapped:  # the epochs and reads take pairs from the mapped rows
         kw["sample_fn"], shared, group_data = _ROW_SOURCES[sample_fn][1], None, mapped
     if not get_critic(config.critic.family).trained:
