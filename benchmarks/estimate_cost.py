@@ -137,7 +137,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     notes = [f"13-group I(X;T) estimate at group sizes {rows[0]['group_sizes']} (CIFAR-10's / {args.size_div}), "
              f"B and K / {args.batch_div}; medians of {args.repeats} compiled calls per length",
              "fixed: what the estimate costs beyond its epochs (input maps fitted and applied once, the held-out "
-             "read, shuffles); with candidates every part is paid once per candidate"]
+             "read, shuffles); candidates that share the input maps fit and apply them once, and each pays its own "
+             "fit or epochs and reads"]
     notes += [f"{r['variant']}: non-finite estimate" for r in rows if not r["finite"]]
     config = {"variants": args.variants, "epochs": args.epochs, "size_div": args.size_div, "batch_div": args.batch_div,
               "groups": args.groups, "repeats": args.repeats, "seed": args.seed}

@@ -122,6 +122,10 @@ def test_the_monitor_table_reads_the_latency_and_the_target_epoch_by_epoch():
     rows = det.model_level_table(det.with_monitor(models, "baseline"), jax.random.PRNGKey(0), resamples=100)
     (row,) = [r for r in rows if r["detector"] == "mi_monitor_baseline"]
     assert row["auroc"] == pytest.approx(t["attacks"]["badnets"]["auroc"][-1]) and row["target_rate"] == 1.0
+    # from the table already computed: the same entry; a table of other models is refused
+    assert [m.defenses for m in det.with_monitor(models, t)] == [m.defenses for m in det.with_monitor(models, "baseline")]
+    with pytest.raises(ValueError, match="scores 16 models"):
+        det.with_monitor(models[:4], t)
     with pytest.raises(ValueError, match="no quantity 'xt_online'"):
         det.monitor_epoch_table(models, source="online")
     with pytest.raises(ValueError, match="variant"):

@@ -153,6 +153,7 @@ def _monitor_tables(models) -> tuple[list[dict], list[str]]:
             try:
                 t = det.monitor_epoch_table(models, source=source, variant=variant)
             except ValueError as e:
+                LOGGER.warning("no %s MI monitor on %s reads: %s", variant, source, e)
                 lines += [f"- {source}, {variant}: not computed ({e})", ""]
                 continue
             tables.append(t)
@@ -181,16 +182,13 @@ def write_report(root: str, grid: Sequence[DetectionRun], about: dict, *, resamp
         raise ValueError(f"the report needs finished clean and backdoored runs; {len(runs)} of {len(grid)} are finished "
                          f"under {root}: run the command without --report-only")
     models = [load_model(r, root) for r in runs]
-    for variant, v in det.MONITOR_VARIANTS.items():  # the monitor against the clean models, as detectors of their own
-        if v.against_clean:
-            try:
-                models = det.with_monitor(models, variant)
-            except ValueError as e:
-                LOGGER.warning("no %s MI monitor: %s", variant, e)
+    monitor, monitor_lines = _monitor_tables(models)
+    for t in monitor:  # the offline monitor against the clean models, as detectors of their own
+        if t["source"] == "offline" and det.MONITOR_VARIANTS[t["variant"]].against_clean:
+            models = det.with_monitor(models, t)
     key = jax.random.PRNGKey(0)
     model_rows = det.model_level_table(models, jax.random.fold_in(key, 1), resamples=resamples)
     sample_rows = det.sample_level_table(models)
-    monitor, monitor_lines = _monitor_tables(models)
     corr = det.stealth_correlations(models, jax.random.fold_in(key, 2), resamples=resamples)
     per_model = det.run_level_correlations(models, jax.random.fold_in(key, 3), resamples=resamples)
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -230,14 +230,20 @@ def monitor_epoch_table(models: Sequence[DetectedModel], *, source: str = "offli
     return out
 
 
-def with_monitor(models: Sequence[DetectedModel], variant: str = "baseline", *, source: str = "offline",
+def with_monitor(models: Sequence[DetectedModel], table: Union[str, dict] = "baseline", *, source: str = "offline",
                  **options) -> list[DetectedModel]:
-    """``models`` with the monitor's read of ``variant`` at the last common epoch added as a model-level
-    entry ``mi_monitor_<variant>`` (``score``, ``suspected_target``), so that the tables and the
-    correlations treat it as any detector (the variants against clean models need the population's
-    clean models, so they cannot run inside one run as the registry's blind ``mi_monitor`` does)."""
-    t = monitor_epoch_table(models, source=source, variant=variant, **options)
-    name = f"mi_monitor_{variant}"
+    """``models`` with the monitor's read at the last common epoch added as a model-level entry
+    ``mi_monitor_<variant>`` (``score``, ``suspected_target``), so that the tables and the correlations
+    treat it as any detector (the variants against clean models need the population's clean models,
+    so they cannot run inside one run as the registry's blind ``mi_monitor`` does).
+
+    ``table``: a variant of :data:`MONITOR_VARIANTS` (read here with ``source`` and ``options``), or
+    a :func:`monitor_epoch_table` of these models already computed.
+    """
+    t = table if isinstance(table, dict) else monitor_epoch_table(models, source=source, variant=table, **options)
+    if len(t["scores"]) != len(models):
+        raise ValueError(f"the monitor table scores {len(t['scores'])} models, not these {len(models)}")
+    name = f"mi_monitor_{t['variant']}"
     return [dataclasses.replace(m, defenses={**m.defenses, name: {
         "level": "model", "score": t["scores"][i][-1], "suspected_target": t["targets"][i][-1],
         "epoch": t["epochs"][-1], "wall_s": 0.0}}) for i, m in enumerate(models)]
