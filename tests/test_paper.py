@@ -10,12 +10,13 @@ from ibjax.mi import XT_REFERENCE
 from ibjax.study.paper import LOW_NOISE, MAIN_NOISE, PAPER_VARIANTS, paper_grid, shorten
 from ibjax.study.presets import preset
 
-# The tiny study's sizes (tests/tiny_config.py) as the command's flags.
+# The tiny study's sizes (tests/tiny_config.py) as the command's flags; no candidate critics (tested in
+# tests/test_mi_selection.py and test_mi_gaussian.py), whose programs would be most of the compile time.
 TINY_FLAGS = ["--data.per-class-limit", "60", "--train.batch-size", "32", "--analysis.embedding.points", "120"]
 for q in ("xt", "ty", "xy"):
     TINY_FLAGS += [f"--mi.{q}.protocol.epochs", "6", f"--mi.{q}.protocol.batch-size", "16",
                    f"--mi.{q}.protocol.negatives", "32", f"--mi.{q}.critic.hidden", "16", "16",
-                   f"--mi.{q}.protocol.read-epochs", "2"]
+                   f"--mi.{q}.protocol.read-epochs", "2", f"--mi.{q}.candidates"]
 
 
 def test_the_cpu_grid_is_every_variant_at_the_main_noise_and_blend_at_the_low_one():

@@ -9,12 +9,13 @@ import pytest
 from ibjax.study.detection import CLEAN, DETECTION_DEFENSES, detection_grid
 from ibjax.study.population import group_populations
 
-# The tiny study's sizes (tests/tiny_config.py) as the command's flags.
+# The tiny study's sizes (tests/tiny_config.py) as the command's flags; no candidate critics (tested in
+# tests/test_mi_selection.py and test_mi_gaussian.py), whose programs would be most of the compile time.
 TINY_FLAGS = ["--data.per-class-limit", "60", "--train.batch-size", "32", "--analysis.embedding.points", "120"]
 for q in ("xt", "ty"):
     TINY_FLAGS += [f"--mi.{q}.protocol.epochs", "6", f"--mi.{q}.protocol.batch-size", "16",
                    f"--mi.{q}.protocol.negatives", "32", f"--mi.{q}.critic.hidden", "16", "16",
-                   f"--mi.{q}.protocol.read-epochs", "2"]
+                   f"--mi.{q}.protocol.read-epochs", "2", f"--mi.{q}.candidates"]
 
 
 def test_the_grid_pairs_clean_and_backdoored_runs_seed_by_seed():

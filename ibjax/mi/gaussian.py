@@ -95,7 +95,7 @@ def rows_are_cheaper(da: int, db: int, capacity: int) -> bool:
     the covariances (d^3 / 3 + 2 d^2 d' + 9 d'^3, d the wider side, d' the narrower) at 3x a matmul's
     cost per operation; the rows pay 2 n^2 (da + db) for the Gram matrices and their projections and
     60 n^3 for two n x n eigensolves and an SVD. The weights are fitted to timings of both paths on a
-    2-core CPU (da, db = 512, 3,072: rows 6x cheaper at n = 384, even near n = 1,000, 16x dearer at
+    2-core CPU (da, db = 512, 3,072: the rows 6x cheaper at n = 384, 1.4x at n = 768, 16x dearer at
     n = 3,072); either path is exact, so a wrong call costs time only.
     """
     n, wide, narrow = capacity, max(da, db), min(da, db)
@@ -115,8 +115,9 @@ def zero_stats(da: int, db: int, capacity: Optional[int] = None) -> Union[Gaussi
 
 
 def add_stats(stats, a: jax.Array, b: jax.Array, weight: jax.Array):
-    """``stats`` plus the rows a f[B, da], b f[B, db] weighted by weight f[B] (0 leaves a row out). Rows
-    past a :class:`GaussianRows`' capacity are dropped (size it for every row it will see)."""
+    """``stats`` plus the rows a f[B, da], b f[B, db] weighted by weight f[B] (0 leaves a row out). A
+    :class:`GaussianRows` must have room for every row it is given (the estimator sizes it so): past its
+    capacity the write's start is clamped and the last slots are overwritten."""
     a, b, w = a.astype(jnp.float32), b.astype(jnp.float32), weight.astype(jnp.float32)
     if isinstance(stats, GaussianRows):
         at = stats.filled
