@@ -163,11 +163,16 @@ def _batch(sample_fn, shared, group_data, positions, n_valid, key, setup: _Setup
     return a, b, (negative_index(u_neg, rows, n_valid, config) if negatives else None)
 
 
+def _streams(key: jax.Array) -> tuple:
+    """A group's six key streams: (init, split, epochs, held-out, validation, map fit)."""
+    return tuple(jax.random.split(key, 6))
+
+
 def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, config: MIConfig, static: _Static):
     """One group's splits, input maps and validation order, and its rows mapped once (None unless
     ``static.premapped``): what every candidate critic of an estimate with the same maps shares
     (:func:`_maps_of`); reads config.protocol and the critic's map fields only."""
-    _, k_split, k_epochs, k_ho, k_val, k_fit = jax.random.split(key, 6)
+    _, k_split, k_epochs, k_ho, k_val, k_fit = _streams(key)
     split_order = _ranks(k_split, valid)
     rank = jnp.zeros_like(split_order).at[split_order].set(jnp.arange(split_order.shape[0], dtype=jnp.int32))
     heldout = valid & (rank < sizes.n_ho)
@@ -210,8 +215,8 @@ def _prepare_one(key, valid, sizes: _Sizes, group_data, shared, *, sample_fn, co
 
 
 def _init_carry_one(key, *, config: MIConfig, static: _Static) -> _Carry:
-    """One group's fresh critic (the first of the key's six streams, as :func:`_prepare_one` splits it)."""
-    state = init_one(jax.random.split(key, 6)[0], static.da, static.db, config)
+    """One group's fresh critic, from the init stream of :func:`_streams`."""
+    state = init_one(_streams(key)[0], static.da, static.db, config)
     best = state.params if config.optimiser.select == "best" else None
     return _Carry(state=state, best_params=best, best_val=jnp.asarray(-jnp.inf, jnp.float32),
                   best_epoch=jnp.asarray(config.protocol.epochs - 1, jnp.int32))
@@ -223,8 +228,6 @@ def _maps_of(config: MIConfig, static: _Static) -> tuple:
     c = config.critic
     return (config.protocol, c.preprocess, c.rank_knots, static.fit_rows, static.val_batches, static.premapped,
             static.group_batch, static.da, static.db, static.width)
-
-
 
 
 def _premap_rows(m: Marginals, rows: jax.Array, kind: str) -> jax.Array:
